@@ -1,0 +1,156 @@
+//! The product service: a catalog of products with prices (integer cents) and stock.
+//!
+//! - `POST /api/products` `{name, price_cents, stock}` → 201 with the product
+//! - `GET /api/products?limit=N&after=ID` → `{items, next}` in creation order
+//! - `GET /api/products/{id}` → the product, or 404
+//!
+//! State lives in the service's key-value bucket under `product:{id}`.
+use microhost_guest::{Request, Response, Service, kv};
+use serde::{Deserialize, Serialize};
+
+const PREFIX: &str = "product:";
+const MAX_NAME_CHARS: usize = 200;
+const MAX_PAGE: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProduct {
+    name: String,
+    price_cents: i64,
+    stock: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Product {
+    id: String,
+    name: String,
+    price_cents: i64,
+    stock: i64,
+    created_at_ms: u64,
+}
+
+struct ProductService;
+
+impl Service for ProductService {
+    fn handle(req: Request) -> Response {
+        let segments = req.segments();
+        let result = match (req.method.as_str(), segments.as_slice()) {
+            ("POST", ["api", "products"]) => create(&req),
+            ("GET", ["api", "products"]) => list(&req),
+            ("GET", ["api", "products", id]) => get(id),
+            (method, ["api", "products"]) => Ok(Response::method_not_allowed(method, "GET, POST")),
+            (method, ["api", "products", _]) => Ok(Response::method_not_allowed(method, "GET")),
+            _ => Ok(Response::not_found(&format!(
+                "no product resource at {:?}",
+                req.path
+            ))),
+        };
+        result.unwrap_or_else(|e| e)
+    }
+}
+
+fn validate(new: &NewProduct) -> Result<(), Response> {
+    let name = new.name.trim();
+    if name.is_empty() {
+        return Err(Response::bad_request("field \"name\" must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Response::bad_request(&format!(
+            "field \"name\" must be at most {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if new.price_cents < 0 {
+        return Err(Response::bad_request(&format!(
+            "field \"price_cents\" must be zero or more, got {}",
+            new.price_cents
+        )));
+    }
+    if new.stock < 0 {
+        return Err(Response::bad_request(&format!(
+            "field \"stock\" must be zero or more, got {}",
+            new.stock
+        )));
+    }
+    Ok(())
+}
+
+fn create(req: &Request) -> Result<Response, Response> {
+    let new: NewProduct = req.json()?;
+    validate(&new)?;
+    let bucket = kv::open().map_err(|e| Response::internal_error(&e))?;
+    let product = Product {
+        id: microhost_guest::new_id(),
+        name: new.name.trim().to_string(),
+        price_cents: new.price_cents,
+        stock: new.stock,
+        created_at_ms: now_ms(),
+    };
+    kv::set_json(&bucket, &format!("{PREFIX}{}", product.id), &product)
+        .map_err(|e| Response::internal_error(&e))?;
+    Ok(Response::json(201, &product)
+        .with_header("location", format!("/api/products/{}", product.id)))
+}
+
+fn get(id: &str) -> Result<Response, Response> {
+    let bucket = kv::open().map_err(|e| Response::internal_error(&e))?;
+    match kv::get_json::<Product>(&bucket, &format!("{PREFIX}{id}"))
+        .map_err(|e| Response::internal_error(&e))?
+    {
+        Some(product) => Ok(Response::json(200, &product)),
+        None => Err(Response::not_found(&format!(
+            "product {id:?} does not exist"
+        ))),
+    }
+}
+
+fn list(req: &Request) -> Result<Response, Response> {
+    let default_limit = microhost_guest::config("default_page_size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let limit = match req.query_param("limit") {
+        None => default_limit,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(Response::bad_request(&format!(
+                    "query parameter \"limit\" must be a whole number from 1 to {MAX_PAGE}, got {raw:?}"
+                )));
+            }
+        },
+    };
+    let after = req.query_param("after").unwrap_or("");
+    let bucket = kv::open().map_err(|e| Response::internal_error(&e))?;
+    // Ids sort by creation time, and keys are listed in byte order.
+    let keys = kv::keys_with_prefix(&bucket, PREFIX).map_err(|e| Response::internal_error(&e))?;
+    let mut items = Vec::new();
+    let mut more = false;
+    for key in keys.iter().filter(|k| k[PREFIX.len()..] > *after) {
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        if let Some(product) =
+            kv::get_json::<Product>(&bucket, key).map_err(|e| Response::internal_error(&e))?
+        {
+            items.push(product);
+        }
+    }
+    let next = if more {
+        items.last().map(|p| p.id.clone())
+    } else {
+        None
+    };
+    Ok(Response::json(
+        200,
+        &serde_json::json!({ "items": items, "next": next }),
+    ))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+microhost_guest::service!(ProductService);

@@ -1,0 +1,86 @@
+//! The CLI's side of the admin API: find it, authenticate, call it, explain failures.
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::path::Path;
+
+/// Where the admin API is and how to authenticate to it.
+pub struct AdminClient {
+    base: String,
+    token: String,
+}
+
+impl AdminClient {
+    /// `base` is like `http://127.0.0.1:3100`.
+    pub fn new(base: &str, token: String) -> anyhow::Result<AdminClient> {
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") {
+            bail!("admin URL {base:?} must start with http://");
+        }
+        Ok(AdminClient { base, token })
+    }
+
+    /// Uploads `file` as a new version of `service`; returns the API's JSON answer.
+    pub async fn deploy(
+        &self,
+        service: &str,
+        file: &Path,
+        version: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let wasm = std::fs::read(file).with_context(|| format!("failed to read {file:?}"))?;
+        let mut url = format!("{}/admin/services/{service}/versions", self.base);
+        if let Some(version) = version {
+            url.push_str(&format!("?version={version}"));
+        }
+        self.send(http::Method::POST, &url, Bytes::from(wasm)).await
+    }
+
+    /// The service catalog.
+    pub async fn services(&self) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/admin/services", self.base);
+        self.send(http::Method::GET, &url, Bytes::new()).await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: Bytes,
+    ) -> anyhow::Result<serde_json::Value> {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(http::header::CONTENT_TYPE, "application/wasm")
+            .body(Full::new(body))
+            .with_context(|| format!("invalid admin URL {url:?}"))?;
+        let response = client.request(request).await.with_context(|| {
+            format!("cannot reach the admin API at {url} (is the host running?)")
+        })?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("failed to read the admin API's answer")?
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+        if !status.is_success() {
+            let detail = json
+                .get("detail")
+                .and_then(|d| d.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| json.to_string());
+            bail!("{status}: {detail}");
+        }
+        Ok(json)
+    }
+}

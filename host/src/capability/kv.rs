@@ -1,0 +1,219 @@
+//! `wasi:keyvalue/store` on the service's own keyspace, with the invocation's writes
+//! buffered as a unit of work: reads see the invocation's own writes, and the writes
+//! reach the store together, only when the invocation succeeds
+//! ([`KvState::into_writes`]).
+
+use super::generated::wasi::keyvalue::store;
+use crate::runtime::InvocationState;
+use crate::store::{Keyspace, WriteSet};
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
+
+/// Longest key a guest may use, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest value a guest may store, in bytes.
+pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+/// Most keys one `list-keys` page returns; the cursor is the offset of the next page.
+pub const LIST_PAGE: usize = 1000;
+
+/// The error a guest sees (`wasi:keyvalue/store.error`).
+pub enum KvError {
+    NoSuchStore,
+    Other(String),
+}
+
+impl From<ResourceTableError> for KvError {
+    fn from(err: ResourceTableError) -> Self {
+        KvError::Other(err.to_string())
+    }
+}
+
+/// An open bucket: just its name; the keyspace is the invocation's.
+pub struct BucketHandle {
+    name: String,
+}
+
+/// Per-invocation key-value state.
+pub struct KvState {
+    keyspace: Arc<dyn Keyspace>,
+    /// Writes not yet committed, by (bucket, key); `None` is a delete.
+    pending: WriteSet,
+}
+
+impl KvState {
+    pub fn new(keyspace: Arc<dyn Keyspace>) -> KvState {
+        KvState {
+            keyspace,
+            pending: WriteSet::new(),
+        }
+    }
+
+    /// The invocation's writes, to commit when it succeeded.
+    pub fn into_writes(self) -> (Arc<dyn Keyspace>, WriteSet) {
+        (self.keyspace, self.pending)
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(pending) = self.pending.get(&(bucket.to_string(), key.to_string())) {
+            return Ok(pending.clone());
+        }
+        self.keyspace
+            .get(bucket, key)
+            .map_err(|e| KvError::Other(e.to_string()))
+    }
+}
+
+/// The view the generated bindings are implemented for.
+pub struct KvView<'a> {
+    state: &'a mut KvState,
+    table: &'a mut ResourceTable,
+}
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+    store::add_to_linker::<_, HasKv>(linker, |s: &mut InvocationState| KvView {
+        state: &mut s.kv,
+        table: &mut s.table,
+    })
+}
+
+/// Bucket names: 1 to 64 of `a-z 0-9 - _ .`.
+fn valid_bucket_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+fn check_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(KvError::Other(format!(
+            "key must be 1 to {MAX_KEY_BYTES} bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl store::Host for KvView<'_> {
+    fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, KvError> {
+        if !valid_bucket_name(&identifier) {
+            return Err(KvError::NoSuchStore);
+        }
+        Ok(self.table.push(BucketHandle { name: identifier })?)
+    }
+
+    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<store::Error> {
+        Ok(match err {
+            KvError::NoSuchStore => store::Error::NoSuchStore,
+            KvError::Other(msg) => store::Error::Other(msg),
+        })
+    }
+}
+
+impl KvView<'_> {
+    fn bucket(&self, bucket: &Resource<BucketHandle>) -> Result<String, KvError> {
+        Ok(self.table.get(bucket)?.name.clone())
+    }
+}
+
+impl store::HostBucket for KvView<'_> {
+    fn get(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        let bucket = self.bucket(&bucket)?;
+        check_key(&key)?;
+        self.state.get(&bucket, &key)
+    }
+
+    fn set(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), KvError> {
+        let bucket = self.bucket(&bucket)?;
+        check_key(&key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(KvError::Other(format!(
+                "value of {} bytes is over the limit of {MAX_VALUE_BYTES} bytes",
+                value.len()
+            )));
+        }
+        self.state.pending.insert((bucket, key), Some(value));
+        Ok(())
+    }
+
+    fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<(), KvError> {
+        let bucket = self.bucket(&bucket)?;
+        check_key(&key)?;
+        self.state.pending.insert((bucket, key), None);
+        Ok(())
+    }
+
+    fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<bool, KvError> {
+        let bucket = self.bucket(&bucket)?;
+        check_key(&key)?;
+        Ok(self.state.get(&bucket, &key)?.is_some())
+    }
+
+    fn list_keys(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        cursor: Option<u64>,
+    ) -> Result<store::KeyResponse, KvError> {
+        let bucket = self.bucket(&bucket)?;
+        let mut keys: std::collections::BTreeSet<String> = self
+            .state
+            .keyspace
+            .keys(&bucket)
+            .map_err(|e| KvError::Other(e.to_string()))?
+            .into_iter()
+            .collect();
+        for ((b, key), value) in &self.state.pending {
+            if *b == bucket {
+                match value {
+                    Some(_) => keys.insert(key.clone()),
+                    None => keys.remove(key),
+                };
+            }
+        }
+        let start = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        let page: Vec<String> = keys.into_iter().skip(start).take(LIST_PAGE + 1).collect();
+        let (keys, cursor) = if page.len() > LIST_PAGE {
+            let mut page = page;
+            page.truncate(LIST_PAGE);
+            (page, Some((start + LIST_PAGE) as u64))
+        } else {
+            (page, None)
+        };
+        Ok(store::KeyResponse { keys, cursor })
+    }
+
+    fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        assert!(valid_bucket_name("default"));
+        assert!(valid_bucket_name("orders-2024.v1"));
+        assert!(!valid_bucket_name(""));
+        assert!(!valid_bucket_name("Upper"));
+        assert!(!valid_bucket_name("a\0b"));
+        assert!(!valid_bucket_name(&"x".repeat(65)));
+    }
+}

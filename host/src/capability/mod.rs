@@ -1,0 +1,35 @@
+//! The host side of every WIT interface a service may import. Each capability is one
+//! module with one shape (state, view, `impl Host`); [`add_to_linker`] is the only place
+//! where the linker learns about them.
+
+pub mod kv;
+
+use crate::runtime::InvocationState;
+use wasmtime::component::Linker;
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "microhost:platform/host",
+        imports: { default: trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": super::kv::BucketHandle,
+        },
+        trappable_error_type: {
+            "wasi:keyvalue/store.error" => super::kv::KvError,
+        },
+    });
+}
+
+/// Links everything the `service` world imports: WASI (cli, clocks, random, io,
+/// filesystem and sockets, all without ambient authority), `wasi:http`,
+/// `wasi:config/store` and `wasi:keyvalue/store`.
+pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    wasmtime_wasi_config::add_to_linker(linker, |s: &mut InvocationState| {
+        wasmtime_wasi_config::WasiConfig::from(&*s.config)
+    })?;
+    kv::add_to_linker(linker)?;
+    Ok(())
+}

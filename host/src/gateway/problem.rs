@@ -1,0 +1,52 @@
+//! RFC 9457 problem responses, and the one mapping from an invocation's failure to an
+//! HTTP status: client fault 4xx, guest trap 502, guest timeout 504, no capacity 503,
+//! host fault 500.
+
+use crate::runtime::InvokeError;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::Full;
+
+/// A problem response body: `{"type","title","status","detail", ...extra}`.
+pub fn problem(status: StatusCode, detail: impl Into<String>) -> http::Response<Full<Bytes>> {
+    problem_with(status, detail, serde_json::Map::new())
+}
+
+/// A problem response with extra members (e.g. `service`, `version`).
+pub fn problem_with(
+    status: StatusCode,
+    detail: impl Into<String>,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> http::Response<Full<Bytes>> {
+    let mut body = serde_json::Map::new();
+    body.insert("type".into(), "about:blank".into());
+    body.insert(
+        "title".into(),
+        status.canonical_reason().unwrap_or("Error").into(),
+    );
+    body.insert("status".into(), status.as_u16().into());
+    body.insert("detail".into(), detail.into().into());
+    body.extend(extra);
+    let bytes = serde_json::Value::Object(body).to_string();
+    let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// The status for a failed invocation.
+pub fn status_of(error: &InvokeError) -> StatusCode {
+    match error {
+        InvokeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        InvokeError::Trap(_)
+        | InvokeError::MemoryLimit(_)
+        | InvokeError::NoResponse
+        | InvokeError::ErrorResponse(_)
+        | InvokeError::ResponseTooLarge => StatusCode::BAD_GATEWAY,
+        InvokeError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -1,0 +1,199 @@
+//! microhost: one process that runs a whole microservice system of WebAssembly
+//! components: API gateway, service registry and runtime (and, later, event bus).
+//!
+//! The host is a library; `main.rs` only parses arguments. [`start`] brings a host up
+//! on the configured addresses and returns a [`Running`] handle; tests start the same
+//! library on `127.0.0.1:0`.
+
+pub mod admin;
+pub mod capability;
+pub mod dispatch;
+pub mod gateway;
+pub mod registry;
+pub mod runtime;
+pub mod store;
+
+use anyhow::{Context as _, bail};
+use gateway::server::{ServerLimits, serve};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Name of the file in the data directory that holds a generated admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Everything [`start`] needs.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub manifest: registry::manifest::Manifest,
+    /// Gateway address (`127.0.0.1:3000`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Admin API address; a non-loopback one needs a configured token.
+    pub admin_listen: SocketAddr,
+    /// Where state (sled) and, by default, the precompiled-component cache live.
+    pub data_dir: PathBuf,
+    /// Overrides `<data_dir>/cache` for precompiled components.
+    pub cache_dir: Option<PathBuf>,
+    /// The admin bearer token. `None` on a loopback admin address generates one and
+    /// writes it to `<data_dir>/admin-token`.
+    pub admin_token: Option<String>,
+    pub limits: ServerLimits,
+    /// Most concurrent instances (sizes the pooling allocator).
+    pub max_instances: u32,
+}
+
+impl HostConfig {
+    /// Defaults for everything but the manifest: loopback ports 3000/3100,
+    /// `.microhost` as data directory.
+    pub fn new(manifest: registry::manifest::Manifest) -> HostConfig {
+        HostConfig {
+            manifest,
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 3100)),
+            data_dir: PathBuf::from(".microhost"),
+            cache_dir: None,
+            admin_token: None,
+            limits: ServerLimits::default(),
+            max_instances: 1000,
+        }
+    }
+}
+
+/// A host that is serving.
+pub struct Running {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The admin bearer token in force (configured or generated).
+    pub admin_token: String,
+    pub registry: Arc<registry::Registry>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting connections, lets in-flight requests finish (up to the grace
+    /// period), and closes the state database.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.wait().await;
+    }
+
+    /// Waits until the servers have stopped (after [`Running::trigger_shutdown`] or a
+    /// signal handled elsewhere).
+    pub async fn wait(self) {
+        for server in self.servers {
+            let _ = server.await;
+        }
+    }
+
+    /// A handle that asks the host to shut down, for signal handlers.
+    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts a host: opens the state, compiles every service, binds both listeners.
+pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
+    let admin_token = match config.admin_token.clone() {
+        Some(token) if token.trim().is_empty() => bail!("the admin token must not be empty"),
+        Some(token) => token,
+        None if !config.admin_listen.ip().is_loopback() => bail!(
+            "refusing to serve the admin API on non-loopback address {} without a token: \
+             set MICROHOST_ADMIN_TOKEN (or [admin] token in the manifest)",
+            config.admin_listen
+        ),
+        None => generate_admin_token(&config.data_dir)?,
+    };
+
+    let storage = store::SledStorage::open(&config.data_dir)?;
+    let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
+        max_instances: config.max_instances,
+        max_memory_mib: registry::manifest::MAX_MEMORY_MIB,
+        cache_dir: Some(
+            config
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("cache")),
+        ),
+    })?);
+    let registry =
+        Arc::new(registry::Registry::load(&config.manifest, runtime.clone(), &storage).await?);
+    // The keyspaces hold the database open; the storage handle itself is not needed.
+    drop(storage);
+
+    let gateway_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("failed to listen on {} (admin)", config.admin_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (shutdown, stop) = watch::channel(false);
+    let gateway = Arc::new(gateway::Gateway::new(
+        registry.clone(),
+        dispatch::Dispatcher::new(runtime),
+    ));
+    let gateway_server = tokio::spawn(serve(
+        "gateway",
+        gateway_listener,
+        move |_peer| {
+            let gateway = gateway.clone();
+            hyper::service::service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(req).await) }
+            })
+        },
+        config.limits,
+        stop.clone(),
+    ));
+    let admin_app = admin::router(registry.clone(), Arc::from(admin_token.as_str()));
+    let admin_server = tokio::spawn(serve(
+        "admin",
+        admin_listener,
+        move |_peer| hyper_util::service::TowerToHyperService::new(admin_app.clone()),
+        config.limits,
+        stop,
+    ));
+    tracing::info!(%gateway_addr, %admin_addr, services = registry.services().count(), "microhost is serving");
+    Ok(Running {
+        gateway_addr,
+        admin_addr,
+        admin_token,
+        registry,
+        shutdown,
+        servers: vec![gateway_server, admin_server],
+    })
+}
+
+/// A random token, written to `<data_dir>/admin-token` (mode 0600) so that the CLI on
+/// the same machine can find it.
+fn generate_admin_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("failed to create data directory {data_dir:?}"))?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    write_private(&path, &token).with_context(|| format!("failed to write {path:?}"))?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(token)
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}

@@ -1,0 +1,201 @@
+//! The `microhost` command: parse arguments, load configuration, call the library.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use microhost::admin::client::AdminClient;
+use microhost::registry::manifest::Manifest;
+use microhost::{ADMIN_TOKEN_FILE, HostConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "microhost",
+    version,
+    about = "Run a whole microservice system of WebAssembly components in one process"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the host: the gateway, the admin API and every service of the manifest.
+    Serve {
+        /// The deployment manifest.
+        #[arg(long, default_value = "registry/microhost.toml")]
+        manifest: PathBuf,
+        /// Address of the gateway (public traffic).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        /// Address of the admin API. A non-loopback address requires a token.
+        #[arg(long, default_value = "127.0.0.1:3100")]
+        admin_listen: SocketAddr,
+        /// Directory for state (sled), the precompiled-component cache and a generated
+        /// admin token.
+        #[arg(long, default_value = ".microhost")]
+        data_dir: PathBuf,
+        /// Directory for precompiled components [default: <data-dir>/cache].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Seconds a client has to send a request's headers.
+        #[arg(long, default_value_t = 10)]
+        header_timeout_secs: u64,
+        /// Seconds shutdown waits for in-flight requests.
+        #[arg(long, default_value_t = 30)]
+        shutdown_grace_secs: u64,
+    },
+    /// Deploy a component as the new active version of a service (without restart).
+    Deploy {
+        /// The service to deploy to.
+        service: String,
+        /// The component (.wasm) to deploy.
+        file: PathBuf,
+        /// Version label [default: the first 12 hex digits of the file's sha256].
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the services, their routes and active versions.
+    Services {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the CLI finds and authenticates to a running host.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// URL of the admin API.
+    #[arg(
+        long = "admin",
+        env = "MICROHOST_ADMIN_URL",
+        default_value = "http://127.0.0.1:3100"
+    )]
+    url: String,
+    /// The host's data directory, where a generated admin token is found when
+    /// MICROHOST_ADMIN_TOKEN is not set.
+    #[arg(long, default_value = ".microhost")]
+    data_dir: PathBuf,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let token = match std::env::var("MICROHOST_ADMIN_TOKEN") {
+            Ok(token) if !token.is_empty() => token,
+            _ => {
+                let path = self.data_dir.join(ADMIN_TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no admin token: set MICROHOST_ADMIN_TOKEN, or point --data-dir at \
+                             the host's data directory (could not read {path:?})"
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        AdminClient::new(&self.url, token)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cranelift_codegen=warn,wasmtime=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            manifest,
+            listen,
+            admin_listen,
+            data_dir,
+            cache_dir,
+            header_timeout_secs,
+            shutdown_grace_secs,
+        } => {
+            let manifest = Manifest::load(&manifest)?;
+            let admin_token = std::env::var("MICROHOST_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| manifest.admin.token.clone());
+            let mut config = HostConfig::new(manifest);
+            config.listen = listen;
+            config.admin_listen = admin_listen;
+            config.data_dir = data_dir;
+            config.cache_dir = cache_dir;
+            config.admin_token = admin_token;
+            config.limits.header_read_timeout = std::time::Duration::from_secs(header_timeout_secs);
+            config.limits.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_secs);
+            let running = microhost::start(config).await?;
+            let trigger = running.shutdown_trigger();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                let _ = trigger.send(true);
+            });
+            running.wait().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Deploy {
+            service,
+            file,
+            version,
+            admin,
+        } => {
+            let answer = admin
+                .client()?
+                .deploy(&service, &file, version.as_deref())
+                .await
+                .with_context(|| format!("deploying {file:?} to service {service:?} failed"))?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+        Command::Services { admin } => {
+            let answer = admin.client()?.services().await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The deployment manifest (`registry/microhost.toml`): one `[[service]]` entry per
+//! service. Parsed strictly (unknown fields are errors) and validated before the host
+//! starts; every error names the file, the service and the field.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// The whole manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// The directory relative component paths are resolved against (the manifest's
+    /// own directory); not a TOML field.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// One service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Lower-case letters, digits and `-`, starting with a letter; at most 63 characters.
+    pub name: String,
+    /// Path prefix the gateway routes to this service, e.g. `/api/products`. Matching
+    /// is by whole path segments; the longest matching prefix wins.
+    pub route: String,
+    pub component: ComponentSpec,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Values the service reads through `wasi:config/store`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Which component version serves the service at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSpec {
+    /// Path of the `.wasm` file, relative to the manifest's directory.
+    pub path: PathBuf,
+    /// Version label, e.g. `0.1.0`; shown in `x-microhost-service`.
+    pub version: String,
+}
+
+/// Per-service resource limits.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory of one instance, in MiB.
+    pub memory_mib: u32,
+    /// Wall-clock time one request may take, in milliseconds (CPU included).
+    pub timeout_ms: u64,
+    /// Largest request body the gateway accepts for this service, in KiB.
+    pub max_body_kib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mib: 64,
+            timeout_ms: 10_000,
+            max_body_kib: 1024,
+        }
+    }
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Bearer token of the admin API. `MICROHOST_ADMIN_TOKEN` overrides it; prefer the
+    /// environment over committing a token.
+    pub token: Option<String>,
+}
+
+/// A manifest that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("failed to read manifest {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid manifest {path:?}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid manifest {path:?}: service {service:?}: field `{field}`: {reason}")]
+    Field {
+        path: PathBuf,
+        service: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// Most memory a service may ask for, in MiB (the runtime's pool is sized for it).
+pub const MAX_MEMORY_MIB: u32 = 1024;
+/// Longest request timeout, in milliseconds (10 minutes).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Largest request body limit, in KiB (1 GiB).
+pub const MAX_BODY_KIB: u64 = 1024 * 1024;
+
+impl Manifest {
+    /// Reads, parses and validates the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Manifest::from_toml(&text, path, base_dir)
+    }
+
+    /// Parses and validates manifest text; `path` is only used in messages.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        base_dir: PathBuf,
+    ) -> Result<Manifest, ManifestError> {
+        let mut manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        manifest.base_dir = base_dir;
+        manifest.validate(path)?;
+        Ok(manifest)
+    }
+
+    /// The component file of `service`, resolved against the manifest's directory.
+    pub fn component_path(&self, service: &ServiceSpec) -> PathBuf {
+        self.base_dir.join(&service.component.path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ManifestError> {
+        let mut names = HashSet::new();
+        let mut routes = HashSet::new();
+        for service in &self.services {
+            let fail = |field: &'static str, reason: String| ManifestError::Field {
+                path: path.to_path_buf(),
+                service: service.name.clone(),
+                field,
+                reason,
+            };
+            if let Err(reason) = check_service_name(&service.name) {
+                return Err(fail("name", reason));
+            }
+            if !names.insert(service.name.as_str()) {
+                return Err(fail(
+                    "name",
+                    "another service has the same name".to_string(),
+                ));
+            }
+            if let Err(reason) = check_route(&service.route) {
+                return Err(fail("route", reason));
+            }
+            if !routes.insert(service.route.as_str()) {
+                return Err(fail(
+                    "route",
+                    format!(
+                        "{:?} is already the route of another service",
+                        service.route
+                    ),
+                ));
+            }
+            if let Err(reason) = check_version(&service.component.version) {
+                return Err(fail("component.version", reason));
+            }
+            if service.component.path.as_os_str().is_empty() {
+                return Err(fail("component.path", "must not be empty".to_string()));
+            }
+            let limits = &service.limits;
+            if !(1..=MAX_MEMORY_MIB).contains(&limits.memory_mib) {
+                return Err(fail(
+                    "limits.memory_mib",
+                    format!(
+                        "must be from 1 to {MAX_MEMORY_MIB}, got {}",
+                        limits.memory_mib
+                    ),
+                ));
+            }
+            if !(1..=MAX_TIMEOUT_MS).contains(&limits.timeout_ms) {
+                return Err(fail(
+                    "limits.timeout_ms",
+                    format!(
+                        "must be from 1 to {MAX_TIMEOUT_MS}, got {}",
+                        limits.timeout_ms
+                    ),
+                ));
+            }
+            if limits.max_body_kib > MAX_BODY_KIB {
+                return Err(fail(
+                    "limits.max_body_kib",
+                    format!(
+                        "must be at most {MAX_BODY_KIB}, got {}",
+                        limits.max_body_kib
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Service names: `[a-z][a-z0-9-]{0,62}`.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid service name: use 1 to 63 lower-case letters, digits \
+             and '-', starting with a letter"
+        ))
+    }
+}
+
+/// Version labels: 1 to 64 of `A-Z a-z 0-9 . _ + -`.
+pub fn check_version(version: &str) -> Result<(), String> {
+    let ok = !version.is_empty()
+        && version.len() <= 64
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{version:?} is not a valid version label: use 1 to 64 letters, digits, \
+             '.', '_', '+' and '-'"
+        ))
+    }
+}
+
+fn check_route(route: &str) -> Result<(), String> {
+    if !route.starts_with('/') {
+        return Err(format!("{route:?} must start with '/'"));
+    }
+    if route.len() > 1 && route.ends_with('/') {
+        return Err(format!("{route:?} must not end with '/'"));
+    }
+    if route.contains(['?', '#', '*', ' ']) || route.contains("//") {
+        return Err(format!(
+            "{route:?} must be a plain path prefix (no '?', '#', '*', spaces or '//')"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::from_toml(
+            text,
+            Path::new("registry/microhost.toml"),
+            PathBuf::from("registry"),
+        )
+    }
+
+    const GOOD: &str = r#"
+        [[service]]
+        name = "product"
+        route = "/api/products"
+        component = { path = "product/0.1.0.wasm", version = "0.1.0" }
+        limits = { memory_mib = 32, timeout_ms = 2000 }
+        config = { default_page_size = "10" }
+    "#;
+
+    #[test]
+    fn parses_a_good_manifest() -> anyhow::Result<()> {
+        let m = parse(GOOD)?;
+        assert_eq!(m.services.len(), 1);
+        let s = &m.services[0];
+        assert_eq!(s.limits.memory_mib, 32);
+        assert_eq!(
+            s.limits.max_body_kib, 1024,
+            "unset limits take their default"
+        );
+        assert_eq!(s.config["default_page_size"], "10");
+        assert_eq!(
+            m.component_path(s),
+            PathBuf::from("registry/product/0.1.0.wasm")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let err = parse(&GOOD.replace("route =", "rout =")).expect_err("unknown field");
+        let msg = err.to_string();
+        assert!(msg.contains("registry/microhost.toml"), "{msg}");
+        assert!(msg.contains("line"), "{msg}");
+        assert!(msg.contains("rout"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_service_field_and_value() {
+        let cases = [
+            (
+                GOOD.replace("\"product\"", "\"Product\""),
+                "name",
+                "Product",
+            ),
+            (GOOD.replace("\"/api/products\"", "\"api\""), "route", "api"),
+            (
+                GOOD.replace("\"0.1.0\" }", "\"\" }"),
+                "component.version",
+                "\"\"",
+            ),
+            (
+                GOOD.replace("memory_mib = 32", "memory_mib = 0"),
+                "limits.memory_mib",
+                "0",
+            ),
+            (
+                GOOD.replace("timeout_ms = 2000", "timeout_ms = 9999999"),
+                "limits.timeout_ms",
+                "9999999",
+            ),
+        ];
+        for (text, field, value) in cases {
+            let msg = parse(&text).expect_err(field).to_string();
+            assert!(msg.contains(&format!("`{field}`")), "{msg}");
+            assert!(msg.contains(value), "{msg}");
+            assert!(msg.contains("registry/microhost.toml"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_routes_are_refused() {
+        let twice = format!("{GOOD}\n{GOOD}");
+        let msg = parse(&twice).expect_err("duplicate").to_string();
+        assert!(msg.contains("same name"), "{msg}");
+        let other = GOOD.replace("name = \"product\"", "name = \"other\"");
+        let msg = parse(&format!("{GOOD}\n{other}"))
+            .expect_err("dup route")
+            .to_string();
+        assert!(msg.contains("already the route"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let msg = parse(&GOOD.replace("memory_mib = 32", "memory_mib = \"lots\""))
+            .expect_err("type")
+            .to_string();
+        assert!(msg.contains("memory_mib"), "{msg}");
+    }
+}

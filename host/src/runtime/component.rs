@@ -1,0 +1,178 @@
+//! Turning wasm bytes into a runnable service version: check that it is a component of
+//! the `service` world, compile it (or load the precompiled artifact from the cache),
+//! and pre-instantiate it against the linker.
+
+use super::{InvocationState, Runtime};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use wasmtime::component::Component;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// The export every service must have.
+const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
+
+/// Why wasm bytes cannot become a service version. Each message says what is wrong and,
+/// where there is one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("not a WebAssembly file: it does not start with the `\\0asm` magic bytes")]
+    NotWasm,
+    #[error(
+        "this is a core WebAssembly module, not a component; build it for the \
+         wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error(
+        "the component does not export `{HTTP_HANDLER}`, which the service world requires; \
+         it exports: {exports}"
+    )]
+    MissingHttpHandler { exports: String },
+    #[error("the component does not fit the service world: {0}")]
+    WrongWorld(String),
+}
+
+/// A compiled, pre-instantiated component version: cheap to clone and to instantiate.
+#[derive(Clone)]
+pub struct Prepared {
+    pub(crate) pre: ProxyPre<InvocationState>,
+    /// Hex sha256 of the wasm bytes.
+    pub sha256: String,
+    /// Whether the machine code came from the precompiled cache (no compilation).
+    pub from_cache: bool,
+}
+
+impl Runtime {
+    /// Validates and compiles `wasm`. CPU-heavy when not cached: call it from a blocking
+    /// thread.
+    pub fn prepare(&self, wasm: &[u8]) -> Result<Prepared, ComponentError> {
+        check_header(wasm)?;
+        let sha256 = hex::encode(Sha256::digest(wasm));
+        let (component, from_cache) = self.compile(wasm, &sha256)?;
+        check_exports(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
+        let pre = ProxyPre::new(pre).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
+        Ok(Prepared {
+            pre,
+            sha256,
+            from_cache,
+        })
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        let dir = self.config.cache_dir.as_ref()?;
+        Some(dir.join(format!("{sha256}-{}.cwasm", self.compat_hash)))
+    }
+
+    fn compile(&self, wasm: &[u8], sha256: &str) -> Result<(Component, bool), ComponentError> {
+        let cache = self.cache_path(sha256);
+        if let Some(path) = &cache
+            && let Some(component) = load_cached(&self.engine, path)
+        {
+            return Ok((component, true));
+        }
+        let artifact = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        if let Some(path) = &cache {
+            store_cached(path, &artifact);
+        }
+        let component = deserialize(&self.engine, &artifact)
+            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        Ok((component, false))
+    }
+}
+
+fn check_header(wasm: &[u8]) -> Result<(), ComponentError> {
+    if wasm.len() < 8 || &wasm[0..4] != b"\0asm" {
+        return Err(ComponentError::NotWasm);
+    }
+    // Bytes 4..8 are the version and layer: 1.0 is a core module, 0x0d 0x00 0x01 0x00 a
+    // component.
+    if wasm[4..8] == [1, 0, 0, 0] {
+        return Err(ComponentError::CoreModule);
+    }
+    Ok(())
+}
+
+fn check_exports(engine: &wasmtime::Engine, component: &Component) -> Result<(), ComponentError> {
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let versionless = |name: &str| name.split('@').next().unwrap_or(name).to_string();
+    if names.iter().any(|n| versionless(n) == HTTP_HANDLER) {
+        return Ok(());
+    }
+    let exports = if names.is_empty() {
+        "nothing".to_string()
+    } else {
+        names.join(", ")
+    };
+    Err(ComponentError::MissingHttpHandler { exports })
+}
+
+fn load_cached(engine: &wasmtime::Engine, path: &Path) -> Option<Component> {
+    let bytes = std::fs::read(path).ok()?;
+    match deserialize(engine, &bytes) {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unusable precompiled artifact");
+            None
+        }
+    }
+}
+
+/// Writes the artifact next to its final name, then renames it into place, so a reader
+/// never sees half a file.
+fn store_cached(path: &Path, artifact: &[u8]) {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, artifact)?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), error = %e, "could not cache precompiled component");
+    }
+}
+
+#[allow(
+    unsafe_code,
+    reason = "loading precompiled machine code is unsafe by nature; see the SAFETY note"
+)]
+fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `artifact` is either what `Engine::precompile_component` just returned,
+    // or a file from the host's own cache directory, named by the wasm's sha256 and this
+    // engine's compatibility hash, and written by `store_cached`. wasmtime checks the
+    // header and the engine compatibility; the cache directory must be as trusted as the
+    // host binary (it lives under the data directory by default).
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks() {
+        assert!(matches!(
+            check_header(b"hello"),
+            Err(ComponentError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"not wasm at all"),
+            Err(ComponentError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(ComponentError::CoreModule)
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,234 @@
+//! One invocation of a service's HTTP handler: a fresh `Store`, CPU and memory limits,
+//! the whole response buffered, and the key-value writes committed only when the
+//! invocation succeeded.
+
+use super::{InvocationState, Prepared, Runtime};
+use crate::capability::kv::KvState;
+use crate::store::Keyspace;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+
+/// Largest response body a service may produce; the gateway buffers it whole so that
+/// nothing reaches the client before the invocation's outcome is known.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Extra time after the CPU deadline before the invocation is abandoned outright (for a
+/// guest that is blocked in the host rather than running).
+const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
+
+/// Whose invocation this is and what it may use.
+#[derive(Clone)]
+pub struct InvocationContext {
+    pub keyspace: Arc<dyn Keyspace>,
+    pub config: Arc<WasiConfigVariables>,
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// Why an invocation produced no usable response. The gateway maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the service trapped: {0}")]
+    Trap(String),
+    #[error("the service did not answer within its timeout of {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("the service exceeded its memory limit of {} MiB", .0 / (1024 * 1024))]
+    MemoryLimit(usize),
+    #[error("the service returned without sending a response")]
+    NoResponse,
+    #[error("the service answered with an error: {0}")]
+    ErrorResponse(String),
+    #[error("the service's response body is larger than {MAX_RESPONSE_BYTES} bytes")]
+    ResponseTooLarge,
+    #[error("no instance could be created for the service: {0}")]
+    Instantiate(String),
+    #[error("the service's state could not be saved: {0}")]
+    Storage(String),
+}
+
+/// What the guest future hands back: how the call ended, and the store (with the
+/// unit-of-work buffer and the limiter's verdict).
+type GuestOutcome = (Result<(), GuestFailure>, Store<InvocationState>);
+
+enum GuestFailure {
+    /// No instance could be made (the pool is exhausted, or an import failed to link).
+    Instantiate(wasmtime::Error),
+    /// The handler itself failed (trap, deadline, memory).
+    Call(wasmtime::Error),
+}
+
+impl Runtime {
+    /// Runs `request` through the component's `wasi:http/incoming-handler`.
+    pub async fn handle_http(
+        &self,
+        prepared: &Prepared,
+        cx: InvocationContext,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let timeout = cx.timeout;
+        match tokio::time::timeout(timeout + TIMEOUT_GRACE, self.run(prepared, cx, request)).await {
+            Ok(result) => result,
+            // Dropping the future dropped the store: nothing was committed.
+            Err(_) => Err(InvokeError::Timeout(timeout)),
+        }
+    }
+
+    async fn run(
+        &self,
+        prepared: &Prepared,
+        cx: InvocationContext,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let started = Instant::now();
+        let timeout = cx.timeout;
+        let memory_bytes = cx.memory_bytes;
+        let state = InvocationState::new(cx.config, KvState::new(cx.keyspace), memory_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Every tick, a running guest yields to the scheduler (so one busy guest cannot
+        // starve the others) and is stopped once its time is up.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= timeout {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
+        let internal = |e: wasmtime::Error| InvokeError::Instantiate(format!("{e:#}"));
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request.map(Full::new))
+            .map_err(internal)?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(internal)?;
+
+        let pre = prepared.pre.clone();
+        let guest = async move {
+            let proxy = match pre.instantiate_async(&mut store).await {
+                Ok(proxy) => proxy,
+                Err(e) => return (Err(GuestFailure::Instantiate(e)), store),
+            };
+            let result = proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+                .map_err(GuestFailure::Call);
+            (result, store)
+        };
+        let mut guest = std::pin::pin!(guest);
+
+        // Wait for the response head, or for the guest to end without one.
+        let mut finished: Option<GuestOutcome> = None;
+        let head = tokio::select! {
+            head = &mut receiver => head.ok(),
+            outcome = &mut guest => {
+                finished = Some(outcome);
+                receiver.try_recv().ok()
+            }
+        };
+
+        let (parts, body) = match head {
+            Some(Ok(response)) => {
+                let (parts, body) = response.into_parts();
+                let collect = async {
+                    Limited::new(body, MAX_RESPONSE_BYTES)
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                };
+                // The guest may still be writing the body: drive both.
+                let body = match finished {
+                    Some(_) => collect.await,
+                    None => {
+                        let (body, outcome) = tokio::join!(collect, &mut guest);
+                        finished = Some(outcome);
+                        body
+                    }
+                };
+                (Some(parts), body)
+            }
+            Some(Err(code)) => {
+                if finished.is_none() {
+                    finished = Some(guest.await);
+                }
+                let (result, store) = finished.expect("the guest has finished");
+                check_guest(result, &store, memory_bytes, timeout)?;
+                return Err(InvokeError::ErrorResponse(describe_error_code(&code)));
+            }
+            None => (None, Ok(Bytes::new())),
+        };
+
+        let (result, store) = match finished {
+            Some(outcome) => outcome,
+            None => guest.await,
+        };
+        check_guest(result, &store, memory_bytes, timeout)?;
+        let Some(parts) = parts else {
+            return Err(InvokeError::NoResponse);
+        };
+        let body = body.map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                InvokeError::ResponseTooLarge
+            } else {
+                InvokeError::ErrorResponse(format!("the response body failed: {e}"))
+            }
+        })?;
+
+        // The unit of work: the writes become visible only when the service succeeded.
+        if !parts.status.is_server_error() {
+            let (keyspace, writes) = store.into_data().kv.into_writes();
+            if !writes.is_empty() {
+                keyspace
+                    .commit(writes)
+                    .await
+                    .map_err(|e| InvokeError::Storage(e.to_string()))?;
+            }
+        }
+        Ok(http::Response::from_parts(parts, body))
+    }
+}
+
+/// Classifies a failed guest call: deadline, memory limit, or any other trap.
+fn check_guest(
+    result: Result<(), GuestFailure>,
+    store: &Store<InvocationState>,
+    memory_bytes: usize,
+    timeout: Duration,
+) -> Result<(), InvokeError> {
+    let e = match result {
+        Ok(()) => return Ok(()),
+        Err(GuestFailure::Instantiate(e)) => {
+            return Err(InvokeError::Instantiate(format!("{e:#}")));
+        }
+        Err(GuestFailure::Call(e)) => e,
+    };
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return Err(InvokeError::Timeout(timeout));
+    }
+    if store.data().limiter.hit {
+        return Err(InvokeError::MemoryLimit(memory_bytes));
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return Err(InvokeError::Trap(trap.to_string()));
+    }
+    Err(InvokeError::Trap(format!("{e:#}")))
+}
+
+fn describe_error_code(code: &ErrorCode) -> String {
+    format!("{code:?}")
+}

@@ -1,0 +1,111 @@
+//! The WebAssembly runtime: one wasmtime `Engine` for the process (pooling allocator,
+//! copy-on-write memory images, epoch interruption), one `Linker` built once, a
+//! [`Prepared`] component per version, and a fresh `Store` per invocation.
+
+mod component;
+mod invoke;
+mod state;
+
+pub use component::{ComponentError, Prepared};
+pub use invoke::{InvocationContext, InvokeError};
+pub use state::InvocationState;
+
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of CPU deadlines and of yielding a
+/// busy guest back to the async scheduler.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings of the runtime, fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most instances alive at once (each concurrent invocation holds one). The pool
+    /// reserves address space for this many memories up front.
+    pub max_instances: u32,
+    /// The largest memory limit a service may ask for, in MiB.
+    pub max_memory_mib: u32,
+    /// Where precompiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_instances: 1000,
+            max_memory_mib: 1024,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The engine, the linker and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    config: RuntimeConfig,
+    /// Hash of everything that makes a precompiled artifact loadable by this engine.
+    compat_hash: String,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(config.max_instances)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances * 4)
+            .total_core_instances(config.max_instances * 8)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory_mib as usize * 1024 * 1024);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)
+            .map_err(anyhow::Error::from)
+            .context("failed to create the wasmtime engine")?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        crate::capability::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link host capabilities")?;
+
+        let compat_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        };
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            compat_hash,
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a thread of its own (a tokio
+/// task would stall when guests keep the workers busy). Stops when the engine is gone.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("microhost-epoch".to_string())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

@@ -1,0 +1,120 @@
+//! What one invocation's `Store` holds: the WASI contexts, the capabilities granted to
+//! the service, and the memory limiter.
+
+use crate::capability::kv::KvState;
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Per-invocation store data. A new one for every request: nothing a guest does
+/// survives the invocation except committed key-value writes.
+pub struct InvocationState {
+    pub(crate) table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: DenyOutgoing,
+    /// The service's `[service.config]` values, shared by all its invocations.
+    pub(crate) config: Arc<WasiConfigVariables>,
+    pub(crate) kv: KvState,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+impl InvocationState {
+    pub fn new(config: Arc<WasiConfigVariables>, kv: KvState, memory_bytes: usize) -> Self {
+        // No environment, arguments, preopened directories or network: a guest gets only
+        // what its manifest grants. Its stdout/stderr go to the host's.
+        let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
+        InvocationState {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: DenyOutgoing,
+            config,
+            kv,
+            limiter: MemoryLimiter {
+                memory_bytes,
+                hit: false,
+            },
+        }
+    }
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InvocationState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP is not granted to any service yet (service-to-service calls and
+/// allowed hosts come with the manifest fields that grant them): every request is
+/// refused with `HTTP-request-denied`, which the guest sees as an error, not a trap.
+struct DenyOutgoing;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyOutgoing {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Caps a store's linear memory at the service's limit and remembers whether the guest
+/// ran into it, so the failure can be reported as what it is.
+pub struct MemoryLimiter {
+    memory_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a generous fixed cap keeps a guest from
+        // growing them without bound.
+        Ok(desired <= 1_000_000)
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: a real host on loopback ports, real components from
+//! `components/` (built by `just build-components`), real sled on disk, real HTTP.
+//! One test binary, so it links once.
+
+mod deploy;
+mod failures;
+mod gateway;
+mod state;
+mod support;

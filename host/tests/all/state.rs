@@ -1,0 +1,158 @@
+//! Key-value state: product CRUD, persistence across restart, keyspace isolation, and
+//! the invocation as a unit of work.
+
+use crate::support::{Host, Svc, data_dir, wasm};
+
+fn product() -> Svc {
+    Svc::new("product", "/api/products", "product").config("default_page_size", "2")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_create_get_list_survive_a_restart() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(&[product()], dir.path()).await?;
+
+    let mut ids = Vec::new();
+    for (name, price) in [("Lamp", 1999), ("Desk", 15000), ("Chair", 4900)] {
+        let body = serde_json::json!({ "name": name, "price_cents": price, "stock": 3 });
+        let r = host.post("/api/products", body.to_string()).await?;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let created = r.json();
+        assert_eq!(created["name"], name);
+        let id = created["id"].as_str().unwrap_or_default().to_string();
+        assert!(!id.is_empty());
+        assert_eq!(
+            r.header("location"),
+            Some(format!("/api/products/{id}").as_str())
+        );
+        ids.push(id);
+    }
+    let r = host.get(&format!("/api/products/{}", ids[1])).await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["price_cents"], 15000);
+
+    // Pages of 2 (the configured default), in creation order.
+    let page1 = host.get("/api/products").await?.json();
+    let names: Vec<&str> = page1["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["Lamp", "Desk"]);
+    let next = page1["next"].as_str().unwrap_or_default().to_string();
+    let page2 = host
+        .get(&format!("/api/products?after={next}"))
+        .await?
+        .json();
+    assert_eq!(page2["items"][0]["name"], "Chair");
+    assert!(page2["next"].is_null());
+
+    // Validation failures are 400 problems.
+    for bad in [
+        r#"{"name":"","price_cents":1,"stock":1}"#,
+        r#"{"name":"x","price_cents":-1,"stock":1}"#,
+        r#"{"name":"x","price_cents":1}"#,
+        r#"{"name":"x","price_cents":1,"stock":1,"extra":true}"#,
+        r#"not json"#,
+    ] {
+        let r = host.post("/api/products", bad).await?;
+        assert_eq!(r.status, 400, "{bad} → {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    }
+    assert_eq!(host.get("/api/products/unknown").await?.status, 404);
+    assert_eq!(host.get("/api/products?limit=0").await?.status, 400);
+
+    host.shutdown().await;
+    let host = Host::start(&[product()], dir.path()).await?;
+    for id in &ids {
+        let r = host.get(&format!("/api/products/{id}")).await?;
+        assert_eq!(r.status, 200, "product {id} lost across restart");
+    }
+    let all = host.get("/api/products?limit=100").await?.json();
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(3));
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_cannot_see_each_others_keys() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("alpha", "/a", "test-kv"),
+            Svc::new("beta", "/b", "test-kv"),
+        ],
+        dir.path(),
+    )
+    .await?;
+
+    assert_eq!(host.put("/a/kv/secret", "alpha's").await?.status, 204);
+    assert_eq!(host.get("/a/kv/secret").await?.text(), "alpha's");
+    assert_eq!(
+        host.get("/b/kv/secret").await?.status,
+        404,
+        "beta read alpha's key"
+    );
+
+    assert_eq!(host.put("/b/kv/secret", "beta's").await?.status, 204);
+    assert_eq!(
+        host.get("/a/kv/secret").await?.text(),
+        "alpha's",
+        "beta overwrote alpha's key"
+    );
+    assert_eq!(host.get("/b/kv/secret").await?.text(), "beta's");
+
+    assert_eq!(host.put("/a/kv/only-alpha", "1").await?.status, 204);
+    let beta_keys = host.get("/b/kv").await?.json();
+    assert_eq!(beta_keys["keys"], serde_json::json!(["secret"]));
+    let alpha_keys = host.get("/a/kv").await?.json();
+    assert_eq!(
+        alpha_keys["keys"],
+        serde_json::json!(["only-alpha", "secret"])
+    );
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_only_when_the_invocation_succeeds() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(&[Svc::new("kv", "/", "test-kv")], dir.path()).await?;
+
+    // Reads in the invocation see its own writes.
+    let r = host.put("/kv/mine?then=read", "visible to myself").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "visible to myself");
+    assert_eq!(host.get("/kv/mine").await?.text(), "visible to myself");
+
+    // A 5xx answer or a trap after the write leaves nothing behind.
+    let r = host.put("/kv/after-500?then=500", "x").await?;
+    assert_eq!(r.status, 500);
+    assert_eq!(host.get("/kv/after-500").await?.status, 404);
+    let r = host.put("/kv/after-trap?then=trap", "x").await?;
+    assert_eq!(r.status, 502);
+    assert_eq!(host.get("/kv/after-trap").await?.status, 404);
+    // ... and does not undo what was committed before.
+    let r = host.put("/kv/mine?then=500", "overwritten?").await?;
+    assert_eq!(r.status, 500);
+    assert_eq!(host.get("/kv/mine").await?.text(), "visible to myself");
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_manifest_is_valid_and_its_components_are_built() -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry/microhost.toml");
+    let manifest = microhost::registry::manifest::Manifest::load(&path)?;
+    assert!(manifest.services.iter().any(|s| s.name == "product"));
+    for service in &manifest.services {
+        let file = manifest.component_path(service);
+        assert!(
+            file.exists(),
+            "{file:?} is missing: `just build-components` publishes it"
+        );
+    }
+    // The published product is the one built from components/product.
+    let published = std::fs::read(manifest.base_dir.join("product/0.1.0.wasm"))?;
+    assert_eq!(published, std::fs::read(wasm("product"))?);
+    Ok(())
+}

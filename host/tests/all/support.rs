@@ -1,0 +1,267 @@
+//! Test harness: start a real host (the library, on ephemeral loopback ports) with real
+//! components and a real sled directory, and talk to it over real HTTP.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use microhost::registry::manifest::Manifest;
+use microhost::{HostConfig, Running};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A built test component, by crate name (`test-echo` → `test_echo.wasm`).
+pub fn wasm(crate_name: &str) -> PathBuf {
+    let file = format!("{}.wasm", crate_name.replace('-', "_"));
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../components/target/wasm32-wasip2/release");
+    let path = dir.join(&file);
+    let fallback = dir.join(format!("{crate_name}.wasm"));
+    if path.exists() {
+        path
+    } else if fallback.exists() {
+        fallback
+    } else {
+        panic!("component {path:?} is missing: run `just build-components` first")
+    }
+}
+
+/// One `[[service]]` of the test manifest.
+#[derive(Clone)]
+pub struct Svc {
+    pub name: &'static str,
+    pub route: &'static str,
+    pub wasm: PathBuf,
+    pub version: &'static str,
+    pub memory_mib: u32,
+    pub timeout_ms: u64,
+    pub max_body_kib: u64,
+    pub config: Vec<(&'static str, &'static str)>,
+}
+
+impl Svc {
+    pub fn new(name: &'static str, route: &'static str, component: &str) -> Svc {
+        Svc {
+            name,
+            route,
+            wasm: wasm(component),
+            version: "v1",
+            memory_mib: 32,
+            timeout_ms: 5_000,
+            max_body_kib: 1024,
+            config: Vec::new(),
+        }
+    }
+
+    pub fn timeout_ms(mut self, ms: u64) -> Svc {
+        self.timeout_ms = ms;
+        self
+    }
+
+    pub fn memory_mib(mut self, mib: u32) -> Svc {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn max_body_kib(mut self, kib: u64) -> Svc {
+        self.max_body_kib = kib;
+        self
+    }
+
+    pub fn config(mut self, key: &'static str, value: &'static str) -> Svc {
+        self.config.push((key, value));
+        self
+    }
+}
+
+pub fn manifest_toml(services: &[Svc]) -> String {
+    let mut toml = String::new();
+    for s in services {
+        toml.push_str(&format!(
+            "[[service]]\nname = {:?}\nroute = {:?}\ncomponent = {{ path = {:?}, version = {:?} }}\n\
+             limits = {{ memory_mib = {}, timeout_ms = {}, max_body_kib = {} }}\n",
+            s.name,
+            s.route,
+            s.wasm.display().to_string(),
+            s.version,
+            s.memory_mib,
+            s.timeout_ms,
+            s.max_body_kib
+        ));
+        if !s.config.is_empty() {
+            toml.push_str("[service.config]\n");
+            for (k, v) in &s.config {
+                toml.push_str(&format!("{k} = {v:?}\n"));
+            }
+        }
+        toml.push('\n');
+    }
+    toml
+}
+
+/// A fresh data directory, removed when dropped.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("microhost-test-")
+        .tempdir()
+        .expect("creating a temp dir")
+}
+
+/// Test configuration: ephemeral ports, a shared precompiled-component cache (so tests
+/// that start many hosts compile each component once), small pool, short timeouts.
+pub fn config(services: &[Svc], data: &Path) -> anyhow::Result<HostConfig> {
+    let path = data.join("microhost.toml");
+    let manifest = Manifest::from_toml(&manifest_toml(services), &path, data.to_path_buf())?;
+    let mut config = HostConfig::new(manifest);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.admin_listen = "127.0.0.1:0".parse()?;
+    config.data_dir = data.to_path_buf();
+    config.cache_dir = Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
+    config.max_instances = 64;
+    config.limits.header_read_timeout = Duration::from_secs(1);
+    config.limits.shutdown_grace = Duration::from_secs(10);
+    Ok(config)
+}
+
+/// A running host and a client for it.
+pub struct Host {
+    pub running: Running,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `x-microhost-service`.
+    pub fn served_by(&self) -> Option<&str> {
+        self.header("x-microhost-service")
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+impl Host {
+    pub async fn start(services: &[Svc], data: &Path) -> anyhow::Result<Host> {
+        Host::start_with(config(services, data)?).await
+    }
+
+    pub async fn start_with(config: HostConfig) -> anyhow::Result<Host> {
+        let running = microhost::start(config).await?;
+        Ok(Host {
+            running,
+            client: client(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.gateway_addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Resp> {
+        self.send(http::Method::GET, &self.url(path), Bytes::new(), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {
+        self.send(http::Method::POST, &self.url(path), body.into(), None)
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {
+        self.send(http::Method::PUT, &self.url(path), body.into(), None)
+            .await
+    }
+
+    /// Deploys `wasm` bytes to `service` through the admin API, with the host's token.
+    pub async fn deploy(
+        &self,
+        service: &str,
+        version: &str,
+        wasm: Vec<u8>,
+    ) -> anyhow::Result<Resp> {
+        let url = self.admin_url(&format!(
+            "/admin/services/{service}/versions?version={version}"
+        ));
+        let token = self.running.admin_token.clone();
+        self.send(http::Method::POST, &url, wasm.into(), Some(&token))
+            .await
+    }
+
+    pub async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: Bytes,
+        token: Option<&str>,
+    ) -> anyhow::Result<Resp> {
+        send(&self.client, method, url, body, token).await
+    }
+
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
+    }
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: http::Method,
+    url: &str,
+    body: Bytes,
+    token: Option<&str>,
+) -> anyhow::Result<Resp> {
+    let mut request = http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client.request(request.body(Full::new(body))?).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Polls `check` until it returns true or `deadline` passes.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($deadline:expr, $check:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $deadline;
+        loop {
+            if $check {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
