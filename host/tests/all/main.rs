@@ -5,5 +5,6 @@
 mod deploy;
 mod failures;
 mod gateway;
+mod process;
 mod state;
 mod support;
