@@ -1,11 +1,12 @@
 //! microhost: one process that runs a whole microservice system of WebAssembly
-//! components: API gateway, service registry and runtime (and, later, event bus).
+//! components: API gateway, service registry, event bus and runtime.
 //!
 //! The host is a library; `main.rs` only parses arguments. [`start`] brings a host up
 //! on the configured addresses and returns a [`Running`] handle; tests start the same
 //! library on `127.0.0.1:0`.
 
 pub mod admin;
+pub mod bus;
 pub mod capability;
 pub mod dispatch;
 pub mod gateway;
@@ -70,13 +71,15 @@ pub struct Running {
     /// The admin bearer token in force (configured or generated).
     pub admin_token: String,
     pub registry: Arc<registry::Registry>,
+    pub bus: Arc<bus::Bus>,
     shutdown: watch::Sender<bool>,
-    servers: Vec<JoinHandle<()>>,
+    /// The two servers and the subscription loops.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting connections, lets in-flight requests finish (up to the grace
-    /// period), and closes the state database.
+    /// Stops accepting connections, lets in-flight requests and deliveries finish (up to
+    /// the grace period), and closes the state database.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.wait().await;
@@ -85,8 +88,8 @@ impl Running {
     /// Waits until the servers have stopped (after [`Running::trigger_shutdown`] or a
     /// signal handled elsewhere).
     pub async fn wait(self) {
-        for server in self.servers {
-            let _ = server.await;
+        for task in self.tasks {
+            let _ = task.await;
         }
     }
 
@@ -109,7 +112,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         None => generate_admin_token(&config.data_dir)?,
     };
 
-    let storage = store::SledStorage::open(&config.data_dir)?;
+    let storage: Arc<dyn store::Storage> = Arc::new(store::SledStorage::open(&config.data_dir)?);
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
         max_instances: config.max_instances,
         max_memory_mib: registry::manifest::MAX_MEMORY_MIB,
@@ -120,10 +123,11 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
                 .unwrap_or_else(|| config.data_dir.join("cache")),
         ),
     })?);
-    let registry =
-        Arc::new(registry::Registry::load(&config.manifest, runtime.clone(), &storage).await?);
-    // The keyspaces hold the database open; the storage handle itself is not needed.
-    drop(storage);
+    let registry = Arc::new(
+        registry::Registry::load(&config.manifest, runtime.clone(), storage.clone()).await?,
+    );
+    let bus = bus::Bus::new(storage);
+    let dispatcher = dispatch::Dispatcher::new(runtime, bus.clone());
 
     let gateway_listener = TcpListener::bind(config.listen)
         .await
@@ -135,10 +139,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown, stop) = watch::channel(false);
-    let gateway = Arc::new(gateway::Gateway::new(
-        registry.clone(),
-        dispatch::Dispatcher::new(runtime),
-    ));
+    let gateway = Arc::new(gateway::Gateway::new(registry.clone(), dispatcher.clone()));
+    let mut tasks =
+        bus::delivery::spawn_all(&bus, registry.services().cloned(), &dispatcher, &stop);
     let gateway_server = tokio::spawn(serve(
         "gateway",
         gateway_listener,
@@ -152,7 +155,11 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         config.limits,
         stop.clone(),
     ));
-    let admin_app = admin::router(registry.clone(), Arc::from(admin_token.as_str()));
+    let admin_app = admin::router(
+        registry.clone(),
+        bus.clone(),
+        Arc::from(admin_token.as_str()),
+    );
     let admin_server = tokio::spawn(serve(
         "admin",
         admin_listener,
@@ -166,8 +173,13 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         admin_addr,
         admin_token,
         registry,
+        bus,
         shutdown,
-        servers: vec![gateway_server, admin_server],
+        tasks: {
+            tasks.push(gateway_server);
+            tasks.push(admin_server);
+            tasks
+        },
     })
 }
 

@@ -64,6 +64,40 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List the topics with their lengths and each subscriber's lag and dead letters.
+    Topics {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the dead letters of a subscription.
+    DeadLetters {
+        service: String,
+        topic: String,
+        /// Show dead letters after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Send a subscription's dead letters back to it for redelivery.
+    Redrive {
+        service: String,
+        topic: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Move a subscription's cursor: it receives every event from the offset again.
+    Replay {
+        service: String,
+        topic: String,
+        /// Offset in the topic's log to deliver from.
+        #[arg(long)]
+        from: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// How the CLI finds and authenticates to a running host.
@@ -174,15 +208,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .deploy(&service, &file, version.as_deref())
                 .await
                 .with_context(|| format!("deploying {file:?} to service {service:?} failed"))?;
-            println!("{}", serde_json::to_string_pretty(&answer)?);
-            Ok(())
+            print(answer)
         }
-        Command::Services { admin } => {
-            let answer = admin.client()?.services().await?;
-            println!("{}", serde_json::to_string_pretty(&answer)?);
-            Ok(())
+        Command::Services { admin } => print(admin.client()?.get("/admin/services").await?),
+        Command::Topics { admin } => print(admin.client()?.get("/admin/topics").await?),
+        Command::DeadLetters {
+            service,
+            topic,
+            after,
+            limit,
+            admin,
+        } => {
+            let mut path =
+                format!("/admin/subscriptions/{service}/{topic}/dead-letters?limit={limit}");
+            if let Some(after) = after {
+                path.push_str(&format!("&after={after}"));
+            }
+            print(admin.client()?.get(&path).await?)
         }
+        Command::Redrive {
+            service,
+            topic,
+            admin,
+        } => print(
+            admin
+                .client()?
+                .post(&format!("/admin/subscriptions/{service}/{topic}/redrive"))
+                .await?,
+        ),
+        Command::Replay {
+            service,
+            topic,
+            from,
+            admin,
+        } => print(
+            admin
+                .client()?
+                .post(&format!(
+                    "/admin/subscriptions/{service}/{topic}/replay?from={from}"
+                ))
+                .await?,
+        ),
     }
+}
+
+fn print(answer: serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 async fn wait_for_signal() {

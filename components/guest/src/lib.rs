@@ -23,20 +23,32 @@ pub mod bindings {
     });
 }
 
+pub mod events;
 mod http;
 pub mod kv;
 
+pub use bindings::microhost::platform::types::Event;
 pub use http::{Request, Response, serve};
 
-/// A microhost service: one function from a request to a response. Each call runs in a
-/// fresh instance, so nothing survives between requests except what is stored in
-/// [`kv`].
+/// A microhost service: one function from a request to a response, and optionally one
+/// from an event to an acknowledgement. Each call runs in a fresh instance, so nothing
+/// survives between calls except what is stored in [`kv`].
 pub trait Service {
     fn handle(req: Request) -> Response;
+
+    /// Handles an event from a topic the manifest subscribes the service to. `Ok`
+    /// acknowledges it; `Err` has the host retry it (with backoff, up to the
+    /// subscription's `max_deliver`), then dead-letter it.
+    fn on_event(event: Event) -> Result<(), String> {
+        Err(format!(
+            "this service does not handle events (got one from topic {:?})",
+            event.topic
+        ))
+    }
 }
 
 /// Exports `$ty` (an implementation of [`Service`]) as the component's
-/// `wasi:http/incoming-handler`.
+/// `wasi:http/incoming-handler` and `microhost:platform/subscriber`.
 #[macro_export]
 macro_rules! service {
     ($ty:ty) => {
@@ -47,6 +59,11 @@ macro_rules! service {
                 out: $crate::bindings::wasi::http::types::ResponseOutparam,
             ) {
                 $crate::serve::<$ty>(request, out)
+            }
+        }
+        impl $crate::bindings::exports::microhost::platform::subscriber::Guest for __MicrohostExport {
+            fn handle(event: $crate::Event) -> Result<(), String> {
+                <$ty as $crate::Service>::on_event(event)
             }
         }
         $crate::bindings::export_service!(__MicrohostExport with_types_in $crate::bindings);

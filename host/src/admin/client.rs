@@ -38,10 +38,16 @@ impl AdminClient {
         self.send(http::Method::POST, &url, Bytes::from(wasm)).await
     }
 
-    /// The service catalog.
-    pub async fn services(&self) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}/admin/services", self.base);
+    /// `GET` an admin path (e.g. `/admin/services`).
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
         self.send(http::Method::GET, &url, Bytes::new()).await
+    }
+
+    /// `POST` to an admin path with an empty body.
+    pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        self.send(http::Method::POST, &url, Bytes::new()).await
     }
 
     async fn send(

@@ -4,9 +4,15 @@
 //! - `GET /admin/services`: every service, its route, limits and active version
 //! - `POST /admin/services/{name}/versions?version=V`: body = a `.wasm` component;
 //!   validates, compiles and atomically activates it
+//! - `GET /admin/topics`: topics, lengths, per-subscription lag and counters
+//! - `GET /admin/subscriptions/{service}/{topic}/dead-letters`
+//! - `POST /admin/subscriptions/{service}/{topic}/redrive`
+//! - `POST /admin/subscriptions/{service}/{topic}/replay?from=N`
 
+mod bus;
 pub mod client;
 
+use crate::bus::Bus;
 use crate::gateway::problem::{problem, problem_with};
 use crate::registry::{Registry, RegistryError};
 use axum::Router;
@@ -25,15 +31,33 @@ pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 #[derive(Clone)]
 struct AdminState {
     registry: Arc<Registry>,
+    bus: Arc<Bus>,
     token: Arc<str>,
 }
 
 /// The admin API's routes, every one behind the bearer token.
-pub fn router(registry: Arc<Registry>, token: Arc<str>) -> Router {
-    let state = AdminState { registry, token };
+pub fn router(registry: Arc<Registry>, bus: Arc<Bus>, token: Arc<str>) -> Router {
+    let state = AdminState {
+        registry,
+        bus,
+        token,
+    };
     Router::new()
         .route("/admin/services", get(list_services))
         .route("/admin/services/{name}/versions", post(deploy))
+        .route("/admin/topics", get(bus::topics))
+        .route(
+            "/admin/subscriptions/{service}/{topic}/dead-letters",
+            get(bus::dead_letters),
+        )
+        .route(
+            "/admin/subscriptions/{service}/{topic}/redrive",
+            post(bus::redrive),
+        )
+        .route(
+            "/admin/subscriptions/{service}/{topic}/replay",
+            post(bus::replay),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -92,6 +116,8 @@ async fn list_services(State(state): State<AdminState>) -> Response {
             serde_json::json!({
                 "name": slot.name,
                 "route": slot.route,
+                "publishes": slot.publishes.iter().collect::<Vec<_>>(),
+                "subscribes": slot.subscriptions.iter().map(|s| &s.topic).collect::<Vec<_>>(),
                 "limits": {
                     "memory_mib": slot.limits.memory_mib,
                     "timeout_ms": slot.limits.timeout_ms,

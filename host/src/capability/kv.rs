@@ -1,11 +1,11 @@
 //! `wasi:keyvalue/store` on the service's own keyspace, with the invocation's writes
-//! buffered as a unit of work: reads see the invocation's own writes, and the writes
-//! reach the store together, only when the invocation succeeds
-//! ([`KvState::into_writes`]).
+//! buffered in its unit of work: reads see the invocation's own writes, and the writes
+//! reach the store together with its events, only when the invocation succeeds.
 
 use super::generated::wasi::keyvalue::store;
+use crate::bus::unit::UnitOfWork;
 use crate::runtime::InvocationState;
-use crate::store::{Keyspace, WriteSet};
+use crate::store::{Storage, keys};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
 
@@ -33,39 +33,41 @@ pub struct BucketHandle {
     name: String,
 }
 
-/// Per-invocation key-value state.
-pub struct KvState {
-    keyspace: Arc<dyn Keyspace>,
-    /// Writes not yet committed, by (bucket, key); `None` is a delete.
-    pending: WriteSet,
+/// Committed state, read through the service's keyspace only.
+pub struct KvReader {
+    storage: Arc<dyn Storage>,
 }
 
-impl KvState {
-    pub fn new(keyspace: Arc<dyn Keyspace>) -> KvState {
-        KvState {
-            keyspace,
-            pending: WriteSet::new(),
-        }
+impl KvReader {
+    pub fn new(storage: Arc<dyn Storage>) -> KvReader {
+        KvReader { storage }
     }
+}
 
-    /// The invocation's writes, to commit when it succeeded.
-    pub fn into_writes(self) -> (Arc<dyn Keyspace>, WriteSet) {
-        (self.keyspace, self.pending)
-    }
+fn store_error(e: crate::store::StoreError) -> KvError {
+    KvError::Other(e.to_string())
+}
 
-    fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        if let Some(pending) = self.pending.get(&(bucket.to_string(), key.to_string())) {
-            return Ok(pending.clone());
-        }
-        self.keyspace
-            .get(bucket, key)
-            .map_err(|e| KvError::Other(e.to_string()))
+/// A read that sees the invocation's own pending writes first.
+fn read(
+    reader: &KvReader,
+    unit: &UnitOfWork,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, KvError> {
+    if let Some(pending) = unit.kv.get(&(bucket.to_string(), key.to_string())) {
+        return Ok(pending.clone());
     }
+    reader
+        .storage
+        .get(&keys::kv(&unit.service, bucket, key))
+        .map_err(store_error)
 }
 
 /// The view the generated bindings are implemented for.
 pub struct KvView<'a> {
-    state: &'a mut KvState,
+    reader: &'a KvReader,
+    unit: &'a mut UnitOfWork,
     table: &'a mut ResourceTable,
 }
 
@@ -77,7 +79,8 @@ impl HasData for HasKv {
 
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     store::add_to_linker::<_, HasKv>(linker, |s: &mut InvocationState| KvView {
-        state: &mut s.kv,
+        reader: &s.kv,
+        unit: &mut s.unit,
         table: &mut s.table,
     })
 }
@@ -130,7 +133,7 @@ impl store::HostBucket for KvView<'_> {
     ) -> Result<Option<Vec<u8>>, KvError> {
         let bucket = self.bucket(&bucket)?;
         check_key(&key)?;
-        self.state.get(&bucket, &key)
+        read(self.reader, self.unit, &bucket, &key)
     }
 
     fn set(
@@ -147,21 +150,21 @@ impl store::HostBucket for KvView<'_> {
                 value.len()
             )));
         }
-        self.state.pending.insert((bucket, key), Some(value));
+        self.unit.kv.insert((bucket, key), Some(value));
         Ok(())
     }
 
     fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<(), KvError> {
         let bucket = self.bucket(&bucket)?;
         check_key(&key)?;
-        self.state.pending.insert((bucket, key), None);
+        self.unit.kv.insert((bucket, key), None);
         Ok(())
     }
 
     fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<bool, KvError> {
         let bucket = self.bucket(&bucket)?;
         check_key(&key)?;
-        Ok(self.state.get(&bucket, &key)?.is_some())
+        Ok(read(self.reader, self.unit, &bucket, &key)?.is_some())
     }
 
     fn list_keys(
@@ -170,14 +173,19 @@ impl store::HostBucket for KvView<'_> {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
         let bucket = self.bucket(&bucket)?;
-        let mut keys: std::collections::BTreeSet<String> = self
-            .state
-            .keyspace
-            .keys(&bucket)
-            .map_err(|e| KvError::Other(e.to_string()))?
-            .into_iter()
-            .collect();
-        for ((b, key), value) in &self.state.pending {
+        let prefix = keys::kv_prefix(&self.unit.service, &bucket);
+        let mut keys = std::collections::BTreeSet::new();
+        for (k, _) in self
+            .reader
+            .storage
+            .scan(&prefix, None, usize::MAX)
+            .map_err(store_error)?
+        {
+            let key = String::from_utf8(k[prefix.len()..].to_vec())
+                .map_err(|_| KvError::Other("stored key is not valid UTF-8".to_string()))?;
+            keys.insert(key);
+        }
+        for ((b, key), value) in &self.unit.kv {
             if *b == bucket {
                 match value {
                     Some(_) => keys.insert(key.clone()),

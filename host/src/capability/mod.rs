@@ -2,6 +2,7 @@
 //! module with one shape (state, view, `impl Host`); [`add_to_linker`] is the only place
 //! where the linker learns about them.
 
+pub mod events;
 pub mod kv;
 
 use crate::runtime::InvocationState;
@@ -10,8 +11,9 @@ use wasmtime::component::Linker;
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "microhost:platform/host",
+        world: "microhost:platform/platform",
         imports: { default: trappable },
+        exports: { default: async },
         with: {
             "wasi:keyvalue/store.bucket": super::kv::BucketHandle,
         },
@@ -21,9 +23,13 @@ mod generated {
     });
 }
 
+/// The `microhost:platform/subscriber` export, for the runtime to call.
+pub use generated::microhost::platform::types::Event as WitEvent;
+pub use generated::{Platform as SubscriberBindings, PlatformPre as SubscriberPre};
+
 /// Links everything the `service` world imports: WASI (cli, clocks, random, io,
 /// filesystem and sockets, all without ambient authority), `wasi:http`,
-/// `wasi:config/store` and `wasi:keyvalue/store`.
+/// `wasi:config/store`, `wasi:keyvalue/store` and `microhost:platform/events`.
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
@@ -31,5 +37,6 @@ pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<(
         wasmtime_wasi_config::WasiConfig::from(&*s.config)
     })?;
     kv::add_to_linker(linker)?;
+    events::add_to_linker(linker)?;
     Ok(())
 }

@@ -45,7 +45,8 @@ pub fn status_of(error: &InvokeError) -> StatusCode {
         | InvokeError::MemoryLimit(_)
         | InvokeError::NoResponse
         | InvokeError::ErrorResponse(_)
-        | InvokeError::ResponseTooLarge => StatusCode::BAD_GATEWAY,
+        | InvokeError::ResponseTooLarge
+        | InvokeError::NotASubscriber => StatusCode::BAD_GATEWAY,
         InvokeError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
         InvokeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -35,6 +35,52 @@ pub struct ServiceSpec {
     /// Values the service reads through `wasi:config/store`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Topics the service may publish to; publishing elsewhere is an error the guest sees.
+    #[serde(default)]
+    pub publishes: Vec<String>,
+    /// Topics the service receives events from (through `microhost:platform/subscriber`).
+    #[serde(default)]
+    pub subscribe: Vec<SubscriptionSpec>,
+}
+
+/// One subscription: every event of `topic` is delivered to the service, in order.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    pub topic: String,
+    /// Deliveries of one event before it moves to the dead-letter topic.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// Delay before the first retry, in milliseconds; doubles on every further retry.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Longest delay between retries, in milliseconds.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_max_deliver() -> u32 {
+    5
+}
+
+fn default_backoff_ms() -> u64 {
+    200
+}
+
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+
+impl SubscriptionSpec {
+    /// The delay before delivery attempt `attempt + 1`, after `attempt` failures.
+    pub fn backoff(&self, attempt: u32) -> std::time::Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(32);
+        std::time::Duration::from_millis(
+            self.backoff_ms
+                .saturating_mul(factor)
+                .min(self.backoff_max_ms),
+        )
+    }
 }
 
 /// Which component version serves the service at start-up.
@@ -172,6 +218,47 @@ impl Manifest {
             if service.component.path.as_os_str().is_empty() {
                 return Err(fail("component.path", "must not be empty".to_string()));
             }
+            let mut published = HashSet::new();
+            for topic in &service.publishes {
+                check_topic(topic).map_err(|reason| fail("publishes", reason))?;
+                if !published.insert(topic) {
+                    return Err(fail(
+                        "publishes",
+                        format!("topic {topic:?} is listed twice"),
+                    ));
+                }
+            }
+            let mut subscribed = HashSet::new();
+            for sub in &service.subscribe {
+                check_topic(&sub.topic).map_err(|reason| fail("subscribe.topic", reason))?;
+                if !subscribed.insert(&sub.topic) {
+                    return Err(fail(
+                        "subscribe.topic",
+                        format!("topic {:?} is subscribed twice", sub.topic),
+                    ));
+                }
+                if !(1..=1000).contains(&sub.max_deliver) {
+                    return Err(fail(
+                        "subscribe.max_deliver",
+                        format!("must be from 1 to 1000, got {}", sub.max_deliver),
+                    ));
+                }
+                if !(1..=MAX_TIMEOUT_MS).contains(&sub.backoff_ms) {
+                    return Err(fail(
+                        "subscribe.backoff_ms",
+                        format!("must be from 1 to {MAX_TIMEOUT_MS}, got {}", sub.backoff_ms),
+                    ));
+                }
+                if sub.backoff_max_ms < sub.backoff_ms {
+                    return Err(fail(
+                        "subscribe.backoff_max_ms",
+                        format!(
+                            "must be at least backoff_ms ({}), got {}",
+                            sub.backoff_ms, sub.backoff_max_ms
+                        ),
+                    ));
+                }
+            }
             let limits = &service.limits;
             if !(1..=MAX_MEMORY_MIB).contains(&limits.memory_mib) {
                 return Err(fail(
@@ -236,6 +323,24 @@ pub fn check_version(version: &str) -> Result<(), String> {
         Err(format!(
             "{version:?} is not a valid version label: use 1 to 64 letters, digits, \
              '.', '_', '+' and '-'"
+        ))
+    }
+}
+
+/// Topic names: 1 to 128 of `a-z 0-9 . _ -`, starting with a letter or digit.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 128
+        && topic.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{topic:?} is not a valid topic: use 1 to 128 lower-case letters, digits, '.', \
+             '_' and '-', starting with a letter or digit"
         ))
     }
 }
@@ -346,6 +451,32 @@ mod tests {
             .expect_err("dup route")
             .to_string();
         assert!(msg.contains("already the route"), "{msg}");
+    }
+
+    #[test]
+    fn subscriptions_parse_with_defaults_and_are_checked() -> anyhow::Result<()> {
+        let text = format!(
+            "{GOOD}publishes = [\"order.created\"]\n[[service.subscribe]]\ntopic = \"stock.reserved\"\nmax_deliver = 3\n"
+        );
+        let m = parse(&text)?;
+        let s = &m.services[0];
+        assert_eq!(s.publishes, ["order.created"]);
+        assert_eq!(s.subscribe[0].max_deliver, 3);
+        assert_eq!(s.subscribe[0].backoff_ms, 200);
+        assert_eq!(s.subscribe[0].backoff(1).as_millis(), 200);
+        assert_eq!(s.subscribe[0].backoff(3).as_millis(), 800);
+        assert_eq!(s.subscribe[0].backoff(40).as_millis(), 30_000);
+
+        let bad = text.replace("\"order.created\"", "\"Order Created\"");
+        let msg = parse(&bad).expect_err("bad topic").to_string();
+        assert!(
+            msg.contains("`publishes`") && msg.contains("Order Created"),
+            "{msg}"
+        );
+        let bad = text.replace("max_deliver = 3", "max_deliver = 0");
+        let msg = parse(&bad).expect_err("bad max_deliver").to_string();
+        assert!(msg.contains("`subscribe.max_deliver`"), "{msg}");
+        Ok(())
     }
 
     #[test]

@@ -9,11 +9,11 @@
 pub mod manifest;
 
 use crate::runtime::{ComponentError, InvocationContext, Prepared, Runtime};
-use crate::store::{Keyspace, Storage};
+use crate::store::Storage;
 use anyhow::Context as _;
 use bytes::Bytes;
-use manifest::{Limits, Manifest};
-use std::collections::BTreeMap;
+use manifest::{Limits, Manifest, SubscriptionSpec};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -70,8 +70,11 @@ pub struct ServiceSlot {
     pub name: String,
     pub route: String,
     pub limits: Limits,
+    /// Topics the service may publish to.
+    pub publishes: Arc<BTreeSet<String>>,
+    pub subscriptions: Vec<SubscriptionSpec>,
     config: Arc<WasiConfigVariables>,
-    keyspace: Arc<dyn Keyspace>,
+    storage: Arc<dyn Storage>,
     /// Read on every request, written by deploys; never held across an `.await`.
     active: RwLock<Arc<Version>>,
 }
@@ -105,11 +108,19 @@ impl ServiceSlot {
         std::mem::replace(&mut *active, version)
     }
 
-    /// What an invocation of this service may use.
-    pub fn invocation_context(&self) -> InvocationContext {
+    /// What an invocation of `version` of this service may use.
+    pub fn invocation_context(
+        &self,
+        version: &str,
+        traceparent: Option<String>,
+    ) -> InvocationContext {
         InvocationContext {
-            keyspace: self.keyspace.clone(),
+            service: self.name.clone(),
+            version: version.to_string(),
+            storage: self.storage.clone(),
             config: self.config.clone(),
+            publishes: self.publishes.clone(),
+            traceparent,
             memory_bytes: self.limits.memory_mib as usize * 1024 * 1024,
             timeout: Duration::from_millis(self.limits.timeout_ms),
         }
@@ -150,6 +161,26 @@ pub struct Deployed {
     pub from_cache: bool,
 }
 
+/// The contract gate: a version must export what the manifest routes it to. (The HTTP
+/// handler is checked for every component by the runtime.)
+fn check_contract(
+    service: &str,
+    subscriptions: &[SubscriptionSpec],
+    prepared: &Prepared,
+) -> Result<(), ComponentError> {
+    if let Some(sub) = subscriptions.first()
+        && !prepared.is_subscriber()
+    {
+        return Err(ComponentError::WrongWorld(format!(
+            "service {service:?} subscribes to topic {:?}, but the component does not export \
+             `{}`",
+            sub.topic,
+            crate::runtime::SUBSCRIBER
+        )));
+    }
+    Ok(())
+}
+
 /// All services, by name.
 pub struct Registry {
     runtime: Arc<Runtime>,
@@ -162,7 +193,7 @@ impl Registry {
     pub async fn load(
         manifest: &Manifest,
         runtime: Arc<Runtime>,
-        storage: &dyn Storage,
+        storage: Arc<dyn Storage>,
     ) -> anyhow::Result<Registry> {
         let mut services = BTreeMap::new();
         for spec in &manifest.services {
@@ -178,6 +209,8 @@ impl Registry {
                 .await
                 .context("compiling a component panicked")?
                 .with_context(|| format!("service {:?}: component {path:?}", spec.name))?;
+            check_contract(&spec.name, &spec.subscribe, &prepared)
+                .with_context(|| format!("service {:?}: component {path:?}", spec.name))?;
             tracing::info!(
                 service = %spec.name,
                 version = %spec.component.version,
@@ -185,15 +218,14 @@ impl Registry {
                 cached = prepared.from_cache,
                 "service ready"
             );
-            let keyspace = storage
-                .keyspace(&spec.name)
-                .with_context(|| format!("service {:?}: failed to open its keyspace", spec.name))?;
             let slot = ServiceSlot {
                 name: spec.name.clone(),
                 route: spec.route.clone(),
                 limits: spec.limits,
+                publishes: Arc::new(spec.publishes.iter().cloned().collect()),
+                subscriptions: spec.subscribe.clone(),
                 config: Arc::new(spec.config.iter().collect()),
-                keyspace,
+                storage: storage.clone(),
                 active: RwLock::new(Arc::new(Version::new(
                     spec.component.version.clone(),
                     prepared,
@@ -234,6 +266,7 @@ impl Registry {
         let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))
             .await
             .map_err(|e| RegistryError::Internal(format!("compilation panicked: {e}")))??;
+        check_contract(service, &slot.subscriptions, &prepared)?;
         let label = label.unwrap_or_else(|| prepared.sha256[..12].to_string());
 
         let active = slot.active();

@@ -3,6 +3,7 @@
 //! and pre-instantiate it against the linker.
 
 use super::{InvocationState, Runtime};
+use crate::capability::SubscriberPre;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
@@ -10,6 +11,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// The export every service must have.
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
+/// The export a service that subscribes to topics must have.
+pub const SUBSCRIBER: &str = "microhost:platform/subscriber";
 
 /// Why wasm bytes cannot become a service version. Each message says what is wrong and,
 /// where there is one, what to do about it.
@@ -37,10 +40,19 @@ pub enum ComponentError {
 #[derive(Clone)]
 pub struct Prepared {
     pub(crate) pre: ProxyPre<InvocationState>,
+    /// Present when the component exports `microhost:platform/subscriber`.
+    pub(crate) subscriber: Option<SubscriberPre<InvocationState>>,
     /// Hex sha256 of the wasm bytes.
     pub sha256: String,
     /// Whether the machine code came from the precompiled cache (no compilation).
     pub from_cache: bool,
+}
+
+impl Prepared {
+    /// Whether the component can receive events.
+    pub fn is_subscriber(&self) -> bool {
+        self.subscriber.is_some()
+    }
 }
 
 impl Runtime {
@@ -50,14 +62,21 @@ impl Runtime {
         check_header(wasm)?;
         let sha256 = hex::encode(Sha256::digest(wasm));
         let (component, from_cache) = self.compile(wasm, &sha256)?;
-        check_exports(&self.engine, &component)?;
-        let pre = self
+        let exports = check_exports(&self.engine, &component)?;
+        let wrong_world = |e: wasmtime::Error| ComponentError::WrongWorld(format!("{e:#}"));
+        let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
-        let pre = ProxyPre::new(pre).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
+            .map_err(wrong_world)?;
+        let subscriber = if exports.iter().any(|e| versionless(e) == SUBSCRIBER) {
+            Some(SubscriberPre::new(instance_pre.clone()).map_err(wrong_world)?)
+        } else {
+            None
+        };
+        let pre = ProxyPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Prepared {
             pre,
+            subscriber,
             sha256,
             from_cache,
         })
@@ -100,12 +119,22 @@ fn check_header(wasm: &[u8]) -> Result<(), ComponentError> {
     Ok(())
 }
 
-fn check_exports(engine: &wasmtime::Engine, component: &Component) -> Result<(), ComponentError> {
+fn versionless(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
+}
+
+/// Checks for the HTTP handler export; returns the names of all exports.
+fn check_exports(
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<Vec<String>, ComponentError> {
     let ty = component.component_type();
-    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    let versionless = |name: &str| name.split('@').next().unwrap_or(name).to_string();
+    let names: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     if names.iter().any(|n| versionless(n) == HTTP_HANDLER) {
-        return Ok(());
+        return Ok(names);
     }
     let exports = if names.is_empty() {
         "nothing".to_string()

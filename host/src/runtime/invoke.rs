@@ -1,12 +1,18 @@
-//! One invocation of a service's HTTP handler: a fresh `Store`, CPU and memory limits,
-//! the whole response buffered, and the key-value writes committed only when the
-//! invocation succeeded.
+//! One invocation of a service: a fresh `Store` with CPU and memory limits, the HTTP
+//! handler (response buffered whole) or the event subscriber, and the invocation's
+//! buffered effects handed back for the caller to commit or drop.
 
 use super::{InvocationState, Prepared, Runtime};
-use crate::capability::kv::KvState;
-use crate::store::Keyspace;
+use crate::bus::envelope::Envelope;
+use crate::bus::unit::UnitOfWork;
+use crate::capability::WitEvent;
+use crate::capability::events::Publisher;
+use crate::capability::kv::KvReader;
+use crate::store::Storage;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -25,13 +31,19 @@ const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
 /// Whose invocation this is and what it may use.
 #[derive(Clone)]
 pub struct InvocationContext {
-    pub keyspace: Arc<dyn Keyspace>,
+    pub service: String,
+    pub version: String,
+    pub storage: Arc<dyn Storage>,
     pub config: Arc<WasiConfigVariables>,
+    /// Topics the service may publish to.
+    pub publishes: Arc<BTreeSet<String>>,
     pub memory_bytes: usize,
     pub timeout: Duration,
+    /// W3C trace context to stamp on published events.
+    pub traceparent: Option<String>,
 }
 
-/// Why an invocation produced no usable response. The gateway maps each to a status.
+/// Why an invocation produced no usable result. The gateway maps each to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
     #[error("the service trapped: {0}")]
@@ -48,13 +60,15 @@ pub enum InvokeError {
     ResponseTooLarge,
     #[error("no instance could be created for the service: {0}")]
     Instantiate(String),
+    #[error("the service does not export microhost:platform/subscriber")]
+    NotASubscriber,
     #[error("the service's state could not be saved: {0}")]
     Storage(String),
 }
 
-/// What the guest future hands back: how the call ended, and the store (with the
-/// unit-of-work buffer and the limiter's verdict).
-type GuestOutcome = (Result<(), GuestFailure>, Store<InvocationState>);
+/// How a guest call ended, and the store (with the unit of work and the limiter's
+/// verdict).
+type GuestOutcome<T> = (Result<T, GuestFailure>, Store<InvocationState>);
 
 enum GuestFailure {
     /// No instance could be made (the pool is exhausted, or an import failed to link).
@@ -64,31 +78,21 @@ enum GuestFailure {
 }
 
 impl Runtime {
-    /// Runs `request` through the component's `wasi:http/incoming-handler`.
-    pub async fn handle_http(
-        &self,
-        prepared: &Prepared,
-        cx: InvocationContext,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, InvokeError> {
-        let timeout = cx.timeout;
-        match tokio::time::timeout(timeout + TIMEOUT_GRACE, self.run(prepared, cx, request)).await {
-            Ok(result) => result,
-            // Dropping the future dropped the store: nothing was committed.
-            Err(_) => Err(InvokeError::Timeout(timeout)),
-        }
-    }
-
-    async fn run(
-        &self,
-        prepared: &Prepared,
-        cx: InvocationContext,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, InvokeError> {
+    fn new_store(&self, cx: InvocationContext) -> Store<InvocationState> {
         let started = Instant::now();
         let timeout = cx.timeout;
-        let memory_bytes = cx.memory_bytes;
-        let state = InvocationState::new(cx.config, KvState::new(cx.keyspace), memory_bytes);
+        let publisher = Publisher {
+            source: format!("{}@{}", cx.service, cx.version),
+            service: cx.service,
+            allowed: cx.publishes,
+            traceparent: cx.traceparent,
+        };
+        let state = InvocationState::new(
+            cx.config,
+            KvReader::new(cx.storage),
+            publisher,
+            cx.memory_bytes,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Every tick, a running guest yields to the scheduler (so one busy guest cannot
@@ -101,7 +105,90 @@ impl Runtime {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
+        store
+    }
 
+    /// Bounds `work` by the invocation's timeout (plus a grace period for a guest that
+    /// is blocked in the host). Dropping the future drops the store: nothing commits.
+    async fn bounded<T>(
+        timeout: Duration,
+        work: impl Future<Output = Result<T, InvokeError>>,
+    ) -> Result<T, InvokeError> {
+        tokio::time::timeout(timeout + TIMEOUT_GRACE, work)
+            .await
+            .unwrap_or(Err(InvokeError::Timeout(timeout)))
+    }
+
+    /// Runs `request` through the component's `wasi:http/incoming-handler`. Returns the
+    /// response and the invocation's effects, which the caller commits (or not).
+    pub async fn handle_http(
+        &self,
+        prepared: &Prepared,
+        cx: InvocationContext,
+        request: http::Request<Bytes>,
+    ) -> Result<(http::Response<Bytes>, UnitOfWork), InvokeError> {
+        let timeout = cx.timeout;
+        let memory_bytes = cx.memory_bytes;
+        let store = self.new_store(cx);
+        Self::bounded(
+            timeout,
+            self.run_http(prepared, store, request, memory_bytes, timeout),
+        )
+        .await
+    }
+
+    /// Delivers `event` to the component's `microhost:platform/subscriber`. Returns the
+    /// handler's verdict and the invocation's effects.
+    pub async fn handle_event(
+        &self,
+        prepared: &Prepared,
+        cx: InvocationContext,
+        event: &Envelope,
+        attempt: u32,
+    ) -> Result<(Result<(), String>, UnitOfWork), InvokeError> {
+        let pre = prepared
+            .subscriber
+            .clone()
+            .ok_or(InvokeError::NotASubscriber)?;
+        let timeout = cx.timeout;
+        let memory_bytes = cx.memory_bytes;
+        let mut store = self.new_store(cx);
+        let event = WitEvent {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            topic: event.topic.clone(),
+            time: event.time.clone(),
+            offset: event.offset,
+            key: event.key.clone(),
+            content_type: event.datacontenttype.clone(),
+            traceparent: event.traceparent.clone(),
+            data: event.data.clone(),
+            attempt,
+        };
+        Self::bounded(timeout, async move {
+            let bindings = match pre.instantiate_async(&mut store).await {
+                Ok(b) => b,
+                Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
+            };
+            let result = bindings
+                .microhost_platform_subscriber()
+                .call_handle(&mut store, &event)
+                .await
+                .map_err(GuestFailure::Call);
+            let verdict = check_guest(result, &store, memory_bytes, timeout)?;
+            Ok((verdict, store.into_data().unit))
+        })
+        .await
+    }
+
+    async fn run_http(
+        &self,
+        prepared: &Prepared,
+        mut store: Store<InvocationState>,
+        request: http::Request<Bytes>,
+        memory_bytes: usize,
+        timeout: Duration,
+    ) -> Result<(http::Response<Bytes>, UnitOfWork), InvokeError> {
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let internal = |e: wasmtime::Error| InvokeError::Instantiate(format!("{e:#}"));
         let req = store
@@ -131,7 +218,7 @@ impl Runtime {
         let mut guest = std::pin::pin!(guest);
 
         // Wait for the response head, or for the guest to end without one.
-        let mut finished: Option<GuestOutcome> = None;
+        let mut finished: Option<GuestOutcome<()>> = None;
         let head = tokio::select! {
             head = &mut receiver => head.ok(),
             outcome = &mut guest => {
@@ -161,10 +248,10 @@ impl Runtime {
                 (Some(parts), body)
             }
             Some(Err(code)) => {
-                if finished.is_none() {
-                    finished = Some(guest.await);
-                }
-                let (result, store) = finished.expect("the guest has finished");
+                let (result, store) = match finished {
+                    Some(outcome) => outcome,
+                    None => guest.await,
+                };
                 check_guest(result, &store, memory_bytes, timeout)?;
                 return Err(InvokeError::ErrorResponse(describe_error_code(&code)));
             }
@@ -188,30 +275,22 @@ impl Runtime {
                 InvokeError::ErrorResponse(format!("the response body failed: {e}"))
             }
         })?;
-
-        // The unit of work: the writes become visible only when the service succeeded.
-        if !parts.status.is_server_error() {
-            let (keyspace, writes) = store.into_data().kv.into_writes();
-            if !writes.is_empty() {
-                keyspace
-                    .commit(writes)
-                    .await
-                    .map_err(|e| InvokeError::Storage(e.to_string()))?;
-            }
-        }
-        Ok(http::Response::from_parts(parts, body))
+        Ok((
+            http::Response::from_parts(parts, body),
+            store.into_data().unit,
+        ))
     }
 }
 
 /// Classifies a failed guest call: deadline, memory limit, or any other trap.
-fn check_guest(
-    result: Result<(), GuestFailure>,
+fn check_guest<T>(
+    result: Result<T, GuestFailure>,
     store: &Store<InvocationState>,
     memory_bytes: usize,
     timeout: Duration,
-) -> Result<(), InvokeError> {
+) -> Result<T, InvokeError> {
     let e = match result {
-        Ok(()) => return Ok(()),
+        Ok(value) => return Ok(value),
         Err(GuestFailure::Instantiate(e)) => {
             return Err(InvokeError::Instantiate(format!("{e:#}")));
         }

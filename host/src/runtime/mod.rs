@@ -6,7 +6,7 @@ mod component;
 mod invoke;
 mod state;
 
-pub use component::{ComponentError, Prepared};
+pub use component::{ComponentError, Prepared, SUBSCRIBER};
 pub use invoke::{InvocationContext, InvokeError};
 pub use state::InvocationState;
 

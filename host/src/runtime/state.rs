@@ -1,7 +1,9 @@
 //! What one invocation's `Store` holds: the WASI contexts, the capabilities granted to
 //! the service, and the memory limiter.
 
-use crate::capability::kv::KvState;
+use crate::bus::unit::UnitOfWork;
+use crate::capability::events::Publisher;
+use crate::capability::kv::KvReader;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -17,12 +19,20 @@ pub struct InvocationState {
     hooks: DenyOutgoing,
     /// The service's `[service.config]` values, shared by all its invocations.
     pub(crate) config: Arc<WasiConfigVariables>,
-    pub(crate) kv: KvState,
+    pub(crate) kv: KvReader,
+    pub(crate) publisher: Publisher,
+    /// The invocation's buffered effects: key-value writes and published events.
+    pub(crate) unit: UnitOfWork,
     pub(crate) limiter: MemoryLimiter,
 }
 
 impl InvocationState {
-    pub fn new(config: Arc<WasiConfigVariables>, kv: KvState, memory_bytes: usize) -> Self {
+    pub fn new(
+        config: Arc<WasiConfigVariables>,
+        kv: KvReader,
+        publisher: Publisher,
+        memory_bytes: usize,
+    ) -> Self {
         // No environment, arguments, preopened directories or network: a guest gets only
         // what its manifest grants. Its stdout/stderr go to the host's.
         let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
@@ -33,6 +43,8 @@ impl InvocationState {
             hooks: DenyOutgoing,
             config,
             kv,
+            unit: UnitOfWork::new(&publisher.service),
+            publisher,
             limiter: MemoryLimiter {
                 memory_bytes,
                 hit: false,

@@ -1,19 +1,19 @@
-//! The embedded backend: sled on local disk, one tree per service, with group commit.
+//! The embedded backend: sled on local disk, one tree, serialized transactions, and
+//! group commit.
 
-use super::{Keyspace, Storage, StoreError, StoreFuture, WriteSet};
+use super::{Batch, ReadView, Storage, StoreError, StoreFuture};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::watch;
-
-/// Separates a bucket name from a key inside a service's tree. Bucket names are
-/// validated to never contain it, so the encoding is unambiguous.
-const BUCKET_SEPARATOR: u8 = 0;
 
 /// sled under a data directory.
 pub struct SledStorage {
-    db: sled::Db,
+    tree: sled::Tree,
+    /// Serializes transactions: a transaction's reads and its batch see no other
+    /// transaction in between. Held only while a batch is built and applied in memory,
+    /// never across a flush.
+    commit_lock: Mutex<()>,
     flusher: Arc<GroupCommit>,
 }
 
@@ -24,90 +24,103 @@ impl SledStorage {
         use anyhow::Context as _;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create data directory {dir:?}"))?;
+        let path = dir.join("state");
         let db = sled::Config::new()
-            .path(dir.join("state"))
+            .path(&path)
             .open()
-            .with_context(|| format!("failed to open the state database in {dir:?}"))?;
-        let flusher = GroupCommit::start(db.clone());
-        Ok(SledStorage { db, flusher })
+            .with_context(|| format!("failed to open the state database {path:?}"))?;
+        let tree = db
+            .open_tree("data")
+            .with_context(|| format!("failed to open the state database {path:?}"))?;
+        Ok(SledStorage {
+            tree,
+            commit_lock: Mutex::new(()),
+            flusher: GroupCommit::start(db),
+        })
+    }
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl ReadView for SledStorage {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.tree.scan_prefix(prefix).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (k, v) = entry.map_err(backend)?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+        }
     }
 }
 
 impl Storage for SledStorage {
-    fn keyspace(&self, service: &str) -> Result<Arc<dyn Keyspace>, StoreError> {
-        let tree = self
-            .db
-            .open_tree(format!("kv/{service}"))
-            .map_err(|e| StoreError(format!("failed to open keyspace of {service:?}: {e}")))?;
-        Ok(Arc::new(SledKeyspace {
-            tree,
-            flusher: self.flusher.clone(),
-        }))
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match after
+        {
+            Some(after) => Box::new(
+                self.tree
+                    .range::<&[u8], _>((
+                        std::ops::Bound::Excluded(after),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(move |e| e.as_ref().map_or(true, |(k, _)| k.starts_with(prefix))),
+            ),
+            None => Box::new(self.tree.scan_prefix(prefix)),
+        };
+        for entry in entries.take(limit) {
+            let (k, v) = entry.map_err(backend)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn transact(
+        &self,
+        build: &mut dyn FnMut(&dyn ReadView) -> Result<Batch, StoreError>,
+    ) -> Result<(), StoreError> {
+        let _serialized = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let batch = build(self)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in batch.ops {
+            match value {
+                Some(v) => sled_batch.insert(key, v),
+                None => sled_batch.remove(key),
+            }
+        }
+        self.tree.apply_batch(sled_batch).map_err(backend)
+    }
+
+    fn durable(&self) -> StoreFuture<'static, ()> {
+        let flusher = self.flusher.clone();
+        Box::pin(async move { flusher.durable().await })
     }
 }
 
 impl Drop for SledStorage {
     fn drop(&mut self) {
         // A clean shutdown leaves nothing to recover. Errors here can only be logged.
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = self.flusher.db.flush() {
             tracing::error!(error = %e, "final flush of the state database failed");
         }
-    }
-}
-
-struct SledKeyspace {
-    tree: sled::Tree,
-    flusher: Arc<GroupCommit>,
-}
-
-fn encode(bucket: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
-    k.extend_from_slice(bucket.as_bytes());
-    k.push(BUCKET_SEPARATOR);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-fn backend(e: sled::Error) -> StoreError {
-    StoreError(e.to_string())
-}
-
-impl Keyspace for SledKeyspace {
-    fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree
-            .get(encode(bucket, key))
-            .map_err(backend)?
-            .map(|v| v.to_vec()))
-    }
-
-    fn keys(&self, bucket: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = encode(bucket, "");
-        self.tree
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| {
-                let k = k.map_err(backend)?;
-                String::from_utf8(k[prefix.len()..].to_vec())
-                    .map_err(|_| StoreError("stored key is not valid UTF-8".to_string()))
-            })
-            .collect()
-    }
-
-    fn commit(&self, writes: WriteSet) -> StoreFuture<'static, ()> {
-        let mut batch = sled::Batch::default();
-        for ((bucket, key), value) in &writes {
-            match value {
-                Some(v) => batch.insert(encode(bucket, key), v.as_slice()),
-                None => batch.remove(encode(bucket, key)),
-            }
-        }
-        let applied = self.tree.apply_batch(batch).map_err(backend);
-        let flusher = self.flusher.clone();
-        Box::pin(async move {
-            applied?;
-            flusher.durable().await
-        })
     }
 }
 
@@ -186,11 +199,11 @@ impl GroupCommit {
                 if let Some((failed, why)) = &flushed.failed
                     && *failed >= ticket
                 {
-                    return Err(StoreError(format!("flush failed: {why}")));
+                    return Err(StoreError::Backend(format!("flush failed: {why}")));
                 }
             }
             if done.changed().await.is_err() {
-                return Err(StoreError("the flusher stopped".to_string()));
+                return Err(StoreError::Backend("the flusher stopped".to_string()));
             }
         }
     }

@@ -1,42 +1,77 @@
-//! Where services' key-value state lives: one trait, so that a second backend (NATS KV
-//! in cluster mode) can sit beside the embedded one.
+//! Where state lives: one ordered key-value space behind the [`Storage`] trait, so that
+//! a second backend (NATS KV in cluster mode) can sit beside the embedded one. The
+//! services' keyspaces and the event bus's logs are key layouts on top of it
+//! ([`keys`]); `bus::unit` commits an invocation's effects in one atomic batch.
 
 mod embedded;
+pub mod keys;
 
 pub use embedded::SledStorage;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 /// A storage failure: the backend could not read, write or flush.
 #[derive(Debug, thiserror::Error)]
-#[error("storage error: {0}")]
-pub struct StoreError(pub String);
-
-/// The writes of one invocation, by (bucket, key): `Some(value)` sets, `None` deletes.
-/// A `BTreeMap` so that they apply in one deterministic order.
-pub type WriteSet = BTreeMap<(String, String), Option<Vec<u8>>>;
-
-/// A boxed future, so that the traits stay object-safe.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// A storage backend: hands out one isolated keyspace per service.
-pub trait Storage: Send + Sync + 'static {
-    /// The keyspace of `service`. Two services never share a keyspace: the host picks it
-    /// from the service's identity, never from anything a guest says.
-    fn keyspace(&self, service: &str) -> Result<Arc<dyn Keyspace>, StoreError>;
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// A transaction's precondition no longer holds (e.g. the event it acknowledges was
+    /// already acknowledged, or a replay moved the cursor); nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
-/// One service's keys, grouped in buckets.
-pub trait Keyspace: Send + Sync {
-    fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+/// A boxed future, so that the trait stays object-safe.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-    /// Every key of `bucket`, in byte order.
-    fn keys(&self, bucket: &str) -> Result<Vec<String>, StoreError>;
+/// Writes applied together: `Some(value)` puts, `None` deletes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
 
-    /// Applies `writes` atomically (all or none) and resolves once they are durable
-    /// (they survive a crash of the host).
-    fn commit(&self, writes: WriteSet) -> StoreFuture<'static, ()>;
+impl Batch {
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Reads, as a transaction sees them.
+pub trait ReadView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The greatest key starting with `prefix`, and its value.
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+/// An ordered key-value store with serialized atomic transactions.
+pub trait Storage: ReadView + Send + Sync + 'static {
+    /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`,
+    /// in key order.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Runs `build` with no other transaction in between, and applies the batch it
+    /// returns atomically (all or none). An `Err` from `build` writes nothing. The writes
+    /// are visible at once but durable only after [`Storage::durable`].
+    fn transact(
+        &self,
+        build: &mut dyn FnMut(&dyn ReadView) -> Result<Batch, StoreError>,
+    ) -> Result<(), StoreError>;
+
+    /// Resolves once everything applied before the call is on disk (group commit:
+    /// concurrent callers share one flush).
+    fn durable(&self) -> StoreFuture<'static, ()>;
 }

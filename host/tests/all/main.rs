@@ -2,6 +2,7 @@
 //! `components/` (built by `just build-components`), real sled on disk, real HTTP.
 //! One test binary, so it links once.
 
+mod bus;
 mod deploy;
 mod failures;
 mod gateway;

@@ -38,6 +38,9 @@ pub struct Svc {
     pub timeout_ms: u64,
     pub max_body_kib: u64,
     pub config: Vec<(&'static str, &'static str)>,
+    pub publishes: Vec<&'static str>,
+    /// (topic, max_deliver, backoff_ms)
+    pub subscribe: Vec<(&'static str, u32, u64)>,
 }
 
 impl Svc {
@@ -51,7 +54,19 @@ impl Svc {
             timeout_ms: 5_000,
             max_body_kib: 1024,
             config: Vec::new(),
+            publishes: Vec::new(),
+            subscribe: Vec::new(),
         }
+    }
+
+    pub fn publishes(mut self, topic: &'static str) -> Svc {
+        self.publishes.push(topic);
+        self
+    }
+
+    pub fn subscribe(mut self, topic: &'static str, max_deliver: u32, backoff_ms: u64) -> Svc {
+        self.subscribe.push((topic, max_deliver, backoff_ms));
+        self
     }
 
     pub fn timeout_ms(mut self, ms: u64) -> Svc {
@@ -89,11 +104,19 @@ pub fn manifest_toml(services: &[Svc]) -> String {
             s.timeout_ms,
             s.max_body_kib
         ));
+        if !s.publishes.is_empty() {
+            toml.push_str(&format!("publishes = {:?}\n", s.publishes));
+        }
         if !s.config.is_empty() {
             toml.push_str("[service.config]\n");
             for (k, v) in &s.config {
                 toml.push_str(&format!("{k} = {v:?}\n"));
             }
+        }
+        for (topic, max_deliver, backoff_ms) in &s.subscribe {
+            toml.push_str(&format!(
+                "[[service.subscribe]]\ntopic = {topic:?}\nmax_deliver = {max_deliver}\nbackoff_ms = {backoff_ms}\n"
+            ));
         }
         toml.push('\n');
     }
@@ -191,6 +214,33 @@ impl Host {
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {
         self.send(http::Method::POST, &self.url(path), body.into(), None)
             .await
+    }
+
+    /// `GET` an admin path with the host's token; the answer as JSON.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let token = self.running.admin_token.clone();
+        let r = self
+            .send(
+                http::Method::GET,
+                &self.admin_url(path),
+                Bytes::new(),
+                Some(&token),
+            )
+            .await?;
+        anyhow::ensure!(r.status == 200, "GET {path}: {} {}", r.status, r.text());
+        Ok(r.json())
+    }
+
+    /// `POST` to an admin path with the host's token.
+    pub async fn admin_post(&self, path: &str) -> anyhow::Result<Resp> {
+        let token = self.running.admin_token.clone();
+        self.send(
+            http::Method::POST,
+            &self.admin_url(path),
+            Bytes::new(),
+            Some(&token),
+        )
+        .await
     }
 
     pub async fn put(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {

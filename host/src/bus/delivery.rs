@@ -1,0 +1,130 @@
+//! One loop per subscription: take the next item (redriven events first, then the log
+//! at the cursor), deliver it in a fresh instance through `dispatch`, and on failure
+//! retry with exponential backoff until `max_deliver`, then dead-letter it and go on.
+//! One item at a time, so a subscriber sees its topic in order.
+
+use super::{Bus, Item};
+use crate::dispatch::{DeliveryError, Dispatcher};
+use crate::registry::ServiceSlot;
+use crate::registry::manifest::SubscriptionSpec;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long an idle loop sleeps before it looks again without a wake-up (a safety net;
+/// commits wake it at once).
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Starts a delivery loop for every subscription of every service.
+pub fn spawn_all(
+    bus: &Arc<Bus>,
+    services: impl Iterator<Item = Arc<ServiceSlot>>,
+    dispatcher: &Dispatcher,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut loops = Vec::new();
+    for slot in services {
+        for sub in slot.subscriptions.clone() {
+            loops.push(tokio::spawn(run(
+                bus.clone(),
+                slot.clone(),
+                sub,
+                dispatcher.clone(),
+                shutdown.clone(),
+            )));
+        }
+    }
+    loops
+}
+
+async fn run(
+    bus: Arc<Bus>,
+    slot: Arc<ServiceSlot>,
+    sub: SubscriptionSpec,
+    dispatcher: Dispatcher,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (topic, service) = (sub.topic.as_str(), slot.name.as_str());
+    let mut appended = bus.watch(topic);
+    tracing::debug!(topic, service, "subscription started");
+    while !*shutdown.borrow() {
+        // Mark the signal seen before looking, so an append after the look wakes us.
+        appended.borrow_and_update();
+        let item = match bus.next_item(topic, service) {
+            Ok(item) => item,
+            Err(e) => {
+                tracing::error!(topic, service, error = %e, "reading the subscription failed");
+                pause(&mut shutdown, IDLE_RECHECK).await;
+                continue;
+            }
+        };
+        let Some(item) = item else {
+            tokio::select! {
+                _ = appended.changed() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(IDLE_RECHECK) => {}
+            }
+            continue;
+        };
+        deliver_one(&bus, &slot, &sub, &dispatcher, &mut shutdown, item).await;
+    }
+    tracing::debug!(topic, service, "subscription stopped");
+}
+
+async fn deliver_one(
+    bus: &Bus,
+    slot: &ServiceSlot,
+    sub: &SubscriptionSpec,
+    dispatcher: &Dispatcher,
+    shutdown: &mut watch::Receiver<bool>,
+    item: Item,
+) {
+    let (topic, service) = (sub.topic.as_str(), slot.name.as_str());
+    let failed_before = match bus.attempts(topic, service, &item.id) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(topic, service, error = %e, "reading delivery attempts failed");
+            pause(shutdown, IDLE_RECHECK).await;
+            return;
+        }
+    };
+    let attempt = failed_before + 1;
+    let reason = match dispatcher.deliver(slot, &item, attempt).await {
+        Ok(()) => {
+            bus.metrics.delivered(topic, service);
+            return;
+        }
+        // The item was acknowledged elsewhere or the cursor moved (replay): look again.
+        Err(DeliveryError::Conflict(why)) => {
+            tracing::debug!(topic, service, why, "delivery superseded");
+            return;
+        }
+        Err(DeliveryError::Failed(reason)) => reason,
+    };
+    if attempt >= sub.max_deliver {
+        tracing::warn!(topic, service, event = %item.event.id, attempt, reason, "dead-lettering event");
+        if let Err(e) = bus
+            .dead_letter(&item, topic, service, &reason, attempt)
+            .await
+        {
+            tracing::error!(topic, service, error = %e, "dead-lettering failed");
+            pause(shutdown, IDLE_RECHECK).await;
+        }
+        return;
+    }
+    tracing::info!(topic, service, event = %item.event.id, attempt, reason, "delivery failed; will retry");
+    bus.metrics.retried(topic, service);
+    if let Err(e) = bus.record_failure(topic, service, &item.id, attempt) {
+        tracing::error!(topic, service, error = %e, "recording a failed delivery failed");
+    }
+    pause(shutdown, sub.backoff(attempt)).await;
+}
+
+/// Sleeps, or returns early on shutdown.
+async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+}

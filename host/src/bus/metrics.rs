@@ -1,0 +1,62 @@
+//! Bus counters, kept where later observability work can export them: published per
+//! topic; delivered, retried and dead-lettered per subscription. Lag is computed when
+//! read (log length minus cursor).
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Counters of one subscription.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SubscriptionCounters {
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+/// All bus counters since the host started.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    published: Mutex<BTreeMap<String, u64>>,
+    subscriptions: Mutex<BTreeMap<(String, String), SubscriptionCounters>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Metrics {
+    pub fn published(&self, topic: &str) {
+        *lock(&self.published).entry(topic.to_string()).or_default() += 1;
+    }
+
+    fn update(&self, topic: &str, service: &str, f: impl FnOnce(&mut SubscriptionCounters)) {
+        f(lock(&self.subscriptions)
+            .entry((topic.to_string(), service.to_string()))
+            .or_default());
+    }
+
+    pub fn delivered(&self, topic: &str, service: &str) {
+        self.update(topic, service, |c| c.delivered += 1);
+    }
+
+    pub fn retried(&self, topic: &str, service: &str) {
+        self.update(topic, service, |c| c.retried += 1);
+    }
+
+    pub fn dead_lettered(&self, topic: &str, service: &str) {
+        self.update(topic, service, |c| c.dead_lettered += 1);
+    }
+
+    /// Events published to `topic` since start.
+    pub fn published_count(&self, topic: &str) -> u64 {
+        lock(&self.published).get(topic).copied().unwrap_or(0)
+    }
+
+    pub fn subscription(&self, topic: &str, service: &str) -> SubscriptionCounters {
+        lock(&self.subscriptions)
+            .get(&(topic.to_string(), service.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+}

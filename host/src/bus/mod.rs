@@ -1,0 +1,302 @@
+//! The embedded event bus, on the storage trait: an append-only log per topic, a cursor
+//! per (topic, subscriber service), in-order delivery with retries and backoff, a
+//! dead-letter topic per subscription, redrive and replay.
+//!
+//! Events are appended only by [`Bus::commit`], together with the publishing
+//! invocation's key-value writes (see [`unit`]); a delivery's effects commit together
+//! with the cursor advance, so in embedded mode an event's effects on a subscriber
+//! happen exactly once, even across crashes.
+
+pub mod delivery;
+pub mod envelope;
+pub mod metrics;
+pub mod unit;
+
+use crate::store::{Batch, ReadView, Storage, StoreError, keys};
+use envelope::Envelope;
+use metrics::Metrics;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use unit::{Ack, UnitOfWork};
+
+/// The bus: storage, wake-ups for subscription loops, and counters.
+pub struct Bus {
+    storage: Arc<dyn Storage>,
+    /// Per topic, a counter bumped on every commit that appends to it.
+    signals: Mutex<HashMap<String, watch::Sender<u64>>>,
+    pub metrics: Metrics,
+}
+
+/// The next thing a subscription has to deliver.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Names the item for attempt counting: `log:{offset}` or `redrive:{seq}`.
+    pub id: String,
+    pub event: Envelope,
+    pub ack: Ack,
+}
+
+/// An event that failed `max_deliver` times, with why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Position in the dead-letter topic (not stored; from the key).
+    #[serde(default)]
+    pub seq: u64,
+    pub event: Envelope,
+    pub reason: String,
+    pub attempts: u32,
+    pub failed_at: String,
+}
+
+/// Delivery attempts of a subscription's current item.
+#[derive(Debug, Serialize, Deserialize)]
+struct Attempts {
+    item: String,
+    attempts: u32,
+}
+
+/// The name under which a subscription's dead letters are shown.
+pub fn dead_letter_topic(topic: &str, service: &str) -> String {
+    format!("{topic}.dlq.{service}")
+}
+
+impl Bus {
+    pub fn new(storage: Arc<dyn Storage>) -> Arc<Bus> {
+        Arc::new(Bus {
+            storage,
+            signals: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn signal(&self, topic: &str) -> watch::Sender<u64> {
+        self.signals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(topic.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+
+    /// A receiver that changes whenever something is appended to `topic`.
+    pub fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+        self.signal(topic).subscribe()
+    }
+
+    fn wake(&self, topic: &str) {
+        self.signal(topic).send_modify(|n| *n += 1);
+    }
+
+    /// Commits an invocation's effects (and a delivery's acknowledgement) atomically and
+    /// durably, then wakes the subscribers of every topic it appended to. Returns the
+    /// (topic, offset) of each appended event.
+    pub async fn commit(
+        &self,
+        unit: &UnitOfWork,
+        ack: Option<&Ack>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        if unit.is_empty() && ack.is_none() {
+            return Ok(Vec::new());
+        }
+        let published = unit::apply(&*self.storage, unit, ack)?;
+        self.storage.durable().await?;
+        for (topic, _) in &published {
+            self.metrics.published(topic);
+            self.wake(topic);
+        }
+        Ok(published)
+    }
+
+    /// Next offset of `topic` (= its length).
+    pub fn length(&self, topic: &str) -> Result<u64, StoreError> {
+        unit::next_offset(&*self.storage, topic)
+    }
+
+    pub fn cursor(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .storage
+            .get(&keys::cursor(topic, service))?
+            .map_or(0, |v| keys::decode_u64(&v)))
+    }
+
+    /// The subscription's next item: redriven events first, then the log at the cursor.
+    pub fn next_item(&self, topic: &str, service: &str) -> Result<Option<Item>, StoreError> {
+        let redrive = keys::redrive_prefix(topic, service);
+        if let Some((key, value)) = self.storage.scan(&redrive, None, 1)?.into_iter().next() {
+            let event = Envelope::decode(&value).map_err(StoreError::Backend)?;
+            return Ok(Some(Item {
+                id: format!("redrive:{}", keys::trailing_u64(&key)),
+                event,
+                ack: Ack::Redriven {
+                    topic: topic.to_string(),
+                    service: service.to_string(),
+                    key,
+                },
+            }));
+        }
+        let offset = self.cursor(topic, service)?;
+        match self.storage.get(&keys::log(topic, offset))? {
+            None => Ok(None),
+            Some(value) => Ok(Some(Item {
+                id: format!("log:{offset}"),
+                event: Envelope::decode(&value).map_err(StoreError::Backend)?,
+                ack: Ack::Log {
+                    topic: topic.to_string(),
+                    service: service.to_string(),
+                    offset,
+                },
+            })),
+        }
+    }
+
+    /// Failed deliveries of `item` so far (survives restarts).
+    pub fn attempts(&self, topic: &str, service: &str, item: &str) -> Result<u32, StoreError> {
+        let Some(bytes) = self.storage.get(&keys::attempts(topic, service))? else {
+            return Ok(0);
+        };
+        let recorded: Attempts =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(if recorded.item == item {
+            recorded.attempts
+        } else {
+            0
+        })
+    }
+
+    /// Records a failed delivery. Not waited to disk: after a crash an event may get a
+    /// delivery more than `max_deliver` allows, never fewer.
+    pub fn record_failure(
+        &self,
+        topic: &str,
+        service: &str,
+        item: &str,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&Attempts {
+            item: item.to_string(),
+            attempts,
+        })
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.storage.transact(&mut |_| {
+            let mut batch = Batch::default();
+            batch.put(keys::attempts(topic, service), value.clone());
+            Ok(batch)
+        })
+    }
+
+    /// Moves `item` to the subscription's dead-letter topic and acknowledges it, in one
+    /// atomic, durable step; delivery goes on with the next item.
+    pub async fn dead_letter(
+        &self,
+        item: &Item,
+        topic: &str,
+        service: &str,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        let letter = DeadLetter {
+            seq: 0,
+            event: item.event.clone(),
+            reason: reason.to_string(),
+            attempts,
+            failed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        };
+        let value = serde_json::to_vec(&letter).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let prefix = keys::dead_prefix(topic, service);
+        self.storage.transact(&mut |view| {
+            let mut batch = Batch::default();
+            item.ack.apply(view, &mut batch)?;
+            let seq = next_seq(view, &prefix)?;
+            batch.put(keys::seq(&prefix, seq), value.clone());
+            Ok(batch)
+        })?;
+        self.storage.durable().await?;
+        self.metrics.dead_lettered(topic, service);
+        Ok(())
+    }
+
+    /// Up to `limit` dead letters of a subscription, oldest first, after `after`.
+    pub fn dead_letters(
+        &self,
+        topic: &str,
+        service: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let prefix = keys::dead_prefix(topic, service);
+        let after = after.map(|n| keys::seq(&prefix, n));
+        self.storage
+            .scan(&prefix, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(key, value)| {
+                let mut letter: DeadLetter = serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                letter.seq = keys::trailing_u64(&key);
+                Ok(letter)
+            })
+            .collect()
+    }
+
+    pub fn dead_letter_count(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
+        let prefix = keys::dead_prefix(topic, service);
+        Ok(self.storage.scan(&prefix, None, usize::MAX)?.len() as u64)
+    }
+
+    /// Moves every dead letter of a subscription back into delivery (to this subscriber
+    /// only, before the rest of the log), atomically. Returns how many moved.
+    pub async fn redrive(&self, topic: &str, service: &str) -> Result<usize, StoreError> {
+        let dead = keys::dead_prefix(topic, service);
+        let queue = keys::redrive_prefix(topic, service);
+        let mut moved = 0;
+        self.storage.transact(&mut |view| {
+            let mut batch = Batch::default();
+            let mut seq = next_seq(view, &queue)?;
+            moved = 0;
+            for (key, value) in self.storage.scan(&dead, None, usize::MAX)? {
+                let letter: DeadLetter = serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                batch.put(keys::seq(&queue, seq), letter.event.encode());
+                batch.delete(key);
+                seq += 1;
+                moved += 1;
+            }
+            Ok(batch)
+        })?;
+        self.storage.durable().await?;
+        self.wake(topic);
+        Ok(moved)
+    }
+
+    /// Moves a subscription's cursor to `offset`: it receives every event from there
+    /// again (or skips ahead). A delivery running meanwhile does not commit.
+    pub async fn replay(&self, topic: &str, service: &str, offset: u64) -> Result<(), StoreError> {
+        let length = self.length(topic)?;
+        if offset > length {
+            return Err(StoreError::Conflict(format!(
+                "offset {offset} is past the end of topic {topic:?} (length {length})"
+            )));
+        }
+        self.storage.transact(&mut |_| {
+            let mut batch = Batch::default();
+            batch.put(keys::cursor(topic, service), keys::encode_u64(offset));
+            batch.delete(keys::attempts(topic, service));
+            Ok(batch)
+        })?;
+        self.storage.durable().await?;
+        self.wake(topic);
+        Ok(())
+    }
+}
+
+/// The next sequence number under `prefix`.
+fn next_seq(view: &dyn ReadView, prefix: &[u8]) -> Result<u64, StoreError> {
+    Ok(view
+        .last_with_prefix(prefix)?
+        .map_or(0, |(k, _)| keys::trailing_u64(&k) + 1))
+}

@@ -1,0 +1,131 @@
+//! The unit of work: everything one invocation did (key-value writes, published events,
+//! and for an event delivery the acknowledgement) committed in one atomic batch, or not
+//! at all.
+
+use super::envelope::Envelope;
+use crate::store::{Batch, ReadView, Storage, StoreError, keys};
+use std::collections::BTreeMap;
+
+/// The effects of one invocation, buffered until it ends.
+#[derive(Debug, Default)]
+pub struct UnitOfWork {
+    /// The service whose keyspace `kv` writes to.
+    pub service: String,
+    /// By (bucket, key): `Some` sets, `None` deletes.
+    pub kv: BTreeMap<(String, String), Option<Vec<u8>>>,
+    /// Events to append, in publish order; offsets are assigned at commit.
+    pub events: Vec<Envelope>,
+}
+
+impl UnitOfWork {
+    pub fn new(service: &str) -> UnitOfWork {
+        UnitOfWork {
+            service: service.to_string(),
+            ..UnitOfWork::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_empty() && self.events.is_empty()
+    }
+}
+
+/// What a successful event delivery acknowledges, committed with its effects.
+#[derive(Debug, Clone)]
+pub enum Ack {
+    /// The event at `offset` of the topic's log: the cursor moves past it.
+    Log {
+        topic: String,
+        service: String,
+        offset: u64,
+    },
+    /// A redriven event: its entry in the redrive queue is removed.
+    Redriven {
+        topic: String,
+        service: String,
+        key: Vec<u8>,
+    },
+}
+
+impl Ack {
+    /// Checks that the item is still the subscription's to acknowledge (a replay or a
+    /// concurrent acknowledgement may have moved on), and adds the acknowledgement.
+    pub fn apply(&self, view: &dyn ReadView, batch: &mut Batch) -> Result<(), StoreError> {
+        match self {
+            Ack::Log {
+                topic,
+                service,
+                offset,
+            } => {
+                let key = keys::cursor(topic, service);
+                let cursor = view.get(&key)?.map_or(0, |v| keys::decode_u64(&v));
+                if cursor != *offset {
+                    return Err(StoreError::Conflict(format!(
+                        "subscription {service:?} on {topic:?} is at offset {cursor}, not {offset}"
+                    )));
+                }
+                batch.put(key, keys::encode_u64(offset + 1));
+                batch.delete(keys::attempts(topic, service));
+            }
+            Ack::Redriven {
+                topic,
+                service,
+                key,
+            } => {
+                if view.get(key)?.is_none() {
+                    return Err(StoreError::Conflict(format!(
+                        "redriven event of {service:?} on {topic:?} was already handled"
+                    )));
+                }
+                batch.delete(key.clone());
+                batch.delete(keys::attempts(topic, service));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next offset of `topic`'s log, as `view` sees it.
+pub fn next_offset(view: &dyn ReadView, topic: &str) -> Result<u64, StoreError> {
+    Ok(view
+        .last_with_prefix(&keys::log_prefix(topic))?
+        .map_or(0, |(k, _)| keys::trailing_u64(&k) + 1))
+}
+
+/// Applies `unit` (and `ack`) atomically; returns the (topic, offset) of every event it
+/// appended. Not yet durable: see [`Storage::durable`].
+pub fn apply(
+    storage: &dyn Storage,
+    unit: &UnitOfWork,
+    ack: Option<&Ack>,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut published = Vec::new();
+    storage.transact(&mut |view| {
+        published.clear();
+        let mut batch = Batch::default();
+        if let Some(ack) = ack {
+            ack.apply(view, &mut batch)?;
+        }
+        for ((bucket, key), value) in &unit.kv {
+            let k = keys::kv(&unit.service, bucket, key);
+            match value {
+                Some(v) => batch.put(k, v.clone()),
+                None => batch.delete(k),
+            }
+        }
+        let mut next: BTreeMap<&str, u64> = BTreeMap::new();
+        for event in &unit.events {
+            let offset = match next.get(event.topic.as_str()) {
+                Some(n) => *n,
+                None => next_offset(view, &event.topic)?,
+            };
+            next.insert(&event.topic, offset + 1);
+            let mut stored = event.clone();
+            stored.offset = offset;
+            batch.put(keys::log(&event.topic, offset), stored.encode());
+            published.push((event.topic.clone(), offset));
+        }
+        Ok(batch)
+    })?;
+    Ok(published)
+}
