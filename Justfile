@@ -48,3 +48,7 @@ clippy: ensure-target
 
 # Everything CI checks: formatting, lints, tests.
 ci: fmt-check clippy test
+
+# Release-mode benchmarks (figures, not tests): event bus publish → deliver.
+bench: build-components
+    cargo bench -p microhost --bench bus

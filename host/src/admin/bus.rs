@@ -66,7 +66,7 @@ pub async fn topics(State(state): State<AdminState>) -> Response {
 }
 
 /// The subscription named in the path, or a 404 saying it does not exist.
-fn subscription(state: &AdminState, service: &str, topic: &str) -> Result<(), Response> {
+fn subscription(state: &AdminState, service: &str, topic: &str) -> Result<(), Box<Response>> {
     let subscribed = state
         .registry
         .get(service)
@@ -74,11 +74,13 @@ fn subscription(state: &AdminState, service: &str, topic: &str) -> Result<(), Re
     if subscribed {
         Ok(())
     } else {
-        Err(problem(
-            StatusCode::NOT_FOUND,
-            format!("service {service:?} has no subscription to topic {topic:?}"),
-        )
-        .into_response())
+        Err(Box::new(
+            problem(
+                StatusCode::NOT_FOUND,
+                format!("service {service:?} has no subscription to topic {topic:?}"),
+            )
+            .into_response(),
+        ))
     }
 }
 
@@ -96,7 +98,7 @@ pub async fn dead_letters(
     Query(page): Query<Page>,
 ) -> Response {
     if let Err(response) = subscription(&state, &service, &topic) {
-        return response;
+        return *response;
     }
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
     match state.bus.dead_letters(&topic, &service, page.after, limit) {
@@ -116,7 +118,7 @@ pub async fn redrive(
     Path((service, topic)): Path<(String, String)>,
 ) -> Response {
     if let Err(response) = subscription(&state, &service, &topic) {
-        return response;
+        return *response;
     }
     match state.bus.redrive(&topic, &service).await {
         Ok(n) => Json(serde_json::json!({ "service": service, "topic": topic, "redriven": n }))
@@ -146,7 +148,7 @@ pub async fn replay(
         .into_response();
     };
     if let Err(response) = subscription(&state, &service, &topic) {
-        return response;
+        return *response;
     }
     match state.bus.replay(&topic, &service, query.from).await {
         Ok(()) => {

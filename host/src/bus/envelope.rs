@@ -14,7 +14,7 @@ pub struct Envelope {
     /// The topic (CloudEvents `type`).
     #[serde(rename = "type")]
     pub topic: String,
-    /// RFC 3339, UTC, milliseconds.
+    /// RFC 3339, UTC, microseconds.
     pub time: String,
     /// Position in the topic's log; assigned at commit.
     #[serde(default)]
@@ -40,7 +40,7 @@ impl Envelope {
             id: hex::encode(id),
             source,
             topic,
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
             offset: 0,
             key: None,
             datacontenttype: None,

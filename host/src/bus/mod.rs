@@ -256,15 +256,13 @@ impl Bus {
         let mut moved = 0;
         self.storage.transact(&mut |view| {
             let mut batch = Batch::default();
-            let mut seq = next_seq(view, &queue)?;
-            moved = 0;
-            for (key, value) in self.storage.scan(&dead, None, usize::MAX)? {
+            let letters = self.storage.scan(&dead, None, usize::MAX)?;
+            moved = letters.len();
+            for (seq, (key, value)) in (next_seq(view, &queue)?..).zip(letters) {
                 let letter: DeadLetter = serde_json::from_slice(&value)
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
                 batch.put(keys::seq(&queue, seq), letter.event.encode());
                 batch.delete(key);
-                seq += 1;
-                moved += 1;
             }
             Ok(batch)
         })?;

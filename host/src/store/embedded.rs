@@ -1,7 +1,7 @@
 //! The embedded backend: sled on local disk, one tree, serialized transactions, and
 //! group commit.
 
-use super::{Batch, ReadView, Storage, StoreError, StoreFuture};
+use super::{Batch, Entry, ReadView, Storage, StoreError, StoreFuture};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -49,7 +49,7 @@ impl ReadView for SledStorage {
         Ok(self.tree.get(key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
         match self.tree.scan_prefix(prefix).next_back() {
             None => Ok(None),
             Some(entry) => {
@@ -66,7 +66,7 @@ impl Storage for SledStorage {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match after
         {

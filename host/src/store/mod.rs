@@ -25,6 +25,9 @@ pub enum StoreError {
 /// A boxed future, so that the trait stays object-safe.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// A stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Writes applied together: `Some(value)` puts, `None` deletes.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -49,7 +52,7 @@ impl Batch {
 pub trait ReadView {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// The greatest key starting with `prefix`, and its value.
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
 }
 
 /// An ordered key-value store with serialized atomic transactions.
@@ -61,7 +64,7 @@ pub trait Storage: ReadView + Send + Sync + 'static {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
 
     /// Runs `build` with no other transaction in between, and applies the batch it
     /// returns atomically (all or none). An `Err` from `build` writes nothing. The writes

@@ -83,14 +83,22 @@ async fn every_subscriber_gets_every_event_in_order() -> anyhow::Result<()> {
     }
 
     // The envelope: source, topic, offset, content type and key, trace context.
-    let r = host
-        .send(
-            http::Method::POST,
-            &host.url("/pub/pub/orders.created?key=k-42"),
-            bytes::Bytes::from_static(b"keyed"),
-            None,
-        )
-        .await?;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = http::Request::post(host.url("/pub/pub/orders.created?key=k-42"))
+        .header("traceparent", traceparent)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"keyed",
+        )))?;
+    let response = crate::support::client().request(request).await?;
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await?
+        .to_bytes();
+    let r = crate::support::Resp {
+        status,
+        headers: http::HeaderMap::new(),
+        body,
+    };
     assert_eq!(r.status, 201);
     let id = r.json()["id"].as_str().unwrap_or_default().to_string();
     assert_eventually!(
@@ -105,6 +113,10 @@ async fn every_subscriber_gets_every_event_in_order() -> anyhow::Result<()> {
     assert_eq!(event["offset"], 10);
     assert_eq!(event["key"], "k-42");
     assert_eq!(event["content_type"], "text/plain");
+    assert_eq!(
+        event["traceparent"], traceparent,
+        "trace context reaches the subscriber"
+    );
     assert_eq!(event["attempt"], 1);
 
     let sub = subscription(&host, "orders.created", "sub-b").await?;
