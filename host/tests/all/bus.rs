@@ -365,3 +365,72 @@ async fn writes_and_events_commit_together_or_not_at_all() -> anyhow::Result<()>
     host.shutdown().await;
     Ok(())
 }
+
+async fn cli(host: &Host, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_microhost"))
+        .args(args)
+        .arg("--admin")
+        .arg(host.admin_url(""))
+        .env("MICROHOST_ADMIN_TOKEN", &host.running.admin_token)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "microhost {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_topics_and_drives_dead_letters_and_replay() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            publisher(),
+            Svc::new("sub", "/s", "test-subscriber").subscribe("orders.created", 1, 10),
+        ],
+        dir.path(),
+    )
+    .await?;
+    publish(&host, "poison-cli").await?;
+    publish(&host, "ok-cli").await?;
+    assert_eventually!(
+        WAIT,
+        count(&host, "s", "ok-cli").await? == 1,
+        "not delivered"
+    );
+
+    let topics = cli(&host, &["topics"]).await?;
+    assert_eq!(topics["topics"][0]["topic"], "orders.created");
+    assert_eq!(topics["topics"][0]["length"], 2);
+    assert_eq!(topics["topics"][0]["subscriptions"][0]["dead_letters"], 1);
+
+    let dead = cli(&host, &["dead-letters", "sub", "orders.created"]).await?;
+    assert_eq!(dead["dead_letters"][0]["attempts"], 1);
+    let redriven = cli(&host, &["redrive", "sub", "orders.created"]).await?;
+    assert_eq!(redriven["redriven"], 1);
+    let replayed = cli(&host, &["replay", "sub", "orders.created", "--from", "1"]).await?;
+    assert_eq!(replayed["cursor"], 1);
+    assert_eventually!(
+        WAIT,
+        count(&host, "s", "ok-cli").await? == 2,
+        "replay did not redeliver"
+    );
+
+    // Errors name what is wrong and exit non-zero.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_microhost"))
+        .args(["replay", "sub", "nope.topic", "--from", "0", "--admin"])
+        .arg(host.admin_url(""))
+        .env("MICROHOST_ADMIN_TOKEN", &host.running.admin_token)
+        .output()
+        .await?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("404") && stderr.contains("nope.topic"),
+        "{stderr}"
+    );
+    host.shutdown().await;
+    Ok(())
+}
