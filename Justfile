@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Services published into registry/ (test-* guests and the guest helper are not).
-services := "product"
+services := "user product order notification"
 
 default:
     @just --list

@@ -6,6 +6,7 @@
 //! library on `127.0.0.1:0`.
 
 pub mod admin;
+pub mod auth;
 pub mod bus;
 pub mod capability;
 pub mod dispatch;
@@ -42,6 +43,9 @@ pub struct HostConfig {
     /// The admin bearer token. `None` on a loopback admin address generates one and
     /// writes it to `<data_dir>/admin-token`.
     pub admin_token: Option<String>,
+    /// The HS256 secret for tokens (at least 32 bytes). `None` generates one into
+    /// `<data_dir>/jwt-secret` on first start and reuses it after.
+    pub jwt_secret: Option<String>,
     pub limits: ServerLimits,
     /// Most concurrent instances (sizes the pooling allocator).
     pub max_instances: u32,
@@ -58,6 +62,7 @@ impl HostConfig {
             data_dir: PathBuf::from(".microhost"),
             cache_dir: None,
             admin_token: None,
+            jwt_secret: None,
             limits: ServerLimits::default(),
             max_instances: 1000,
         }
@@ -123,11 +128,24 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
                 .unwrap_or_else(|| config.data_dir.join("cache")),
         ),
     })?);
+    let auth_spec = &config.manifest.auth;
+    let auth = Arc::new(auth::Auth::new(
+        &auth::Auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?,
+        &auth_spec.issuer,
+        &auth_spec.audience,
+        auth_spec.leeway_secs,
+    ));
     let registry = Arc::new(
-        registry::Registry::load(&config.manifest, runtime.clone(), storage.clone()).await?,
+        registry::Registry::load(
+            &config.manifest,
+            runtime.clone(),
+            storage.clone(),
+            auth.clone(),
+        )
+        .await?,
     );
     let bus = bus::Bus::new(storage);
-    let dispatcher = dispatch::Dispatcher::new(runtime, bus.clone());
+    let dispatcher = dispatch::Dispatcher::new(runtime, bus.clone(), registry.clone());
 
     let gateway_listener = TcpListener::bind(config.listen)
         .await
@@ -139,7 +157,11 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown, stop) = watch::channel(false);
-    let gateway = Arc::new(gateway::Gateway::new(registry.clone(), dispatcher.clone()));
+    let gateway = Arc::new(gateway::Gateway::new(
+        registry.clone(),
+        dispatcher.clone(),
+        auth,
+    ));
     let mut tasks =
         bus::delivery::spawn_all(&bus, registry.services().cloned(), &dispatcher, &stop);
     let gateway_server = tokio::spawn(serve(
@@ -198,7 +220,7 @@ fn generate_admin_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()

@@ -184,6 +184,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.data_dir = data_dir;
             config.cache_dir = cache_dir;
             config.admin_token = admin_token;
+            config.jwt_secret = std::env::var("MICROHOST_JWT_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty());
             config.limits.header_read_timeout = std::time::Duration::from_secs(header_timeout_secs);
             config.limits.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_secs);
             let running = microhost::start(config).await?;

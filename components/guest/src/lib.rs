@@ -23,6 +23,8 @@ pub mod bindings {
     });
 }
 
+pub mod auth;
+pub mod client;
 pub mod events;
 mod http;
 pub mod kv;

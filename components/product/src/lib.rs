@@ -3,9 +3,12 @@
 //! - `POST /api/products` `{name, price_cents, stock}` → 201 with the product
 //! - `GET /api/products?limit=N&after=ID` → `{items, next}` in creation order
 //! - `GET /api/products/{id}` → the product, or 404
+//! - `PUT /api/products/{id}/stock` `{stock}` → the product with its new stock
+//! - on `order.created`: reserves stock for all items or none, and publishes
+//!   `stock.reserved` or `stock.rejected`
 //!
 //! State lives in the service's key-value bucket under `product:{id}`.
-use microhost_guest::{Request, Response, Service, kv};
+use microhost_guest::{Event, Request, Response, Service, events, kv};
 use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "product:";
@@ -18,6 +21,24 @@ struct NewProduct {
     name: String,
     price_cents: i64,
     stock: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockUpdate {
+    stock: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderCreated {
+    order_id: String,
+    items: Vec<OrderLine>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderLine {
+    product_id: String,
+    quantity: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,8 +59,12 @@ impl Service for ProductService {
             ("POST", ["api", "products"]) => create(&req),
             ("GET", ["api", "products"]) => list(&req),
             ("GET", ["api", "products", id]) => get(id),
+            ("PUT", ["api", "products", id, "stock"]) => set_stock(&req, id),
             (method, ["api", "products"]) => Ok(Response::method_not_allowed(method, "GET, POST")),
             (method, ["api", "products", _]) => Ok(Response::method_not_allowed(method, "GET")),
+            (method, ["api", "products", _, "stock"]) => {
+                Ok(Response::method_not_allowed(method, "PUT"))
+            }
             _ => Ok(Response::not_found(&format!(
                 "no product resource at {:?}",
                 req.path
@@ -47,6 +72,78 @@ impl Service for ProductService {
         };
         result.unwrap_or_else(|e| e)
     }
+
+    fn on_event(event: Event) -> Result<(), String> {
+        if event.topic != "order.created" {
+            return Err(format!("unexpected topic {:?}", event.topic));
+        }
+        let order: OrderCreated = serde_json::from_slice(&event.data)
+            .map_err(|e| format!("order.created event is not valid JSON: {e}"))?;
+        let bucket = kv::open()?;
+        // Reserve all or nothing: check every line first (a product may appear twice).
+        let mut needed: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for line in &order.items {
+            *needed.entry(line.product_id.as_str()).or_default() += line.quantity;
+        }
+        let mut products = Vec::new();
+        let mut shortage = None;
+        for (id, quantity) in &needed {
+            match kv::get_json::<Product>(&bucket, &format!("{PREFIX}{id}"))? {
+                None => {
+                    shortage = Some(format!("product {id:?} does not exist"));
+                    break;
+                }
+                Some(p) if p.stock < *quantity => {
+                    shortage = Some(format!(
+                        "not enough stock of {:?}: {} wanted, {} left",
+                        p.name, quantity, p.stock
+                    ));
+                    break;
+                }
+                Some(p) => products.push((p, *quantity)),
+            }
+        }
+        if let Some(reason) = shortage {
+            events::publish_json(
+                "stock.rejected",
+                Some(&order.order_id),
+                &serde_json::json!({ "order_id": order.order_id, "reason": reason }),
+            )?;
+            return Ok(());
+        }
+        for (mut product, quantity) in products {
+            product.stock -= quantity;
+            kv::set_json(&bucket, &format!("{PREFIX}{}", product.id), &product)?;
+        }
+        events::publish_json(
+            "stock.reserved",
+            Some(&order.order_id),
+            &serde_json::json!({ "order_id": order.order_id }),
+        )?;
+        Ok(())
+    }
+}
+
+fn set_stock(req: &Request, id: &str) -> Result<Response, Response> {
+    let update: StockUpdate = req.json()?;
+    if update.stock < 0 {
+        return Err(Response::bad_request(&format!(
+            "field \"stock\" must be zero or more, got {}",
+            update.stock
+        )));
+    }
+    let bucket = kv::open().map_err(|e| Response::internal_error(&e))?;
+    let key = format!("{PREFIX}{id}");
+    let Some(mut product) =
+        kv::get_json::<Product>(&bucket, &key).map_err(|e| Response::internal_error(&e))?
+    else {
+        return Err(Response::not_found(&format!(
+            "product {id:?} does not exist"
+        )));
+    };
+    product.stock = update.stock;
+    kv::set_json(&bucket, &key, &product).map_err(|e| Response::internal_error(&e))?;
+    Ok(Response::json(200, &product))
 }
 
 fn validate(new: &NewProduct) -> Result<(), Response> {

@@ -2,8 +2,10 @@
 //! module with one shape (state, view, `impl Host`); [`add_to_linker`] is the only place
 //! where the linker learns about them.
 
+pub mod auth;
 pub mod events;
 pub mod kv;
+pub mod outgoing;
 
 use crate::runtime::InvocationState;
 use wasmtime::component::Linker;
@@ -12,7 +14,11 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "microhost:platform/platform",
-        imports: { default: trappable },
+        imports: {
+            "microhost:platform/auth.hash-password": async | trappable,
+            "microhost:platform/auth.verify-password": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: {
             "wasi:keyvalue/store.bucket": super::kv::BucketHandle,
@@ -29,7 +35,8 @@ pub use generated::{Platform as SubscriberBindings, PlatformPre as SubscriberPre
 
 /// Links everything the `service` world imports: WASI (cli, clocks, random, io,
 /// filesystem and sockets, all without ambient authority), `wasi:http`,
-/// `wasi:config/store`, `wasi:keyvalue/store` and `microhost:platform/events`.
+/// `wasi:config/store`, `wasi:keyvalue/store`, `microhost:platform/events` and
+/// `microhost:platform/auth`.
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
@@ -38,5 +45,6 @@ pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<(
     })?;
     kv::add_to_linker(linker)?;
     events::add_to_linker(linker)?;
+    auth::add_to_linker(linker)?;
     Ok(())
 }

@@ -1,20 +1,55 @@
-//! The one path for every call into a service, from the edge or from the bus: pin the
-//! active version for the whole call, invoke it, and commit the invocation's unit of
-//! work when it succeeded. Service-to-service calls will go through here too, so that a
-//! policy (breaker, concurrency limit) means the same thing whoever calls.
+//! The one path for every call into a service, from the edge, from another service or
+//! from the bus: pin the active version for the whole call, invoke it, and commit the
+//! invocation's unit of work when it succeeded. Service-to-service calls also pass a
+//! circuit breaker per target.
 
+pub mod breaker;
+
+use crate::auth::Identity;
 use crate::bus::unit::UnitOfWork;
 use crate::bus::{Bus, Item};
-use crate::registry::ServiceSlot;
+use crate::capability::outgoing::{CLAIMS_HEADER, HOPS_HEADER, SUBJECT_HEADER, ServiceCaller};
+use crate::gateway::problem::{problem_bytes, status_of};
+use crate::registry::{Registry, ServiceSlot};
 use crate::runtime::{InvokeError, Runtime};
 use crate::store::StoreError;
+use breaker::Breakers;
 use bytes::Bytes;
-use std::sync::Arc;
+use http::{HeaderValue, StatusCode};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The response header naming the service and version that answered.
+pub const SERVICE_HEADER: &str = "x-microhost-service";
 
 /// The result of one HTTP call, with the version that handled it.
 pub struct Outcome {
     pub version: String,
     pub result: Result<http::Response<Bytes>, InvokeError>,
+}
+
+impl Outcome {
+    /// The response to send: the service's, or a problem body saying what failed;
+    /// either way tagged `x-microhost-service: name@version`.
+    pub fn into_response(self, service: &str) -> http::Response<Bytes> {
+        let mut response = match self.result {
+            Ok(response) => response,
+            Err(error) => {
+                let status = status_of(&error);
+                tracing::warn!(service, version = %self.version, %status, error = %error, "invocation failed");
+                let mut extra = serde_json::Map::new();
+                extra.insert("service".into(), service.into());
+                extra.insert("version".into(), self.version.clone().into());
+                problem_bytes(status, format!("service {service:?}: {error}"), extra)
+            }
+        };
+        if let Ok(tag) = HeaderValue::from_str(&format!("{service}@{}", self.version)) {
+            response.headers_mut().insert(SERVICE_HEADER, tag);
+        }
+        response
+    }
 }
 
 /// Why an event delivery did not take.
@@ -30,13 +65,50 @@ pub enum DeliveryError {
 /// Calls services.
 #[derive(Clone)]
 pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     runtime: Arc<Runtime>,
     bus: Arc<Bus>,
+    registry: Arc<Registry>,
+    breakers: Breakers,
+    /// This dispatcher as the server of guests' service-to-service calls.
+    as_caller: OnceLock<Arc<dyn ServiceCaller>>,
+}
+
+/// The identity the gateway (or a calling service's host side) put on the request.
+/// Only the host sets these headers: the gateway strips them from edge requests.
+fn identity_of(headers: &http::HeaderMap) -> Option<Identity> {
+    let subject = headers.get(SUBJECT_HEADER)?.to_str().ok()?.to_string();
+    let claims = headers
+        .get(CLAIMS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
+    Some(Identity { subject, claims })
 }
 
 impl Dispatcher {
-    pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>) -> Dispatcher {
-        Dispatcher { runtime, bus }
+    pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>, registry: Arc<Registry>) -> Dispatcher {
+        let dispatcher = Dispatcher {
+            inner: Arc::new(Inner {
+                runtime,
+                bus,
+                registry,
+                breakers: Breakers::default(),
+                as_caller: OnceLock::new(),
+            }),
+        };
+        // A weak handle: the dispatcher must not keep itself alive.
+        let caller: Arc<dyn ServiceCaller> =
+            Arc::new(WeakCaller(Arc::downgrade(&dispatcher.inner)));
+        let _ = dispatcher.inner.as_caller.set(caller);
+        dispatcher
+    }
+
+    pub fn breakers(&self) -> &Breakers {
+        &self.inner.breakers
     }
 
     /// Runs `request` on the version of `slot` that is active now. A deploy during the
@@ -45,18 +117,23 @@ impl Dispatcher {
     pub async fn call(&self, slot: &ServiceSlot, request: http::Request<Bytes>) -> Outcome {
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
-        let traceparent = request
-            .headers()
+        let headers = request.headers();
+        let mut cx = slot.invocation_context(&version);
+        cx.traceparent = headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        cx.identity = identity_of(headers);
+        cx.hops = headers
+            .get(HOPS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        cx.caller = self.inner.as_caller.get().cloned();
         let result = self
+            .inner
             .runtime
-            .handle_http(
-                &pinned.version().prepared,
-                slot.invocation_context(&version, traceparent),
-                request,
-            )
+            .handle_http(&pinned.version().prepared, cx, request)
             .await;
         let result = match result {
             Ok((response, unit)) => {
@@ -72,11 +149,45 @@ impl Dispatcher {
     }
 
     async fn commit(&self, unit: &UnitOfWork) -> Result<(), InvokeError> {
-        self.bus
+        self.inner
+            .bus
             .commit(unit, None)
             .await
             .map(|_| ())
             .map_err(|e| InvokeError::Storage(e.to_string()))
+    }
+
+    /// A service-to-service call: through `target`'s circuit breaker, then as
+    /// [`Dispatcher::call`]. Always an HTTP response (problem bodies for failures).
+    pub async fn call_service(
+        &self,
+        target: &str,
+        request: http::Request<Bytes>,
+    ) -> http::Response<Bytes> {
+        let Some(slot) = self.inner.registry.get(target) else {
+            return problem_bytes(
+                StatusCode::NOT_FOUND,
+                format!("there is no service {target:?}"),
+                serde_json::Map::new(),
+            );
+        };
+        let breakers = &self.inner.breakers;
+        if !breakers.allow(target) {
+            let outcome = Outcome {
+                version: slot.active().label.clone(),
+                result: Err(InvokeError::BreakerOpen(Duration::from_millis(
+                    slot.breaker.open_ms,
+                ))),
+            };
+            return outcome.into_response(target);
+        }
+        let outcome = self.call(slot, request).await;
+        let ok = outcome
+            .result
+            .as_ref()
+            .is_ok_and(|r| !r.status().is_server_error());
+        breakers.record(target, &slot.breaker, ok);
+        outcome.into_response(target)
     }
 
     /// Delivers `item` to the active version of `slot`. On success the handler's
@@ -89,8 +200,11 @@ impl Dispatcher {
     ) -> Result<(), DeliveryError> {
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
-        let cx = slot.invocation_context(&version, item.event.traceparent.clone());
+        let mut cx = slot.invocation_context(&version);
+        cx.traceparent = item.event.traceparent.clone();
+        cx.caller = self.inner.as_caller.get().cloned();
         let outcome = self
+            .inner
             .runtime
             .handle_event(&pinned.version().prepared, cx, &item.event, attempt)
             .await;
@@ -99,11 +213,34 @@ impl Dispatcher {
             Ok((Err(message), _dropped)) => Err(DeliveryError::Failed(format!(
                 "{version}: the handler returned an error: {message}"
             ))),
-            Ok((Ok(()), unit)) => match self.bus.commit(&unit, Some(&item.ack)).await {
+            Ok((Ok(()), unit)) => match self.inner.bus.commit(&unit, Some(&item.ack)).await {
                 Ok(_) => Ok(()),
                 Err(StoreError::Conflict(why)) => Err(DeliveryError::Conflict(why)),
                 Err(e) => Err(DeliveryError::Failed(e.to_string())),
             },
         }
+    }
+}
+
+/// Serves guests' service-to-service calls without keeping the dispatcher alive.
+struct WeakCaller(std::sync::Weak<Inner>);
+
+impl ServiceCaller for WeakCaller {
+    fn call(
+        &self,
+        target: String,
+        request: http::Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = http::Response<Bytes>> + Send>> {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            match inner {
+                Some(inner) => Dispatcher { inner }.call_service(&target, request).await,
+                None => problem_bytes(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the host is shutting down",
+                    serde_json::Map::new(),
+                ),
+            }
+        })
     }
 }

@@ -1,34 +1,38 @@
-//! The edge: routes each request to a service by path prefix, enforces the request body
-//! limit, invokes the service's active version and answers with its response (tagged
-//! `x-microhost-service: name@version`) or a problem body saying what went wrong.
+//! The edge: routes each request to a service by path prefix, verifies the bearer token
+//! on protected routes (and strips identity headers a client might send), enforces the
+//! request body limit, invokes the service's active version and answers with its
+//! response (tagged `x-microhost-service: name@version`) or a problem body saying what
+//! went wrong.
 
 pub mod problem;
 pub mod router;
 pub mod server;
 
+use crate::auth::Auth;
+use crate::capability::outgoing::{set_identity_headers, strip_identity_headers};
 use crate::dispatch::Dispatcher;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use problem::{problem, problem_with, status_of};
+use problem::{problem, problem_with};
 use router::Router;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The response header naming the service and version that answered.
-pub const SERVICE_HEADER: &str = "x-microhost-service";
+pub use crate::dispatch::SERVICE_HEADER;
 
 /// The gateway: a router over the registry's services.
 pub struct Gateway {
     registry: Arc<Registry>,
     dispatcher: Dispatcher,
+    auth: Arc<Auth>,
     router: Router,
 }
 
 impl Gateway {
-    pub fn new(registry: Arc<Registry>, dispatcher: Dispatcher) -> Gateway {
+    pub fn new(registry: Arc<Registry>, dispatcher: Dispatcher, auth: Arc<Auth>) -> Gateway {
         let router = Router::new(
             registry
                 .services()
@@ -37,6 +41,7 @@ impl Gateway {
         Gateway {
             registry,
             dispatcher,
+            auth,
             router,
         }
     }
@@ -77,6 +82,13 @@ impl Gateway {
     ) -> (http::Response<Full<Bytes>>, String) {
         let max_body = slot.limits.max_body_kib.saturating_mul(1024);
         let (mut parts, body) = req.into_parts();
+        // Identity headers come from the host only.
+        strip_identity_headers(&mut parts.headers);
+        match self.authenticate(slot, &parts) {
+            Ok(Some(identity)) => set_identity_headers(&mut parts.headers, &identity),
+            Ok(None) => {}
+            Err(response) => return (*response, "-".to_string()),
+        }
         let too_large = || {
             problem_with(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,23 +133,48 @@ impl Gateway {
             .dispatcher
             .call(slot, http::Request::from_parts(parts, body))
             .await;
-        let version = outcome.version;
-        let tag = HeaderValue::from_str(&format!("{}@{}", slot.name, version))
-            .expect("service names and version labels are valid header values");
-        let mut response = match outcome.result {
-            Ok(response) => response.map(Full::new),
-            Err(error) => {
-                let status = status_of(&error);
-                tracing::warn!(service = %slot.name, version = %version, %status, error = %error, "invocation failed");
-                problem_with(
-                    status,
-                    format!("service {:?}: {error}", slot.name),
-                    service_fields(&slot.name, Some(&version)),
-                )
-            }
+        let version = outcome.version.clone();
+        (outcome.into_response(&slot.name).map(Full::new), version)
+    }
+
+    /// Verifies the bearer token, if any. On a protected route (and not a `public`
+    /// exception) one is required; a token that is present must be valid anywhere.
+    fn authenticate(
+        &self,
+        slot: &ServiceSlot,
+        parts: &http::request::Parts,
+    ) -> Result<Option<crate::auth::Identity>, Box<http::Response<Full<Bytes>>>> {
+        let required = slot.requires_token(parts.method.as_str(), parts.uri.path());
+        let unauthorized = |detail: String| {
+            let mut response = problem_with(
+                StatusCode::UNAUTHORIZED,
+                detail,
+                service_fields(&slot.name, None),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Box::new(response)
         };
-        response.headers_mut().insert(SERVICE_HEADER, tag);
-        (response, version)
+        let token = match parts.headers.get(header::AUTHORIZATION) {
+            None if required => {
+                return Err(unauthorized(
+                    "this route needs `Authorization: Bearer <token>`".to_string(),
+                ));
+            }
+            None => return Ok(None),
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| {
+                    unauthorized("the Authorization header must be `Bearer <token>`".to_string())
+                })?,
+        };
+        self.auth
+            .verify(token.trim())
+            .map(Some)
+            .map_err(unauthorized)
     }
 }
 

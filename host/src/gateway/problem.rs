@@ -18,6 +18,15 @@ pub fn problem_with(
     detail: impl Into<String>,
     extra: serde_json::Map<String, serde_json::Value>,
 ) -> http::Response<Full<Bytes>> {
+    problem_bytes(status, detail, extra).map(Full::new)
+}
+
+/// [`problem_with`], with the body as plain bytes.
+pub fn problem_bytes(
+    status: StatusCode,
+    detail: impl Into<String>,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> http::Response<Bytes> {
     let mut body = serde_json::Map::new();
     body.insert("type".into(), "about:blank".into());
     body.insert(
@@ -28,7 +37,7 @@ pub fn problem_with(
     body.insert("detail".into(), detail.into().into());
     body.extend(extra);
     let bytes = serde_json::Value::Object(body).to_string();
-    let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = http::Response::new(Bytes::from(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -47,7 +56,9 @@ pub fn status_of(error: &InvokeError) -> StatusCode {
         | InvokeError::ErrorResponse(_)
         | InvokeError::ResponseTooLarge
         | InvokeError::NotASubscriber => StatusCode::BAD_GATEWAY,
-        InvokeError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::Instantiate(_) | InvokeError::BreakerOpen(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         InvokeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

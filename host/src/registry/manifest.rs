@@ -14,6 +14,8 @@ pub struct Manifest {
     pub services: Vec<ServiceSpec>,
     #[serde(default)]
     pub admin: AdminSpec,
+    #[serde(default)]
+    pub auth: AuthSpec,
     /// The directory relative component paths are resolved against (the manifest's
     /// own directory); not a TOML field.
     #[serde(skip)]
@@ -41,6 +43,114 @@ pub struct ServiceSpec {
     /// Topics the service receives events from (through `microhost:platform/subscriber`).
     #[serde(default)]
     pub subscribe: Vec<SubscriptionSpec>,
+    /// Requests to the route need a valid bearer token (except the `public` ones).
+    #[serde(default)]
+    pub protected: bool,
+    /// Exceptions to `protected`: `"METHOD /path"` or `"/path"` (any method); a path
+    /// ending in `/*` also matches everything below it.
+    #[serde(default)]
+    pub public: Vec<String>,
+    /// Services this one may call at `http://<service>.internal/...`.
+    #[serde(default)]
+    pub calls: Vec<String>,
+    /// Outside hosts this service may send HTTP requests to.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// How callers' circuit breakers treat this service.
+    #[serde(default)]
+    pub breaker: BreakerSpec,
+}
+
+/// Circuit breaking of calls to a service: after `failures` consecutive failed calls
+/// (5xx, trap, timeout) the breaker opens and calls fail fast with 503 for `open_ms`;
+/// then one probe call is let through: success closes it, failure opens it again.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSpec {
+    pub failures: u32,
+    pub open_ms: u64,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        BreakerSpec {
+            failures: 5,
+            open_ms: 5_000,
+        }
+    }
+}
+
+/// Token settings of the host (`[auth]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSpec {
+    /// `iss` of issued tokens, required of presented ones.
+    pub issuer: String,
+    /// `aud` of issued tokens, required of presented ones.
+    pub audience: String,
+    /// Accepted clock difference for `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec {
+            issuer: "microhost".to_string(),
+            audience: "microhost".to_string(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// A parsed `public` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicRule {
+    /// `None` matches any method.
+    pub method: Option<String>,
+    pub path: String,
+    /// The path ended in `/*`: everything below it matches too.
+    pub below: bool,
+}
+
+impl PublicRule {
+    pub fn parse(rule: &str) -> Result<PublicRule, String> {
+        let (method, path) = match rule.split_once(' ') {
+            Some((m, p)) => (Some(m.trim()), p.trim()),
+            None => (None, rule.trim()),
+        };
+        if let Some(m) = method
+            && (m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            return Err(format!(
+                "{rule:?}: the method must be upper-case, like \"GET /path\""
+            ));
+        }
+        if !path.starts_with('/') {
+            return Err(format!("{rule:?}: the path must start with '/'"));
+        }
+        let (path, below) = match path.strip_suffix("/*") {
+            Some(p) => (if p.is_empty() { "/" } else { p }, true),
+            None => (path, false),
+        };
+        Ok(PublicRule {
+            method: method.map(str::to_string),
+            path: path.to_string(),
+            below,
+        })
+    }
+
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        if self.method.as_deref().is_some_and(|m| m != method) {
+            return false;
+        }
+        if path == self.path {
+            return true;
+        }
+        self.below
+            && path
+                .strip_prefix(self.path.trim_end_matches('/'))
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 /// One subscription: every event of `topic` is delivered to the service, in order.
@@ -258,6 +368,39 @@ impl Manifest {
                         ),
                     ));
                 }
+            }
+            for rule in &service.public {
+                PublicRule::parse(rule).map_err(|reason| fail("public", reason))?;
+            }
+            for target in &service.calls {
+                if !self.services.iter().any(|s| &s.name == target) {
+                    return Err(fail(
+                        "calls",
+                        format!("there is no service {target:?} in this manifest"),
+                    ));
+                }
+            }
+            for host in &service.allowed_hosts {
+                if host.is_empty() || host.contains(['/', ' ', ':']) || host.ends_with(".internal")
+                {
+                    return Err(fail(
+                        "allowed_hosts",
+                        format!(
+                            "{host:?} must be a plain host name (services are named in `calls`)"
+                        ),
+                    ));
+                }
+            }
+            if service.breaker.failures == 0
+                || !(1..=MAX_TIMEOUT_MS).contains(&service.breaker.open_ms)
+            {
+                return Err(fail(
+                    "breaker",
+                    format!(
+                        "failures must be at least 1 and open_ms from 1 to {MAX_TIMEOUT_MS}, got {:?}",
+                        service.breaker
+                    ),
+                ));
             }
             let limits = &service.limits;
             if !(1..=MAX_MEMORY_MIB).contains(&limits.memory_mib) {
@@ -477,6 +620,29 @@ mod tests {
         let msg = parse(&bad).expect_err("bad max_deliver").to_string();
         assert!(msg.contains("`subscribe.max_deliver`"), "{msg}");
         Ok(())
+    }
+
+    #[test]
+    fn public_rules() -> Result<(), String> {
+        let get_below = PublicRule::parse("GET /api/products/*")?;
+        assert!(get_below.matches("GET", "/api/products"));
+        assert!(get_below.matches("GET", "/api/products/7"));
+        assert!(!get_below.matches("POST", "/api/products"));
+        assert!(!get_below.matches("GET", "/api/productsx"));
+        let exact = PublicRule::parse("/api/users/login")?;
+        assert!(exact.matches("POST", "/api/users/login"));
+        assert!(!exact.matches("POST", "/api/users/login/x"));
+        assert!(PublicRule::parse("get /x").is_err());
+        assert!(PublicRule::parse("GET x").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn calls_must_name_services_of_the_manifest() {
+        let msg = parse(&format!("{GOOD}calls = [\"nobody\"]\n"))
+            .expect_err("unknown callee")
+            .to_string();
+        assert!(msg.contains("`calls`") && msg.contains("nobody"), "{msg}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::runtime::{ComponentError, InvocationContext, Prepared, Runtime};
 use crate::store::Storage;
 use anyhow::Context as _;
 use bytes::Bytes;
-use manifest::{Limits, Manifest, SubscriptionSpec};
+use manifest::{BreakerSpec, Limits, Manifest, PublicRule, SubscriptionSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -73,8 +73,17 @@ pub struct ServiceSlot {
     /// Topics the service may publish to.
     pub publishes: Arc<BTreeSet<String>>,
     pub subscriptions: Vec<SubscriptionSpec>,
+    /// Requests need a verified token, except those matching `public`.
+    pub protected: bool,
+    pub public: Vec<PublicRule>,
+    /// Services it may call, and outside hosts it may reach.
+    pub calls: Arc<BTreeSet<String>>,
+    pub allowed_hosts: Arc<BTreeSet<String>>,
+    /// How callers' circuit breakers treat this service.
+    pub breaker: BreakerSpec,
     config: Arc<WasiConfigVariables>,
     storage: Arc<dyn Storage>,
+    auth: Arc<crate::auth::Auth>,
     /// Read on every request, written by deploys; never held across an `.await`.
     active: RwLock<Arc<Version>>,
 }
@@ -108,19 +117,27 @@ impl ServiceSlot {
         std::mem::replace(&mut *active, version)
     }
 
-    /// What an invocation of `version` of this service may use.
-    pub fn invocation_context(
-        &self,
-        version: &str,
-        traceparent: Option<String>,
-    ) -> InvocationContext {
+    /// Whether a request needs a verified token.
+    pub fn requires_token(&self, method: &str, path: &str) -> bool {
+        self.protected && !self.public.iter().any(|rule| rule.matches(method, path))
+    }
+
+    /// What an invocation of `version` of this service may use. The caller fills in
+    /// who serves its outgoing calls, the identity and the trace context.
+    pub fn invocation_context(&self, version: &str) -> InvocationContext {
         InvocationContext {
             service: self.name.clone(),
             version: version.to_string(),
             storage: self.storage.clone(),
             config: self.config.clone(),
             publishes: self.publishes.clone(),
-            traceparent,
+            traceparent: None,
+            auth: self.auth.clone(),
+            calls: self.calls.clone(),
+            caller: None,
+            allowed_hosts: self.allowed_hosts.clone(),
+            identity: None,
+            hops: 0,
             memory_bytes: self.limits.memory_mib as usize * 1024 * 1024,
             timeout: Duration::from_millis(self.limits.timeout_ms),
         }
@@ -194,6 +211,7 @@ impl Registry {
         manifest: &Manifest,
         runtime: Arc<Runtime>,
         storage: Arc<dyn Storage>,
+        auth: Arc<crate::auth::Auth>,
     ) -> anyhow::Result<Registry> {
         let mut services = BTreeMap::new();
         for spec in &manifest.services {
@@ -224,8 +242,18 @@ impl Registry {
                 limits: spec.limits,
                 publishes: Arc::new(spec.publishes.iter().cloned().collect()),
                 subscriptions: spec.subscribe.clone(),
+                protected: spec.protected,
+                public: spec
+                    .public
+                    .iter()
+                    .map(|rule| PublicRule::parse(rule).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<_>>()?,
+                calls: Arc::new(spec.calls.iter().cloned().collect()),
+                allowed_hosts: Arc::new(spec.allowed_hosts.iter().cloned().collect()),
+                breaker: spec.breaker,
                 config: Arc::new(spec.config.iter().collect()),
                 storage: storage.clone(),
+                auth: auth.clone(),
                 active: RwLock::new(Arc::new(Version::new(
                     spec.component.version.clone(),
                     prepared,

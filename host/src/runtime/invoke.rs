@@ -8,6 +8,7 @@ use crate::bus::unit::UnitOfWork;
 use crate::capability::WitEvent;
 use crate::capability::events::Publisher;
 use crate::capability::kv::KvReader;
+use crate::capability::outgoing::{Outgoing, ServiceCaller};
 use crate::store::Storage;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -41,6 +42,16 @@ pub struct InvocationContext {
     pub timeout: Duration,
     /// W3C trace context to stamp on published events.
     pub traceparent: Option<String>,
+    pub auth: Arc<crate::auth::Auth>,
+    /// Services the guest may call (manifest `calls`), and who serves those calls.
+    pub calls: Arc<BTreeSet<String>>,
+    pub caller: Option<Arc<dyn ServiceCaller>>,
+    /// Outside hosts the guest may call (manifest `allowed_hosts`).
+    pub allowed_hosts: Arc<BTreeSet<String>>,
+    /// Verified identity of the request being served, passed on to calls it makes.
+    pub identity: Option<crate::auth::Identity>,
+    /// Service-to-service hops that led to this invocation.
+    pub hops: u32,
 }
 
 /// Why an invocation produced no usable result. The gateway maps each to a status.
@@ -64,6 +75,8 @@ pub enum InvokeError {
     NotASubscriber,
     #[error("the service's state could not be saved: {0}")]
     Storage(String),
+    #[error("calls to the service are failing; its circuit breaker is open for {} ms", .0.as_millis())]
+    BreakerOpen(Duration),
 }
 
 /// How a guest call ended, and the store (with the unit of work and the limiter's
@@ -81,6 +94,14 @@ impl Runtime {
     fn new_store(&self, cx: InvocationContext) -> Store<InvocationState> {
         let started = Instant::now();
         let timeout = cx.timeout;
+        let outgoing = Outgoing {
+            service: cx.service.clone(),
+            caller: cx.caller,
+            services: cx.calls,
+            hosts: cx.allowed_hosts,
+            identity: cx.identity,
+            hops: cx.hops,
+        };
         let publisher = Publisher {
             source: format!("{}@{}", cx.service, cx.version),
             service: cx.service,
@@ -91,6 +112,8 @@ impl Runtime {
             cx.config,
             KvReader::new(cx.storage),
             publisher,
+            outgoing,
+            cx.auth,
             cx.memory_bytes,
         );
         let mut store = Store::new(&self.engine, state);

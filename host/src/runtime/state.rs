@@ -4,6 +4,7 @@
 use crate::bus::unit::UnitOfWork;
 use crate::capability::events::Publisher;
 use crate::capability::kv::KvReader;
+use crate::capability::outgoing::Outgoing;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -16,7 +17,9 @@ pub struct InvocationState {
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    hooks: DenyOutgoing,
+    /// Where the guest's outgoing HTTP requests may go.
+    outgoing: Outgoing,
+    pub(crate) auth: Arc<crate::auth::Auth>,
     /// The service's `[service.config]` values, shared by all its invocations.
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) kv: KvReader,
@@ -31,6 +34,8 @@ impl InvocationState {
         config: Arc<WasiConfigVariables>,
         kv: KvReader,
         publisher: Publisher,
+        outgoing: Outgoing,
+        auth: Arc<crate::auth::Auth>,
         memory_bytes: usize,
     ) -> Self {
         // No environment, arguments, preopened directories or network: a guest gets only
@@ -40,7 +45,8 @@ impl InvocationState {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: DenyOutgoing,
+            outgoing,
+            auth,
             config,
             kv,
             unit: UnitOfWork::new(&publisher.service),
@@ -67,34 +73,8 @@ impl WasiHttpView for InvocationState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.hooks,
+            hooks: &mut self.outgoing,
         }
-    }
-}
-
-/// Outgoing HTTP is not granted to any service yet (service-to-service calls and
-/// allowed hosts come with the manifest fields that grant them): every request is
-/// refused with `HTTP-request-denied`, which the guest sees as an error, not a trap.
-struct DenyOutgoing;
-
-impl wasmtime_wasi_http::WasiHttpHooks for DenyOutgoing {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -7,5 +7,6 @@ mod deploy;
 mod failures;
 mod gateway;
 mod process;
+mod seed;
 mod state;
 mod support;

@@ -1,0 +1,280 @@
+//! Tokens and passwords, kept in the host: JWTs are signed and verified with a key that
+//! never enters a guest; passwords are hashed with argon2id on blocking threads behind a
+//! concurrency limit. Used by the gateway (verifying tokens on protected routes) and by
+//! the `microhost:platform/auth` capability (issuing tokens, hashing passwords).
+
+use anyhow::Context as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+/// Name of the file in the data directory holding a generated signing secret.
+pub const JWT_SECRET_FILE: &str = "jwt-secret";
+
+/// Claims the host sets itself; a guest may not pass them in `claims`.
+const RESERVED: [&str; 6] = ["sub", "iss", "aud", "exp", "iat", "nbf"];
+
+/// A verified caller: the token's subject and its claims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub subject: String,
+    /// Every claim of the token (registered ones included), as JSON.
+    pub claims: Map<String, Value>,
+}
+
+/// Token settings and keys, and the password-hashing pool.
+pub struct Auth {
+    issuer: String,
+    audience: String,
+    /// Accepted clock difference when checking `exp` and `nbf`, in seconds.
+    leeway_secs: u64,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// Bounds concurrent argon2 hashes (each uses ~19 MiB and a core for ~tens of ms).
+    hashing: Semaphore,
+}
+
+impl Auth {
+    /// HS256 with `secret`; `issuer` and `audience` go into every token and are required
+    /// of every token presented.
+    pub fn new(secret: &[u8], issuer: &str, audience: &str, leeway_secs: u64) -> Auth {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Auth {
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            leeway_secs,
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            hashing: Semaphore::new(cores),
+        }
+    }
+
+    /// The signing secret: `configured` if given, else `<data_dir>/jwt-secret`, which is
+    /// generated (random, mode 0600) on first start so tokens survive restarts.
+    pub fn load_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+        if let Some(secret) = configured {
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "the JWT secret must be at least 32 bytes, got {}",
+                secret.len()
+            );
+            return Ok(secret.as_bytes().to_vec());
+        }
+        let path = data_dir.join(JWT_SECRET_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(secret) if secret.trim().len() >= 32 => Ok(secret.trim().as_bytes().to_vec()),
+            Ok(_) => anyhow::bail!("{path:?} holds a JWT secret shorter than 32 bytes"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use rand::RngCore as _;
+                let mut bytes = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                let secret = hex::encode(bytes);
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("failed to create {data_dir:?}"))?;
+                crate::write_private(&path, &secret)
+                    .with_context(|| format!("failed to write {path:?}"))?;
+                tracing::info!(path = %path.display(), "generated a JWT signing secret");
+                Ok(secret.into_bytes())
+            }
+            Err(e) => Err(e).with_context(|| format!("failed to read {path:?}")),
+        }
+    }
+
+    /// Signs a token for `subject` with `extra` claims, valid for `ttl_secs`.
+    pub fn issue(
+        &self,
+        subject: &str,
+        extra: &Map<String, Value>,
+        ttl_secs: u64,
+    ) -> Result<String, String> {
+        if subject.is_empty() {
+            return Err("the subject must not be empty".to_string());
+        }
+        if let Some(reserved) = extra.keys().find(|k| RESERVED.contains(&k.as_str())) {
+            return Err(format!(
+                "claim {reserved:?} is set by the host, not by the service"
+            ));
+        }
+        let now = unix_now();
+        let mut claims = extra.clone();
+        claims.insert("sub".into(), subject.into());
+        claims.insert("iss".into(), self.issuer.clone().into());
+        claims.insert("aud".into(), self.audience.clone().into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + ttl_secs).into());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| format!("signing the token failed: {e}"))
+    }
+
+    /// Verifies a token: signature (HS256 only, whatever the header says), `exp`
+    /// (required), `nbf`, `iss` and `aud`.
+    pub fn verify(&self, token: &str) -> Result<Identity, String> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway_secs;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &validation)
+            .map_err(|e| format!("invalid token: {e}"))?;
+        let subject = data
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .ok_or("invalid token: `sub` is not a string")?
+            .to_string();
+        Ok(Identity {
+            subject,
+            claims: data.claims,
+        })
+    }
+
+    /// An argon2id PHC string for `password`, computed on a blocking thread.
+    pub async fn hash_password(self: &Arc<Self>, password: String) -> Result<String, String> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| "password hashing is shut down".to_string())?;
+        tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::{PasswordHasher as _, SaltString, rand_core::OsRng};
+            let salt = SaltString::generate(&mut OsRng);
+            argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| format!("hashing failed: {e}"))
+        })
+        .await
+        .map_err(|e| format!("hashing failed: {e}"))?
+    }
+
+    /// Whether `password` matches `hash` (a PHC string), checked on a blocking thread.
+    pub async fn verify_password(
+        self: &Arc<Self>,
+        password: String,
+        hash: String,
+    ) -> Result<bool, String> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| "password hashing is shut down".to_string())?;
+        tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+            let parsed =
+                PasswordHash::new(&hash).map_err(|e| format!("not a password hash: {e}"))?;
+            Ok(argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
+        })
+        .await
+        .map_err(|e| format!("verifying failed: {e}"))?
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(&[7u8; 32], "microhost", "microhost", 30)
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_their_claims() -> Result<(), String> {
+        let a = auth();
+        let mut extra = Map::new();
+        extra.insert("email".into(), "a@b.c".into());
+        let token = a.issue("user-1", &extra, 60)?;
+        let id = a.verify(&token)?;
+        assert_eq!(id.subject, "user-1");
+        assert_eq!(id.claims["email"], "a@b.c");
+        Ok(())
+    }
+
+    #[test]
+    fn tokens_from_elsewhere_are_refused() -> Result<(), String> {
+        let a = auth();
+        let other = Auth::new(&[8u8; 32], "microhost", "microhost", 30);
+        let token = other.issue("user-1", &Map::new(), 60)?;
+        assert!(a.verify(&token).is_err(), "wrong key");
+        let wrong_aud = Auth::new(&[7u8; 32], "microhost", "someone-else", 30);
+        assert!(
+            a.verify(&wrong_aud.issue("u", &Map::new(), 60)?).is_err(),
+            "wrong audience"
+        );
+        let wrong_iss = Auth::new(&[7u8; 32], "elsewhere", "microhost", 30);
+        assert!(
+            a.verify(&wrong_iss.issue("u", &Map::new(), 60)?).is_err(),
+            "wrong issuer"
+        );
+        // alg "none": header {"alg":"none"}, no signature.
+        let none = format!(
+            "{}.{}.",
+            base64_url(br#"{"alg":"none","typ":"JWT"}"#),
+            base64_url(
+                format!(
+                    r#"{{"sub":"u","iss":"microhost","aud":"microhost","exp":{}}}"#,
+                    unix_now() + 60
+                )
+                .as_bytes()
+            )
+        );
+        assert!(a.verify(&none).is_err(), "alg none");
+        let mut flipped = a.issue("u", &Map::new(), 60)?.into_bytes();
+        let last = flipped.len() - 2;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        assert!(
+            a.verify(&String::from_utf8_lossy(&flipped)).is_err(),
+            "flipped byte"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn expiry_is_enforced_beyond_the_leeway() -> Result<(), String> {
+        let strict = Auth::new(&[7u8; 32], "microhost", "microhost", 0);
+        let mut claims = Map::new();
+        claims.insert("sub".into(), "u".into());
+        claims.insert("iss".into(), "microhost".into());
+        claims.insert("aud".into(), "microhost".into());
+        claims.insert("exp".into(), (unix_now() - 10).into());
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .map_err(|e| e.to_string())?;
+        assert!(strict.verify(&expired).is_err());
+        claims.remove("exp");
+        let no_exp = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .map_err(|e| e.to_string())?;
+        assert!(strict.verify(&no_exp).is_err(), "exp is required");
+        Ok(())
+    }
+
+    #[test]
+    fn reserved_claims_cannot_be_set_by_services() {
+        let mut extra = Map::new();
+        extra.insert("exp".into(), 1.into());
+        assert!(auth().issue("u", &extra, 60).is_err());
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+}

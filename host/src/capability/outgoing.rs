@@ -1,0 +1,159 @@
+//! Outgoing HTTP (`wasi:http/outgoing-handler`): calls to `http://<service>.internal/...`
+//! are served in-process through a [`ServiceCaller`] (the dispatcher, with its circuit
+//! breakers), carrying the caller's identity; calls to outside hosts go out only to the
+//! hosts the manifest allows; everything else is refused with `HTTP-request-denied`,
+//! which the guest sees as an error, not a trap.
+
+use crate::auth::Identity;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// The suffix that names a service instead of a host.
+pub const INTERNAL_SUFFIX: &str = ".internal";
+/// Header naming the calling service (set by the host, never taken from a guest).
+pub const CALLER_HEADER: &str = "x-microhost-caller";
+/// Header with the verified subject of the request's token.
+pub const SUBJECT_HEADER: &str = "x-microhost-subject";
+/// Header with the verified token's claims, as JSON.
+pub const CLAIMS_HEADER: &str = "x-microhost-claims";
+/// How many service-to-service hops deep this call is.
+pub const HOPS_HEADER: &str = "x-microhost-hops";
+/// Deepest chain of service-to-service calls.
+pub const MAX_HOPS: u32 = 8;
+/// Largest request body a service may send to another.
+pub const MAX_CALL_BODY: usize = 16 * 1024 * 1024;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Serves a service-to-service call in-process. The answer is always an HTTP response:
+/// failures of the callee come back as problem responses (502, 503, 504...), as at the
+/// edge.
+pub trait ServiceCaller: Send + Sync {
+    fn call(
+        &self,
+        target: String,
+        request: http::Request<Bytes>,
+    ) -> BoxFuture<http::Response<Bytes>>;
+}
+
+/// Strips every `x-microhost-*` header: only the host sets them.
+pub fn strip_identity_headers(headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-microhost-"))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Sets the identity headers for `identity`.
+pub fn set_identity_headers(headers: &mut http::HeaderMap, identity: &Identity) {
+    if let Ok(v) = http::HeaderValue::from_str(&identity.subject) {
+        headers.insert(SUBJECT_HEADER, v);
+    }
+    let claims = serde_json::Value::Object(identity.claims.clone()).to_string();
+    if let Ok(v) = http::HeaderValue::from_str(&claims) {
+        headers.insert(CLAIMS_HEADER, v);
+    }
+}
+
+/// What one invocation may call, and as whom.
+pub struct Outgoing {
+    /// The calling service.
+    pub service: String,
+    pub caller: Option<Arc<dyn ServiceCaller>>,
+    /// Services it may call (manifest `calls`).
+    pub services: Arc<BTreeSet<String>>,
+    /// Outside hosts it may call (manifest `allowed_hosts`).
+    pub hosts: Arc<BTreeSet<String>>,
+    /// The verified identity of the request being served, passed on.
+    pub identity: Option<Identity>,
+    /// Hops of the request being served.
+    pub hops: u32,
+}
+
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
+
+fn done() -> Box<dyn Future<Output = Result<(), HttpError>> + Send> {
+    Box::new(async { Ok(()) })
+}
+
+impl WasiHttpHooks for Outgoing {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let host = request
+            .uri()
+            .host()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if let Some(target) = host.strip_suffix(INTERNAL_SUFFIX) {
+            let target = target.to_string();
+            let allowed = self.services.contains(&target);
+            let (Some(caller), true) = (self.caller.clone(), allowed) else {
+                tracing::warn!(service = %self.service, target, "call to a service not in `calls` refused");
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            };
+            if self.hops >= MAX_HOPS {
+                return Box::new(async { Err(HttpError::LoopDetected) });
+            }
+            let service = self.service.clone();
+            let identity = self.identity.clone();
+            let hops = self.hops + 1;
+            return Box::new(async move {
+                let (mut parts, body) = request.into_parts();
+                let body = Limited::new(body, MAX_CALL_BODY)
+                    .collect()
+                    .await
+                    .map_err(|_| HttpError::HttpRequestBodySize(None))?
+                    .to_bytes();
+                strip_identity_headers(&mut parts.headers);
+                if let Ok(v) = http::HeaderValue::from_str(&service) {
+                    parts.headers.insert(CALLER_HEADER, v);
+                }
+                parts
+                    .headers
+                    .insert(HOPS_HEADER, http::HeaderValue::from(hops));
+                if let Some(identity) = &identity {
+                    set_identity_headers(&mut parts.headers, identity);
+                }
+                let response = caller
+                    .call(target, http::Request::from_parts(parts, body))
+                    .await;
+                let response = response.map(|b| {
+                    Full::new(b)
+                        .map_err(|never: std::convert::Infallible| match never {})
+                        .boxed_unsync()
+                });
+                Ok((response, done()))
+            });
+        }
+        if !self.hosts.contains(&host) {
+            tracing::warn!(service = %self.service, host, "outgoing request to a host not in `allowed_hosts` refused");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            ))
+        })
+    }
+}

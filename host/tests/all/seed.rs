@@ -1,0 +1,418 @@
+//! The seed system end to end: the real `registry/microhost.toml` with the user, product,
+//! order and notification services, driven over HTTP like a client would.
+
+use crate::assert_eventually;
+use crate::support::{Host, Resp, data_dir, wasm};
+use bytes::Bytes;
+use microhost::registry::manifest::Manifest;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The shipped manifest, on ephemeral ports; `product`'s breaker opens for `open_ms`.
+async fn seed_host(data: &Path, open_ms: u64) -> anyhow::Result<Host> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry/microhost.toml");
+    let mut manifest = Manifest::load(&path)?;
+    for service in &mut manifest.services {
+        if service.name == "product" {
+            service.breaker.open_ms = open_ms;
+        }
+    }
+    let mut config = crate::support::config(&[], data)?;
+    config.manifest = manifest;
+    Host::start_with(config).await
+}
+
+async fn call(
+    host: &Host,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<Resp> {
+    let mut request = http::Request::builder().method(method).uri(host.url(path));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    let response = crate::support::client()
+        .request(request.body(http_body_util::Full::new(body))?)
+        .await?;
+    let (parts, body) = response.into_parts();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: http_body_util::BodyExt::collect(body).await?.to_bytes(),
+    })
+}
+
+async fn register_and_login(
+    host: &Host,
+    email: &str,
+    name: &str,
+) -> anyhow::Result<(String, String)> {
+    let body =
+        serde_json::json!({ "email": email, "password": "correct horse battery", "name": name });
+    let r = call(
+        host,
+        http::Method::POST,
+        "/api/users/register",
+        None,
+        Some(body),
+    )
+    .await?;
+    anyhow::ensure!(
+        r.status == 201,
+        "register {email}: {} {}",
+        r.status,
+        r.text()
+    );
+    let id = r.json()["id"].as_str().unwrap_or_default().to_string();
+    let body = serde_json::json!({ "email": email, "password": "correct horse battery" });
+    let r = call(
+        host,
+        http::Method::POST,
+        "/api/users/login",
+        None,
+        Some(body),
+    )
+    .await?;
+    anyhow::ensure!(r.status == 200, "login {email}: {} {}", r.status, r.text());
+    Ok((
+        id,
+        r.json()["token"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+async fn create_product(
+    host: &Host,
+    token: &str,
+    name: &str,
+    price: i64,
+    stock: i64,
+) -> anyhow::Result<String> {
+    let body = serde_json::json!({ "name": name, "price_cents": price, "stock": stock });
+    let r = call(
+        host,
+        http::Method::POST,
+        "/api/products",
+        Some(token),
+        Some(body),
+    )
+    .await?;
+    anyhow::ensure!(r.status == 201, "create {name}: {} {}", r.status, r.text());
+    Ok(r.json()["id"].as_str().unwrap_or_default().to_string())
+}
+
+async fn order(host: &Host, token: &str, items: &[(&str, u32)]) -> anyhow::Result<Resp> {
+    let items: Vec<_> = items
+        .iter()
+        .map(|(id, q)| serde_json::json!({ "product_id": id, "quantity": q }))
+        .collect();
+    call(
+        host,
+        http::Method::POST,
+        "/api/orders",
+        Some(token),
+        Some(serde_json::json!({ "items": items })),
+    )
+    .await
+}
+
+async fn status_of(host: &Host, token: &str, order_id: &str) -> anyhow::Result<String> {
+    let r = call(
+        host,
+        http::Method::GET,
+        &format!("/api/orders/{order_id}"),
+        Some(token),
+        None,
+    )
+    .await?;
+    Ok(r.json()["status"].as_str().unwrap_or_default().to_string())
+}
+
+async fn stock(host: &Host, product_id: &str) -> anyhow::Result<i64> {
+    let r = host.get(&format!("/api/products/{product_id}")).await?;
+    Ok(r.json()["stock"].as_i64().unwrap_or(-1))
+}
+
+async fn notifications(host: &Host, token: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let r = call(
+        host,
+        http::Method::GET,
+        "/api/notifications",
+        Some(token),
+        None,
+    )
+    .await?;
+    anyhow::ensure!(r.status == 200, "notifications: {} {}", r.status, r.text());
+    Ok(r.json()["items"].as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_login_order_confirm_and_notify() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = seed_host(dir.path(), 5_000).await?;
+    let (ada_id, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
+    let (_, bob) = register_and_login(&host, "bob@example.com", "Bob").await?;
+
+    // Registration and login errors.
+    let dup = serde_json::json!({ "email": "ADA@example.com", "password": "something else", "name": "Ada 2" });
+    let r = call(
+        &host,
+        http::Method::POST,
+        "/api/users/register",
+        None,
+        Some(dup),
+    )
+    .await?;
+    assert_eq!(r.status, 409, "{}", r.text());
+    for bad in [
+        serde_json::json!({ "email": "not-an-email", "password": "long enough", "name": "X" }),
+        serde_json::json!({ "email": "x@example.com", "password": "short", "name": "X" }),
+        serde_json::json!({ "email": "x@example.com", "password": "long enough" }),
+    ] {
+        let r = call(
+            &host,
+            http::Method::POST,
+            "/api/users/register",
+            None,
+            Some(bad.clone()),
+        )
+        .await?;
+        assert_eq!(r.status, 400, "{bad} → {}", r.text());
+    }
+    let wrong = serde_json::json!({ "email": "ada@example.com", "password": "wrong password" });
+    let r = call(
+        &host,
+        http::Method::POST,
+        "/api/users/login",
+        None,
+        Some(wrong),
+    )
+    .await?;
+    assert_eq!(r.status, 401);
+    let me = call(&host, http::Method::GET, "/api/users/me", Some(&ada), None).await?;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["email"], "ada@example.com");
+    assert!(
+        me.json().get("password_hash").is_none(),
+        "the hash never leaves the service"
+    );
+
+    let lamp = create_product(&host, &ada, "Lamp", 1999, 5).await?;
+    let desk = create_product(&host, &ada, "Desk", 15000, 2).await?;
+
+    let r = order(&host, &ada, &[(&lamp, 2), (&desk, 1)]).await?;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let placed = r.json();
+    assert_eq!(placed["status"], "pending");
+    assert_eq!(placed["total_cents"], 2 * 1999 + 15000);
+    assert_eq!(placed["user_id"], ada_id.as_str());
+    let order_id = placed["id"].as_str().unwrap_or_default().to_string();
+    assert_eventually!(
+        WAIT,
+        status_of(&host, &ada, &order_id).await? == "confirmed",
+        "order not confirmed"
+    );
+    assert_eq!(stock(&host, &lamp).await?, 3);
+    assert_eq!(stock(&host, &desk).await?, 1);
+    assert_eventually!(
+        WAIT,
+        notifications(&host, &ada)
+            .await?
+            .iter()
+            .any(|n| n["kind"] == "order.confirmed" && n["order_id"] == order_id.as_str()),
+        "no confirmation notification"
+    );
+    let kinds: Vec<String> = notifications(&host, &ada)
+        .await?
+        .iter()
+        .filter_map(|n| n["kind"].as_str().map(str::to_string))
+        .collect();
+    assert!(kinds.contains(&"user.registered".to_string()), "{kinds:?}");
+
+    // More than the stock: cancelled, stock unchanged (all or nothing).
+    let r = order(&host, &ada, &[(&lamp, 1), (&desk, 5)]).await?;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let too_many = r.json()["id"].as_str().unwrap_or_default().to_string();
+    assert_eventually!(
+        WAIT,
+        status_of(&host, &ada, &too_many).await? == "cancelled",
+        "order not cancelled"
+    );
+    assert_eq!(stock(&host, &lamp).await?, 3);
+    assert_eq!(stock(&host, &desk).await?, 1);
+    assert_eventually!(
+        WAIT,
+        notifications(&host, &ada)
+            .await?
+            .iter()
+            .any(|n| n["kind"] == "order.cancelled"),
+        "no cancellation notification"
+    );
+    let r = order(&host, &ada, &[("no-such-product", 1)]).await?;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Bob sees none of Ada's orders or notifications.
+    let r = call(
+        &host,
+        http::Method::GET,
+        &format!("/api/orders/{order_id}"),
+        Some(&bob),
+        None,
+    )
+    .await?;
+    assert_eq!(r.status, 404);
+    let r = call(&host, http::Method::GET, "/api/orders", Some(&bob), None).await?;
+    assert_eq!(r.json()["items"], serde_json::json!([]));
+    let bobs = notifications(&host, &bob).await?;
+    assert!(
+        bobs.iter().all(|n| n["kind"] == "user.registered"),
+        "{bobs:?}"
+    );
+    let r = call(&host, http::Method::GET, "/api/orders", Some(&ada), None).await?;
+    assert_eq!(r.json()["items"].as_array().map(Vec::len), Some(2));
+
+    // No token, a bad token, a forged identity header: 401 everywhere protected.
+    let mut forged = ada.clone().into_bytes();
+    let n = forged.len();
+    forged[n - 3] = if forged[n - 3] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged)?;
+    for (method, path) in [
+        (http::Method::GET, "/api/orders"),
+        (http::Method::POST, "/api/orders"),
+        (http::Method::GET, "/api/notifications"),
+        (http::Method::GET, "/api/users/me"),
+        (http::Method::POST, "/api/products"),
+    ] {
+        for token in [None, Some("garbage"), Some(forged.as_str())] {
+            let r = call(
+                &host,
+                method.clone(),
+                path,
+                token,
+                Some(serde_json::json!({})),
+            )
+            .await?;
+            assert_eq!(
+                r.status,
+                401,
+                "{method} {path} with {token:?}: {}",
+                r.text()
+            );
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+    }
+    let spoof = http::Request::get(host.url("/api/orders"))
+        .header("x-microhost-subject", ada_id.as_str())
+        .header("authorization", format!("Bearer {bob}"))
+        .body(http_body_util::Full::new(Bytes::new()))?;
+    let r = crate::support::client().request(spoof).await?;
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await?
+        .to_bytes();
+    let items: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(
+        items["items"],
+        serde_json::json!([]),
+        "a forged subject header was believed"
+    );
+    // The internal lookup is not reachable from the edge.
+    let r = call(
+        &host,
+        http::Method::GET,
+        &format!("/internal/users/{ada_id}"),
+        Some(&ada),
+        None,
+    )
+    .await?;
+    assert_eq!(r.status, 404);
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_product_service_opens_the_breaker_and_recovers() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = seed_host(dir.path(), 1_000).await?;
+    let (_, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
+    let lamp = create_product(&host, &ada, "Lamp", 1999, 50).await?;
+    assert_eq!(order(&host, &ada, &[(&lamp, 1)]).await?.status, 201);
+
+    // Product breaks: a trapping version is deployed.
+    let r = host
+        .deploy("product", "broken", std::fs::read(wasm("test-trap"))?)
+        .await?;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut fast_fails = 0;
+    for i in 0..8 {
+        let started = Instant::now();
+        let r = order(&host, &ada, &[(&lamp, 1)]).await?;
+        assert_eq!(r.status, 503, "order {i}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+        assert!(
+            detail.contains("product service is unavailable"),
+            "{detail}"
+        );
+        if detail.contains("circuit breaker is open") {
+            fast_fails += 1;
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "not fast: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    // failures = 3 in the manifest: the rest failed fast.
+    assert!(
+        fast_fails >= 5,
+        "the breaker did not open ({fast_fails} fast failures)"
+    );
+    // The other services keep working.
+    assert_eq!(
+        call(&host, http::Method::GET, "/api/users/me", Some(&ada), None)
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        call(
+            &host,
+            http::Method::GET,
+            "/api/notifications",
+            Some(&ada),
+            None
+        )
+        .await?
+        .status,
+        200
+    );
+    assert_eq!(
+        call(&host, http::Method::GET, "/api/orders", Some(&ada), None)
+            .await?
+            .status,
+        200
+    );
+
+    // The good version comes back; after the open period a probe closes the breaker.
+    let good = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry/product/0.1.0.wasm"),
+    )?;
+    let r = host.deploy("product", "0.1.1", good).await?;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eventually!(
+        WAIT,
+        order(&host, &ada, &[(&lamp, 1)]).await?.status == 201,
+        "orders did not recover"
+    );
+    let left = stock(&host, &lamp).await?;
+    assert!(
+        (47..=49).contains(&left),
+        "state survived the broken version: stock {left}"
+    );
+    host.shutdown().await;
+    Ok(())
+}
