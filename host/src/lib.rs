@@ -180,6 +180,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let admin_app = admin::router(
         registry.clone(),
         bus.clone(),
+        dispatcher.clone(),
         Arc::from(admin_token.as_str()),
     );
     let admin_server = tokio::spawn(serve(

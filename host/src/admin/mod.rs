@@ -13,6 +13,7 @@ mod bus;
 pub mod client;
 
 use crate::bus::Bus;
+use crate::dispatch::Dispatcher;
 use crate::gateway::problem::{problem, problem_with};
 use crate::registry::{Registry, RegistryError};
 use axum::Router;
@@ -32,14 +33,21 @@ pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 struct AdminState {
     registry: Arc<Registry>,
     bus: Arc<Bus>,
+    dispatcher: Dispatcher,
     token: Arc<str>,
 }
 
 /// The admin API's routes, every one behind the bearer token.
-pub fn router(registry: Arc<Registry>, bus: Arc<Bus>, token: Arc<str>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    bus: Arc<Bus>,
+    dispatcher: Dispatcher,
+    token: Arc<str>,
+) -> Router {
     let state = AdminState {
         registry,
         bus,
+        dispatcher,
         token,
     };
     Router::new()
@@ -118,6 +126,9 @@ async fn list_services(State(state): State<AdminState>) -> Response {
                 "route": slot.route,
                 "publishes": slot.publishes.iter().collect::<Vec<_>>(),
                 "subscribes": slot.subscriptions.iter().map(|s| &s.topic).collect::<Vec<_>>(),
+                "calls": slot.calls.iter().collect::<Vec<_>>(),
+                "protected": slot.protected,
+                "breaker": state.dispatcher.breakers().status(&slot.name),
                 "limits": {
                     "memory_mib": slot.limits.memory_mib,
                     "timeout_ms": slot.limits.timeout_ms,

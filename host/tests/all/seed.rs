@@ -408,6 +408,13 @@ async fn a_broken_product_service_opens_the_breaker_and_recovers() -> anyhow::Re
         order(&host, &ada, &[(&lamp, 1)]).await?.status == 201,
         "orders did not recover"
     );
+    let catalog = host.admin_get("/admin/services").await?;
+    assert!(
+        catalog["services"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|s| s["name"] == "product" && s["breaker"] == "closed")),
+        "{catalog}"
+    );
     let left = stock(&host, &lamp).await?;
     assert!(
         (47..=49).contains(&left),
