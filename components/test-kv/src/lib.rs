@@ -1,5 +1,6 @@
 //! Test guest: raw key-value access over HTTP.
 //! `GET /kv/{key}`, `PUT /kv/{key}` (body = value), `DELETE /kv/{key}`, `GET /kv` (keys).
+//! `POST /kv/{key}/incr` adds one to a counter (a read-modify-write).
 //! `PUT /kv/{key}?then=X` writes, then: `read` answers 200 with the value read back in
 //! the same invocation, `500` answers 500, `trap` panics (to test the unit of work).
 use microhost_guest::{Request, Response, Service, kv};
@@ -13,6 +14,21 @@ impl Service for Kv {
             Err(e) => return Response::internal_error(&e),
         };
         let segments = req.segments();
+        // A read-modify-write: the counter under `key` plus one.
+        if let ([.., "kv", key, "incr"], "POST") = (segments.as_slice(), req.method.as_str()) {
+            let current = match bucket.get(key) {
+                Ok(v) => v
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0),
+                Err(e) => return Response::internal_error(&kv::describe(e)),
+            };
+            let next = (current + 1).to_string();
+            return match bucket.set(key, next.as_bytes()) {
+                Ok(()) => Response::text(200, next),
+                Err(e) => Response::internal_error(&kv::describe(e)),
+            };
+        }
         let key = match segments.as_slice() {
             [_, "kv"] | ["kv"] => None,
             [_, "kv", key] | ["kv", key] => Some(*key),

@@ -15,6 +15,30 @@ pub struct UnitOfWork {
     pub kv: BTreeMap<(String, String), Option<Vec<u8>>>,
     /// Events to append, in publish order; offsets are assigned at commit.
     pub events: Vec<Envelope>,
+    /// What the invocation read from committed state (storage key → digest of the value
+    /// seen, `None` for absent), checked again at commit: optimistic concurrency.
+    pub reads: BTreeMap<Vec<u8>, Option<[u8; 32]>>,
+    /// Prefix scans (prefix → digest of the keys seen), checked again at commit, so a
+    /// key added or removed meanwhile is a conflict too.
+    pub scans: BTreeMap<Vec<u8>, [u8; 32]>,
+}
+
+/// The digest a read is remembered by.
+pub fn digest(value: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(value).into()
+}
+
+/// The digest of a list of keys (length-prefixed, so that no two lists collide by
+/// concatenation).
+pub fn digest_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for key in keys {
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key);
+    }
+    hasher.finalize().into()
 }
 
 impl UnitOfWork {
@@ -85,6 +109,35 @@ impl Ack {
     }
 }
 
+/// Checks that everything the invocation read is still as it saw it. Run inside the
+/// commit transaction, so no other commit can slip in between: writing invocations are
+/// serializable.
+fn validate(
+    storage: &dyn Storage,
+    view: &dyn ReadView,
+    unit: &UnitOfWork,
+) -> Result<(), StoreError> {
+    for (key, seen) in &unit.reads {
+        let now = view.get(key)?.map(|v| digest(&v));
+        if now != *seen {
+            return Err(StoreError::Conflict(format!(
+                "key {:?} changed since the invocation read it",
+                String::from_utf8_lossy(key)
+            )));
+        }
+    }
+    for (prefix, seen) in &unit.scans {
+        let entries = storage.scan(prefix, None, usize::MAX)?;
+        if digest_keys(entries.iter().map(|(k, _)| k.as_slice())) != *seen {
+            return Err(StoreError::Conflict(format!(
+                "keys under {:?} changed since the invocation listed them",
+                String::from_utf8_lossy(prefix)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The next offset of `topic`'s log, as `view` sees it.
 pub fn next_offset(view: &dyn ReadView, topic: &str) -> Result<u64, StoreError> {
     Ok(view
@@ -102,6 +155,7 @@ pub fn apply(
     let mut published = Vec::new();
     storage.transact(&mut |view| {
         published.clear();
+        validate(storage, view, unit)?;
         let mut batch = Batch::default();
         if let Some(ack) = ack {
             ack.apply(view, &mut batch)?;

@@ -3,7 +3,7 @@
 //! reach the store together with its events, only when the invocation succeeds.
 
 use super::generated::wasi::keyvalue::store;
-use crate::bus::unit::UnitOfWork;
+use crate::bus::unit::{UnitOfWork, digest, digest_keys};
 use crate::runtime::InvocationState;
 use crate::store::{Storage, keys};
 use std::sync::Arc;
@@ -48,20 +48,23 @@ fn store_error(e: crate::store::StoreError) -> KvError {
     KvError::Other(e.to_string())
 }
 
-/// A read that sees the invocation's own pending writes first.
+/// A read that sees the invocation's own pending writes first. A read of committed
+/// state is remembered, to be validated at commit.
 fn read(
     reader: &KvReader,
-    unit: &UnitOfWork,
+    unit: &mut UnitOfWork,
     bucket: &str,
     key: &str,
 ) -> Result<Option<Vec<u8>>, KvError> {
     if let Some(pending) = unit.kv.get(&(bucket.to_string(), key.to_string())) {
         return Ok(pending.clone());
     }
-    reader
-        .storage
-        .get(&keys::kv(&unit.service, bucket, key))
-        .map_err(store_error)
+    let storage_key = keys::kv(&unit.service, bucket, key);
+    let value = reader.storage.get(&storage_key).map_err(store_error)?;
+    unit.reads
+        .entry(storage_key)
+        .or_insert_with(|| value.as_deref().map(digest));
+    Ok(value)
 }
 
 /// The view the generated bindings are implemented for.
@@ -174,13 +177,17 @@ impl store::HostBucket for KvView<'_> {
     ) -> Result<store::KeyResponse, KvError> {
         let bucket = self.bucket(&bucket)?;
         let prefix = keys::kv_prefix(&self.unit.service, &bucket);
-        let mut keys = std::collections::BTreeSet::new();
-        for (k, _) in self
+        let committed = self
             .reader
             .storage
             .scan(&prefix, None, usize::MAX)
-            .map_err(store_error)?
-        {
+            .map_err(store_error)?;
+        self.unit
+            .scans
+            .entry(prefix.clone())
+            .or_insert_with(|| digest_keys(committed.iter().map(|(k, _)| k.as_slice())));
+        let mut keys = std::collections::BTreeSet::new();
+        for (k, _) in committed {
             let key = String::from_utf8(k[prefix.len()..].to_vec())
                 .map_err(|_| KvError::Other("stored key is not valid UTF-8".to_string()))?;
             keys.insert(key);

@@ -6,7 +6,6 @@
 pub mod breaker;
 
 use crate::auth::Identity;
-use crate::bus::unit::UnitOfWork;
 use crate::bus::{Bus, Item};
 use crate::capability::outgoing::{CLAIMS_HEADER, HOPS_HEADER, SUBJECT_HEADER, ServiceCaller};
 use crate::gateway::problem::{problem_bytes, status_of};
@@ -20,6 +19,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// How often a request whose commit conflicted is run again before giving up.
+pub const MAX_CONFLICT_RETRIES: u32 = 8;
 
 /// The response header naming the service and version that answered.
 pub const SERVICE_HEADER: &str = "x-microhost-service";
@@ -113,11 +115,14 @@ impl Dispatcher {
 
     /// Runs `request` on the version of `slot` that is active now. A deploy during the
     /// call does not affect it: the pinned version stays alive until the call ends.
-    /// The invocation's writes and events commit only if it answers below 500.
+    /// The invocation's writes and events commit only if it answers below 500. If what
+    /// it read changed before it could commit (a concurrent invocation wrote it), it is
+    /// run again from the start, on fresh state, up to [`MAX_CONFLICT_RETRIES`] times.
     pub async fn call(&self, slot: &ServiceSlot, request: http::Request<Bytes>) -> Outcome {
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
-        let headers = request.headers();
+        let (parts, body) = request.into_parts();
+        let headers = &parts.headers;
         let mut cx = slot.invocation_context(&version);
         cx.traceparent = headers
             .get("traceparent")
@@ -130,31 +135,41 @@ impl Dispatcher {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         cx.caller = self.inner.as_caller.get().cloned();
-        let result = self
-            .inner
-            .runtime
-            .handle_http(&pinned.version().prepared, cx, request)
-            .await;
-        let result = match result {
-            Ok((response, unit)) => {
-                if response.status().is_server_error() {
-                    Ok(response)
-                } else {
-                    self.commit(&unit).await.map(|()| response)
-                }
+        let mut retries = 0;
+        let result = loop {
+            let mut request = http::Request::new(body.clone());
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let result = self
+                .inner
+                .runtime
+                .handle_http(&pinned.version().prepared, cx.clone(), request)
+                .await;
+            let (response, unit) = match result {
+                Ok(done) => done,
+                Err(e) => break Err(e),
+            };
+            if response.status().is_server_error() {
+                break Ok(response);
             }
-            Err(e) => Err(e),
+            match self.inner.bus.commit(&unit, None).await {
+                Ok(_) => break Ok(response),
+                Err(StoreError::Conflict(why)) if retries < MAX_CONFLICT_RETRIES => {
+                    retries += 1;
+                    tracing::debug!(service = %slot.name, retries, why, "conflicting commit; running the request again");
+                }
+                Err(StoreError::Conflict(why)) => {
+                    break Err(InvokeError::Contention(format!(
+                        "{why} ({} attempts)",
+                        retries + 1
+                    )));
+                }
+                Err(e) => break Err(InvokeError::Storage(e.to_string())),
+            }
         };
         Outcome { version, result }
-    }
-
-    async fn commit(&self, unit: &UnitOfWork) -> Result<(), InvokeError> {
-        self.inner
-            .bus
-            .commit(unit, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| InvokeError::Storage(e.to_string()))
     }
 
     /// A service-to-service call: through `target`'s circuit breaker, then as

@@ -56,7 +56,7 @@ pub fn status_of(error: &InvokeError) -> StatusCode {
         | InvokeError::ErrorResponse(_)
         | InvokeError::ResponseTooLarge
         | InvokeError::NotASubscriber => StatusCode::BAD_GATEWAY,
-        InvokeError::Instantiate(_) | InvokeError::BreakerOpen(_) => {
+        InvokeError::Instantiate(_) | InvokeError::BreakerOpen(_) | InvokeError::Contention(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         InvokeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -77,6 +77,8 @@ pub enum InvokeError {
     Storage(String),
     #[error("calls to the service are failing; its circuit breaker is open for {} ms", .0.as_millis())]
     BreakerOpen(Duration),
+    #[error("the request kept conflicting with concurrent updates of the same data: {0}")]
+    Contention(String),
 }
 
 /// How a guest call ended, and the store (with the unit of work and the limiter's
