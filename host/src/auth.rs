@@ -133,13 +133,8 @@ impl Auth {
     }
 
     /// An argon2id PHC string for `password`, computed on a blocking thread.
-    pub async fn hash_password(self: &Arc<Self>, password: String) -> Result<String, String> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| "password hashing is shut down".to_string())?;
-        tokio::task::spawn_blocking(move || {
+    pub async fn hash_password(&self, password: String) -> Result<String, String> {
+        self.on_hashing_pool(move || {
             use argon2::password_hash::{PasswordHasher as _, SaltString, rand_core::OsRng};
             let salt = SaltString::generate(&mut OsRng);
             argon2::Argon2::default()
@@ -148,21 +143,11 @@ impl Auth {
                 .map_err(|e| format!("hashing failed: {e}"))
         })
         .await
-        .map_err(|e| format!("hashing failed: {e}"))?
     }
 
     /// Whether `password` matches `hash` (a PHC string), checked on a blocking thread.
-    pub async fn verify_password(
-        self: &Arc<Self>,
-        password: String,
-        hash: String,
-    ) -> Result<bool, String> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| "password hashing is shut down".to_string())?;
-        tokio::task::spawn_blocking(move || {
+    pub async fn verify_password(&self, password: String, hash: String) -> Result<bool, String> {
+        self.on_hashing_pool(move || {
             use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
             let parsed =
                 PasswordHash::new(&hash).map_err(|e| format!("not a password hash: {e}"))?;
@@ -171,7 +156,21 @@ impl Auth {
                 .is_ok())
         })
         .await
-        .map_err(|e| format!("verifying failed: {e}"))?
+    }
+
+    /// Runs argon2 work on a blocking thread, at most one per core at a time.
+    async fn on_hashing_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| "password hashing is shut down".to_string())?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| format!("password hashing failed: {e}"))?
     }
 }
 

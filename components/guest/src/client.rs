@@ -6,7 +6,6 @@ use crate::bindings::wasi::http::outgoing_handler;
 use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
 };
-use crate::bindings::wasi::io::streams::StreamError;
 use serde::de::DeserializeOwned;
 
 /// A response from another service, read whole.
@@ -113,20 +112,7 @@ pub fn send(method: &str, url: &str, body: Option<Vec<u8>>) -> Result<Reply, Str
         let stream = body
             .stream()
             .map_err(|()| "response stream taken twice".to_string())?;
-        let mut bytes = Vec::new();
-        loop {
-            match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => bytes.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(format!(
-                        "reading the response failed: {}",
-                        e.to_debug_string()
-                    ));
-                }
-            }
-        }
-        bytes
+        crate::http::read_all(&stream).map_err(|e| format!("reading the response failed: {e}"))?
     };
     drop(IncomingBody::finish(body));
     Ok(Reply {

@@ -5,7 +5,7 @@ use crate::Service;
 use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
-use crate::bindings::wasi::io::streams::StreamError;
+use crate::bindings::wasi::io::streams::{InputStream, StreamError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -98,20 +98,19 @@ fn read_body(body: &IncomingBody) -> Result<Vec<u8>, String> {
     let stream = body
         .stream()
         .map_err(|()| "request body stream was already taken".to_string())?;
+    read_all(&stream).map_err(|e| format!("reading the request body failed: {e}"))
+}
+
+/// Reads a stream to its end.
+pub(crate) fn read_all(stream: &InputStream) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     loop {
         match stream.blocking_read(64 * 1024) {
             Ok(chunk) => bytes.extend_from_slice(&chunk),
-            Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => {
-                return Err(format!(
-                    "reading the request body failed: {}",
-                    e.to_debug_string()
-                ));
-            }
+            Err(StreamError::Closed) => return Ok(bytes),
+            Err(StreamError::LastOperationFailed(e)) => return Err(e.to_debug_string()),
         }
     }
-    Ok(bytes)
 }
 
 /// A response, written whole after the handler returns.

@@ -80,10 +80,15 @@ pub fn config(key: &str) -> Option<String> {
 /// A new identifier that sorts by creation time: 12 hex digits of milliseconds since the
 /// Unix epoch, then 12 random hex digits (`0194f3c2a1b7e3c9d1a2f4b6`).
 pub fn new_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let millis = now_ms();
     let random = bindings::wasi::random::random::get_random_u64() & 0xffff_ffff_ffff;
     format!("{:012x}{:012x}", millis & 0xffff_ffff_ffff, random)
+}
+
+/// Milliseconds since the Unix epoch (wall clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

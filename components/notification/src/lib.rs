@@ -86,10 +86,7 @@ impl Service for NotificationService {
             kind: event.topic.clone(),
             message,
             order_id,
-            created_at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            created_at_ms: microhost_guest::now_ms(),
         };
         let bucket = kv::open()?;
         kv::set_json(

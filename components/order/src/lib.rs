@@ -204,7 +204,7 @@ fn create(req: &Request, user: &str) -> Result<Response, Response> {
         total_cents: total,
         status: "pending".to_string(),
         reason: None,
-        created_at_ms: now_ms(),
+        created_at_ms: microhost_guest::now_ms(),
     };
     let bucket = kv::open().map_err(internal)?;
     kv::set_json(&bucket, &format!("order/{}", order.id), &order).map_err(internal)?;
@@ -243,13 +243,6 @@ fn list(user: &str) -> Result<Response, Response> {
         }
     }
     Ok(Response::json(200, &serde_json::json!({ "items": orders })))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 microhost_guest::service!(OrderService);

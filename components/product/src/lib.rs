@@ -180,7 +180,7 @@ fn create(req: &Request) -> Result<Response, Response> {
         name: new.name.trim().to_string(),
         price_cents: new.price_cents,
         stock: new.stock,
-        created_at_ms: now_ms(),
+        created_at_ms: microhost_guest::now_ms(),
     };
     kv::set_json(&bucket, &format!("{PREFIX}{}", product.id), &product)
         .map_err(|e| Response::internal_error(&e))?;
@@ -241,13 +241,6 @@ fn list(req: &Request) -> Result<Response, Response> {
         200,
         &serde_json::json!({ "items": items, "next": next }),
     ))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 microhost_guest::service!(ProductService);

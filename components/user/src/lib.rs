@@ -122,7 +122,7 @@ fn register(req: &Request) -> Result<Response, Response> {
         email: email.clone(),
         name: name.to_string(),
         password_hash: auth::hash_password(&reg.password).map_err(internal)?,
-        created_at_ms: now_ms(),
+        created_at_ms: microhost_guest::now_ms(),
     };
     kv::set_json(&bucket, &format!("user/{}", user.id), &user).map_err(internal)?;
     bucket
@@ -197,13 +197,6 @@ fn internal_lookup(req: &Request, id: &str) -> Result<Response, Response> {
         Some(user) => Ok(Response::json(200, &user.profile())),
         None => Err(Response::not_found(&format!("user {id:?} does not exist"))),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 microhost_guest::service!(UserService);

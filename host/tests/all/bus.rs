@@ -367,13 +367,7 @@ async fn writes_and_events_commit_together_or_not_at_all() -> anyhow::Result<()>
 }
 
 async fn cli(host: &Host, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_microhost"))
-        .args(args)
-        .arg("--admin")
-        .arg(host.admin_url(""))
-        .env("MICROHOST_ADMIN_TOKEN", &host.running.admin_token)
-        .output()
-        .await?;
+    let output = host.cli(args).await?;
     anyhow::ensure!(
         output.status.success(),
         "microhost {args:?}: {}",
@@ -419,11 +413,8 @@ async fn the_cli_shows_topics_and_drives_dead_letters_and_replay() -> anyhow::Re
     );
 
     // Errors name what is wrong and exit non-zero.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_microhost"))
-        .args(["replay", "sub", "nope.topic", "--from", "0", "--admin"])
-        .arg(host.admin_url(""))
-        .env("MICROHOST_ADMIN_TOKEN", &host.running.admin_token)
-        .output()
+    let output = host
+        .cli(&["replay", "sub", "nope.topic", "--from", "0"])
         .await?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -212,13 +212,9 @@ async fn the_cli_deploys_to_a_running_host() -> anyhow::Result<()> {
     assert_eq!(host.get("/x").await?.served_by(), Some("echo@from-cli"));
 
     // A refused deploy exits non-zero and says why.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_microhost"))
-        .args(["deploy", "echo"])
-        .arg(wasm("test-wrong-world"))
-        .arg("--admin")
-        .arg(host.admin_url(""))
-        .env("MICROHOST_ADMIN_TOKEN", &host.running.admin_token)
-        .output()
+    let wrong = wasm("test-wrong-world");
+    let output = host
+        .cli(&["deploy", "echo", &wrong.display().to_string()])
         .await?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -226,6 +222,15 @@ async fn the_cli_deploys_to_a_running_host() -> anyhow::Result<()> {
         stderr.contains("400") && stderr.contains("incoming-handler"),
         "{stderr}"
     );
+
+    let output = host.cli(&["services"]).await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(answer["services"][0]["active"]["version"], "from-cli");
     host.shutdown().await;
     Ok(())
 }

@@ -16,26 +16,30 @@ fn microhost() -> Command {
     cmd
 }
 
+/// `microhost serve` on ephemeral loopback ports.
+fn serve(manifest: &std::path::Path, data: &std::path::Path) -> Command {
+    let mut cmd = microhost();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--manifest")
+    .arg(manifest)
+    .arg("--data-dir")
+    .arg(data);
+    cmd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_manifest_stops_start_up_naming_file_and_field() -> anyhow::Result<()> {
     let dir = data_dir();
     let manifest = dir.path().join("bad.toml");
     let text = manifest_toml(&[Svc::new("echo", "/", "test-echo").memory_mib(0)]);
     std::fs::write(&manifest, text)?;
-    let output = microhost()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--manifest")
-        .arg(&manifest)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .await?;
+    let output = serve(&manifest, dir.path()).output().await?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.toml"), "{stderr}");
@@ -53,18 +57,7 @@ struct Process {
 
 async fn spawn_host(manifest: &std::path::Path, data: &std::path::Path) -> anyhow::Result<Process> {
     let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
-    let mut child = microhost()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--manifest")
-        .arg(manifest)
-        .arg("--data-dir")
-        .arg(data)
+    let mut child = serve(manifest, data)
         .arg("--cache-dir")
         .arg(&cache)
         .stderr(Stdio::piped())

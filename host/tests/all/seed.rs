@@ -150,6 +150,17 @@ async fn notifications(host: &Host, token: &str) -> anyhow::Result<Vec<serde_jso
     Ok(r.json()["items"].as_array().cloned().unwrap_or_default())
 }
 
+/// The state of `service`'s circuit breaker, from the admin catalog.
+async fn breaker(host: &Host, service: &str) -> anyhow::Result<String> {
+    let catalog = host.admin_get("/admin/services").await?;
+    catalog["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == service))
+        .and_then(|s| s["breaker"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no breaker state for {service} in {catalog}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_order_confirm_and_notify() -> anyhow::Result<()> {
     let dir = data_dir();
@@ -371,6 +382,7 @@ async fn a_broken_product_service_opens_the_breaker_and_recovers() -> anyhow::Re
         fast_fails >= 5,
         "the breaker did not open ({fast_fails} fast failures)"
     );
+    assert_eq!(breaker(&host, "product").await?, "open");
     // The other services keep working.
     assert_eq!(
         call(&host, http::Method::GET, "/api/users/me", Some(&ada), None)
@@ -408,13 +420,7 @@ async fn a_broken_product_service_opens_the_breaker_and_recovers() -> anyhow::Re
         order(&host, &ada, &[(&lamp, 1)]).await?.status == 201,
         "orders did not recover"
     );
-    let catalog = host.admin_get("/admin/services").await?;
-    assert!(
-        catalog["services"].as_array().is_some_and(|s| s
-            .iter()
-            .any(|s| s["name"] == "product" && s["breaker"] == "closed")),
-        "{catalog}"
-    );
+    assert_eq!(breaker(&host, "product").await?, "closed");
     let left = stock(&host, &lamp).await?;
     assert!(
         (47..=49).contains(&left),

@@ -273,6 +273,19 @@ impl Host {
         send(&self.client, method, url, body, token).await
     }
 
+    /// Runs the real `microhost` binary against this host's admin API (with its token).
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_microhost"))
+                .args(args)
+                .arg("--admin")
+                .arg(self.admin_url(""))
+                .env("MICROHOST_ADMIN_TOKEN", &self.running.admin_token)
+                .output()
+                .await?,
+        )
+    }
+
     pub async fn shutdown(self) {
         self.running.shutdown().await;
     }
