@@ -7,10 +7,13 @@
 //! effects and the cursor durably), and reports:
 //! - publish throughput (acknowledged publishes per second),
 //! - end-to-end throughput (events handled per second, first publish to last delivery),
-//! - publish → handle latency p50/p99 (the envelope's publish time to the moment the
-//!   subscriber's handler runs, measured in the guest).
+//! - publish → handle latency p50/p99 of events published one at a time (each after the
+//!   previous one was handled), from the envelope's publish time to the moment the
+//!   subscriber's handler runs, measured in the guest; and the same under the saturating
+//!   load above, where it is mostly time spent queued behind earlier events.
 //!
-//! Usage: `just bench` or `cargo bench -p microhost --bench bus -- [EVENTS] [CLIENTS]`.
+//! Usage: `just bench` or
+//! `cargo bench -p microhost --bench bus -- [EVENTS] [CLIENTS] [LATENCY_SAMPLES]`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -47,12 +50,31 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The publish → handle latencies (µs) the subscriber recorded for `{prefix}0..n`, sorted.
+async fn latencies(
+    client: &HttpClient,
+    base: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let url = format!("{base}/sub/latency/{prefix}{i}");
+        let (status, body) = send(client, http::Method::GET, &url, Bytes::new()).await?;
+        anyhow::ensure!(status == 200, "latency of {prefix}{i}: {status}");
+        out.push(String::from_utf8_lossy(&body).trim().parse::<u64>()?);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; take the numbers that follow, if any.
     let numbers: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
     let events = numbers.first().copied().unwrap_or(2000);
     let clients = numbers.get(1).copied().unwrap_or(32);
+    let samples = numbers.get(2).copied().unwrap_or(300);
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = |name: &str| {
@@ -145,28 +167,40 @@ backoff_ms = 10
     }
     let delivered_in = started.elapsed();
 
-    let mut latencies = Vec::with_capacity(events);
-    for i in 0..events {
+    let loaded = latencies(&client, &base, "b", events).await?;
+
+    // Unloaded: one event at a time, each published after the previous one was handled.
+    let url = format!("{base}/pub/pub/bench.events");
+    for i in 0..samples {
         let (status, body) = send(
             &client,
-            http::Method::GET,
-            &format!("{base}/sub/latency/b{i}"),
-            Bytes::new(),
+            http::Method::POST,
+            &url,
+            Bytes::from(format!("l{i}")),
         )
         .await?;
-        anyhow::ensure!(status == 200, "latency of b{i}: {status}");
-        latencies.push(String::from_utf8_lossy(&body).trim().parse::<u64>()?);
+        anyhow::ensure!(
+            status == 201,
+            "publish l{i}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        while (host.bus.cursor("bench.events", "sub")? as usize) < events + i + 1 {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
     }
-    latencies.sort_unstable();
+    let unloaded = latencies(&client, &base, "l", samples).await?;
     let report = serde_json::json!({
         "benchmark": "bus: durable publish -> deliver",
         "events": events,
         "clients": clients,
         "publish_per_sec": (events as f64 / published_in.as_secs_f64()).round(),
         "end_to_end_per_sec": (events as f64 / delivered_in.as_secs_f64()).round(),
-        "latency_p50_ms": percentile(&latencies, 50.0) as f64 / 1000.0,
-        "latency_p99_ms": percentile(&latencies, 99.0) as f64 / 1000.0,
-        "latency_max_ms": latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+        "latency_samples": samples,
+        "latency_p50_ms": percentile(&unloaded, 50.0) as f64 / 1000.0,
+        "latency_p99_ms": percentile(&unloaded, 99.0) as f64 / 1000.0,
+        "latency_max_ms": unloaded.last().copied().unwrap_or(0) as f64 / 1000.0,
+        "saturated_latency_p50_ms": percentile(&loaded, 50.0) as f64 / 1000.0,
+        "saturated_latency_p99_ms": percentile(&loaded, 99.0) as f64 / 1000.0,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     let out = root.join("target/bench");
