@@ -8,7 +8,8 @@
 //! - `d` starts with `poison`: every attempt fails; `d` starts with `trap`: it traps;
 //! - `d` starts with `fragile`: attempts fail while the service is "broken".
 //!
-//! HTTP: `GET /{prefix}/count/{d}`, `/order/{topic}`, `/event/{d}`, `/latency/{d}`;
+//! HTTP: `GET /{prefix}/count/{d}`, `/order/{topic}`, `/event/{d}`, `/latency/{d}`,
+//! `/counts` (every event with its count);
 //! `POST /{prefix}/break` and `POST /{prefix}/fix` toggle "broken".
 use microhost_guest::{Event, Request, Response, Service, kv};
 
@@ -58,6 +59,21 @@ impl Service for Subscriber {
                 return match bucket.set("broken", b"1") {
                     Ok(()) => Response::new(204),
                     Err(e) => Response::internal_error(&kv::describe(e)),
+                };
+            }
+            ("GET", Some("counts")) => {
+                // Every event seen, with how often its effects were applied.
+                let counts = || -> Result<serde_json::Map<String, serde_json::Value>, String> {
+                    let mut out = serde_json::Map::new();
+                    for key in kv::keys_with_prefix(&bucket, "count/")? {
+                        let n: u64 = kv::get_json(&bucket, &key)?.unwrap_or(0);
+                        out.insert(key["count/".len()..].to_string(), n.into());
+                    }
+                    Ok(out)
+                };
+                return match counts() {
+                    Ok(map) => Response::json(200, &map),
+                    Err(e) => Response::internal_error(&e),
                 };
             }
             ("POST", Some("fix")) => {
