@@ -152,7 +152,9 @@ async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() -> anyhow::
     let manifest = dir.path().join("microhost.toml");
     let services = [
         Svc::new("pub", "/pub", "test-publish").publishes("crash.events"),
+        // Listing every count at the end reads one key per event: give it time.
         Svc::new("sub", "/sub", "test-subscriber")
+            .timeout_ms(120_000)
             .subscribe("crash.events", 1000, 10)
             .config("record_order", "false"),
     ];
