@@ -25,8 +25,16 @@ enum Command {
     /// Start the host: the gateway, the admin API and every service of the manifest.
     Serve {
         /// The deployment manifest.
-        #[arg(long, default_value = "registry/microhost.toml")]
+        #[arg(
+            long,
+            default_value = "registry/microhost.toml",
+            conflicts_with = "component"
+        )]
         manifest: PathBuf,
+        /// Serve this one component on `/` as service `app`, without a manifest (like
+        /// `wasmtime serve` or `spin up --from`).
+        #[arg(long)]
+        component: Option<PathBuf>,
         /// Address of the gateway (public traffic).
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
@@ -166,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             manifest,
+            component,
             listen,
             admin_listen,
             data_dir,
@@ -173,7 +182,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             header_timeout_secs,
             shutdown_grace_secs,
         } => {
-            let manifest = Manifest::load(&manifest)?;
+            let manifest = match component {
+                Some(file) => Manifest::single_component(&file)?,
+                None => Manifest::load(&manifest)?,
+            };
             let admin_token = std::env::var("MICROHOST_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())

@@ -286,6 +286,18 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// A manifest with one service, `app`, serving `component` on `/` with default
+    /// limits (for `microhost serve --component FILE`).
+    pub fn single_component(component: &Path) -> Result<Manifest, ManifestError> {
+        let path = component.to_string_lossy();
+        let text = format!(
+            "[[service]]\nname = \"app\"\nroute = \"/\"\ncomponent = {{ path = {}, version = \"local\" }}\n",
+            toml::Value::String(path.into_owned())
+        );
+        let base = std::env::current_dir().unwrap_or_default();
+        Manifest::from_toml(&text, component, base)
+    }
+
     /// The component file of `service`, resolved against the manifest's directory.
     pub fn component_path(&self, service: &ServiceSpec) -> PathBuf {
         self.base_dir.join(&service.component.path)
@@ -643,6 +655,19 @@ mod tests {
             .expect_err("unknown callee")
             .to_string();
         assert!(msg.contains("`calls`") && msg.contains("nobody"), "{msg}");
+    }
+
+    #[test]
+    fn a_single_component_becomes_service_app_on_root() -> Result<(), ManifestError> {
+        let m = Manifest::single_component(Path::new("/tmp/with \"quote\".wasm"))?;
+        assert_eq!(m.services.len(), 1);
+        assert_eq!(m.services[0].name, "app");
+        assert_eq!(m.services[0].route, "/");
+        assert_eq!(
+            m.services[0].component.path,
+            Path::new("/tmp/with \"quote\".wasm")
+        );
+        Ok(())
     }
 
     #[test]

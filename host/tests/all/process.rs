@@ -56,8 +56,14 @@ struct Process {
 }
 
 async fn spawn_host(manifest: &std::path::Path, data: &std::path::Path) -> anyhow::Result<Process> {
+    spawn(serve(manifest, data)).await
+}
+
+/// Starts `cmd` (a `microhost serve ...`) with the shared component cache, and waits
+/// until it serves.
+async fn spawn(mut cmd: Command) -> anyhow::Result<Process> {
     let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
-    let mut child = serve(manifest, data)
+    let mut child = cmd
         .arg("--cache-dir")
         .arg(&cache)
         .stderr(Stdio::piped())
@@ -130,6 +136,36 @@ async fn sigterm_finishes_in_flight_requests_then_exits() -> anyhow::Result<()> 
     assert!(status.success(), "exit status {status}");
     let log = log.await?;
     assert!(log.iter().any(|l| l.contains("shutting down")), "{log:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_one_component_without_a_manifest() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let mut cmd = microhost();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--component")
+    .arg(crate::support::wasm("test-echo"))
+    .arg("--data-dir")
+    .arg(dir.path());
+    let Process {
+        mut child, gateway, ..
+    } = spawn(cmd).await?;
+    let client = crate::support::client();
+    let url = format!("http://{gateway}/any/path");
+    let r =
+        crate::support::send(&client, http::Method::GET, &url, bytes::Bytes::new(), None).await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.served_by(), Some("app@local"));
+    assert_eq!(r.json()["path"], "/any/path");
+    child.start_kill()?;
+    child.wait().await?;
     Ok(())
 }
 
