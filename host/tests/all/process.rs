@@ -16,8 +16,14 @@ fn microhost() -> Command {
     cmd
 }
 
-/// `microhost serve` on ephemeral loopback ports.
+/// `microhost serve --manifest FILE` on ephemeral loopback ports.
 fn serve(manifest: &std::path::Path, data: &std::path::Path) -> Command {
+    serve_from("--manifest", manifest, data)
+}
+
+/// `microhost serve {source} FILE` (`--manifest` or `--component`) on ephemeral
+/// loopback ports.
+fn serve_from(source: &str, file: &std::path::Path, data: &std::path::Path) -> Command {
     let mut cmd = microhost();
     cmd.args([
         "serve",
@@ -26,8 +32,8 @@ fn serve(manifest: &std::path::Path, data: &std::path::Path) -> Command {
         "--admin-listen",
         "127.0.0.1:0",
     ])
-    .arg("--manifest")
-    .arg(manifest)
+    .arg(source)
+    .arg(file)
     .arg("--data-dir")
     .arg(data);
     cmd
@@ -142,18 +148,11 @@ async fn sigterm_finishes_in_flight_requests_then_exits() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_one_component_without_a_manifest() -> anyhow::Result<()> {
     let dir = data_dir();
-    let mut cmd = microhost();
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--component")
-    .arg(crate::support::wasm("test-echo"))
-    .arg("--data-dir")
-    .arg(dir.path());
+    let cmd = serve_from(
+        "--component",
+        &crate::support::wasm("test-echo"),
+        dir.path(),
+    );
     let Process {
         mut child, gateway, ..
     } = spawn(cmd).await?;
