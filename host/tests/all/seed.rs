@@ -330,6 +330,16 @@ async fn register_login_order_confirm_and_notify() -> anyhow::Result<()> {
         serde_json::json!([]),
         "a forged subject header was believed"
     );
+    // Another scheme is no bearer token: refused on a protected route, passed through on
+    // a public one.
+    let basic = http::Request::get(host.url("/api/orders"))
+        .header("authorization", "Basic YWRhOnNlY3JldA==")
+        .body(http_body_util::Full::new(Bytes::new()))?;
+    assert_eq!(crate::support::client().request(basic).await?.status(), 401);
+    let basic = http::Request::get(host.url("/api/products"))
+        .header("authorization", "Basic YWRhOnNlY3JldA==")
+        .body(http_body_util::Full::new(Bytes::new()))?;
+    assert_eq!(crate::support::client().request(basic).await?.status(), 200);
     // The internal lookup is not reachable from the edge.
     let r = call(
         &host,
