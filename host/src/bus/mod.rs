@@ -71,10 +71,6 @@ impl Bus {
         })
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.storage
-    }
-
     fn signal(&self, topic: &str) -> watch::Sender<u64> {
         self.signals
             .lock()
@@ -122,7 +118,7 @@ impl Bus {
         Ok(self
             .storage
             .get(&keys::cursor(topic, service))?
-            .map_or(0, |v| keys::decode_u64(&v)))
+            .map_or(0, |v| keys::trailing_u64(&v)))
     }
 
     /// The subscription's next item: redriven events first, then the log at the cursor.

@@ -82,7 +82,7 @@ impl Ack {
                 offset,
             } => {
                 let key = keys::cursor(topic, service);
-                let cursor = view.get(&key)?.map_or(0, |v| keys::decode_u64(&v));
+                let cursor = view.get(&key)?.map_or(0, |v| keys::trailing_u64(&v));
                 if cursor != *offset {
                     return Err(StoreError::Conflict(format!(
                         "subscription {service:?} on {topic:?} is at offset {cursor}, not {offset}"

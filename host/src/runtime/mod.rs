@@ -88,10 +88,6 @@ impl Runtime {
             compat_hash,
         })
     }
-
-    pub fn config(&self) -> &RuntimeConfig {
-        &self.config
-    }
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a thread of its own (a tokio

@@ -79,7 +79,8 @@ pub fn seq(prefix: &[u8], n: u64) -> Vec<u8> {
     key
 }
 
-/// The big-endian number at the end of a key built with [`log`] or [`seq`].
+/// The big-endian number at the end of a key built with [`log`] or [`seq`], or in a
+/// value written by [`encode_u64`].
 pub fn trailing_u64(key: &[u8]) -> u64 {
     let mut n = [0u8; 8];
     if key.len() >= 8 {
@@ -90,10 +91,6 @@ pub fn trailing_u64(key: &[u8]) -> u64 {
 
 pub fn encode_u64(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()
-}
-
-pub fn decode_u64(bytes: &[u8]) -> u64 {
-    trailing_u64(bytes)
 }
 
 #[cfg(test)]
