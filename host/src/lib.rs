@@ -141,6 +141,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
             runtime.clone(),
             storage.clone(),
             auth.clone(),
+            &config.data_dir,
         )
         .await?,
     );
@@ -163,7 +164,8 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         auth,
     ));
     let mut tasks =
-        bus::delivery::spawn_all(&bus, registry.services().cloned(), &dispatcher, &stop);
+        bus::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
+    tasks.push(registry.supervise(stop.clone()));
     let gateway_server = tokio::spawn(serve(
         "gateway",
         gateway_listener,
@@ -190,7 +192,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         config.limits,
         stop,
     ));
-    tracing::info!(%gateway_addr, %admin_addr, services = registry.services().count(), "microhost is serving");
+    tracing::info!(%gateway_addr, %admin_addr, services = registry.services().len(), "microhost is serving");
     Ok(Running {
         gateway_addr,
         admin_addr,

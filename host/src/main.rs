@@ -55,7 +55,8 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         shutdown_grace_secs: u64,
     },
-    /// Deploy a component as the new active version of a service (without restart).
+    /// Deploy a component as a new version of a service (without restart): stored,
+    /// health-checked, then made active (or the canary).
     Deploy {
         /// The service to deploy to.
         service: String,
@@ -64,10 +65,69 @@ enum Command {
         /// Version label [default: the first 12 hex digits of the file's sha256].
         #[arg(long)]
         version: Option<String>,
+        /// Make it a canary that gets this percentage of calls (1-100) instead of
+        /// making it active.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100), conflicts_with = "store_only")]
+        canary: Option<u8>,
+        /// Only store the version (for a later `activate` or `canary`).
+        #[arg(long)]
+        store_only: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List the services, their routes and active versions.
+    /// List the stored versions of a service and their roles.
+    Versions {
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make a stored version the active one (after its health check).
+    Activate {
+        service: String,
+        version: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Send a percentage of calls to a stored version; `--weight 0` ends the canary.
+    Canary {
+        service: String,
+        version: String,
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        weight: u8,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the canary the active version.
+    Promote {
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// End the canary, or (without one) go back to the previously active version.
+    Rollback {
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show a service's versions, weights, health and in-flight requests (all services
+    /// without a name).
+    Status {
+        service: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show a service's deployment history.
+    History {
+        service: String,
+        /// Show entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the services, their routes and versions (the catalog).
     Services {
         #[command(flatten)]
         admin: AdminArgs,
@@ -216,15 +276,92 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             file,
             version,
+            canary,
+            store_only,
             admin,
         } => {
+            let mut query = Vec::new();
+            if let Some(version) = version {
+                query.push(("version", label(&version)));
+            }
+            if let Some(weight) = canary {
+                query.push(("canary", weight.to_string()));
+            }
+            if store_only {
+                query.push(("activate", "false".to_string()));
+            }
             let answer = admin
                 .client()?
-                .deploy(&service, &file, version.as_deref())
+                .deploy(&service, &file, &query)
                 .await
                 .with_context(|| format!("deploying {file:?} to service {service:?} failed"))?;
             print(answer)
         }
+        Command::Versions { service, admin } => print(
+            admin
+                .client()?
+                .get(&format!("/admin/services/{service}/versions"))
+                .await?,
+        ),
+        Command::Activate {
+            service,
+            version,
+            admin,
+        } => print(
+            admin
+                .client()?
+                .post(&format!(
+                    "/admin/services/{service}/activate?version={}",
+                    label(&version)
+                ))
+                .await?,
+        ),
+        Command::Canary {
+            service,
+            version,
+            weight,
+            admin,
+        } => print(
+            admin
+                .client()?
+                .post(&format!(
+                    "/admin/services/{service}/canary?version={}&weight={weight}",
+                    label(&version)
+                ))
+                .await?,
+        ),
+        Command::Promote { service, admin } => print(
+            admin
+                .client()?
+                .post(&format!("/admin/services/{service}/promote"))
+                .await?,
+        ),
+        Command::Rollback { service, admin } => print(
+            admin
+                .client()?
+                .post(&format!("/admin/services/{service}/rollback"))
+                .await?,
+        ),
+        Command::Status { service, admin } => {
+            let path = match service {
+                Some(service) => format!("/admin/services/{service}"),
+                None => "/admin/services".to_string(),
+            };
+            print(admin.client()?.get(&path).await?)
+        }
+        Command::History {
+            service,
+            after,
+            limit,
+            admin,
+        } => print(
+            admin
+                .client()?
+                .get(&format!(
+                    "/admin/services/{service}/history?after={after}&limit={limit}"
+                ))
+                .await?,
+        ),
         Command::Services { admin } => print(admin.client()?.get("/admin/services").await?),
         Command::Topics { admin } => print(admin.client()?.get("/admin/topics").await?),
         Command::DeadLetters {
@@ -265,6 +402,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?,
         ),
     }
+}
+
+/// A version label in a query string (`+` would read as a space).
+fn label(version: &str) -> String {
+    version
+        .replace('%', "%25")
+        .replace('+', "%2B")
+        .replace('&', "%26")
 }
 
 fn print(answer: serde_json::Value) -> anyhow::Result<()> {

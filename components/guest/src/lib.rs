@@ -47,10 +47,17 @@ pub trait Service {
             event.topic
         ))
     }
+
+    /// Whether this version can serve (`microhost:platform/lifecycle`): asked before it
+    /// takes traffic and periodically after. `Err` says why not.
+    fn health() -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Exports `$ty` (an implementation of [`Service`]) as the component's
-/// `wasi:http/incoming-handler` and `microhost:platform/subscriber`.
+/// `wasi:http/incoming-handler`, `microhost:platform/subscriber` and
+/// `microhost:platform/lifecycle`.
 #[macro_export]
 macro_rules! service {
     ($ty:ty) => {
@@ -66,6 +73,11 @@ macro_rules! service {
         impl $crate::bindings::exports::microhost::platform::subscriber::Guest for __MicrohostExport {
             fn handle(event: $crate::Event) -> Result<(), String> {
                 <$ty as $crate::Service>::on_event(event)
+            }
+        }
+        impl $crate::bindings::exports::microhost::platform::lifecycle::Guest for __MicrohostExport {
+            fn health() -> Result<(), String> {
+                <$ty as $crate::Service>::health()
             }
         }
         $crate::bindings::export_service!(__MicrohostExport with_types_in $crate::bindings);

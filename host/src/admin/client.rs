@@ -23,17 +23,19 @@ impl AdminClient {
         Ok(AdminClient { base, token })
     }
 
-    /// Uploads `file` as a new version of `service`; returns the API's JSON answer.
+    /// Uploads `file` as a new version of `service`, with the deploy's query parameters
+    /// (`version`, `canary`, `activate`); returns the API's JSON answer.
     pub async fn deploy(
         &self,
         service: &str,
         file: &Path,
-        version: Option<&str>,
+        query: &[(&str, String)],
     ) -> anyhow::Result<serde_json::Value> {
         let wasm = std::fs::read(file).with_context(|| format!("failed to read {file:?}"))?;
         let mut url = format!("{}/admin/services/{service}/versions", self.base);
-        if let Some(version) = version {
-            url.push_str(&format!("?version={version}"));
+        for (i, (name, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("{name}={value}"));
         }
         self.send(http::Method::POST, &url, Bytes::from(wasm)).await
     }

@@ -1,9 +1,17 @@
 //! The admin API, on its own listener (loopback by default) and behind a bearer token:
 //! the service catalog and deploys.
 //!
-//! - `GET /admin/services`: every service, its route, limits and active version
-//! - `POST /admin/services/{name}/versions?version=V`: body = a `.wasm` component;
-//!   validates, compiles and atomically activates it
+//! - `GET /admin/services`: the catalog: every service, its route, versions, weights,
+//!   health, in-flight counts and breaker
+//! - `GET /admin/services/{name}`: one service's status
+//! - `POST /admin/services/{name}/versions?version=V[&canary=W|&activate=false]`: body =
+//!   a `.wasm` component; validates, stores, health-checks and activates it (or makes it
+//!   the canary with weight W, or only stores it)
+//! - `GET /admin/services/{name}/versions`: stored versions and their roles
+//! - `POST /admin/services/{name}/activate?version=V`
+//! - `POST /admin/services/{name}/canary?version=V&weight=W` (0 ends the canary)
+//! - `POST /admin/services/{name}/promote`, `POST /admin/services/{name}/rollback`
+//! - `GET /admin/services/{name}/history?after=N&limit=M`
 //! - `GET /admin/topics`: topics, lengths, per-subscription lag and counters
 //! - `GET /admin/subscriptions/{service}/{topic}/dead-letters`
 //! - `POST /admin/subscriptions/{service}/{topic}/redrive`
@@ -15,7 +23,7 @@ pub mod client;
 use crate::bus::Bus;
 use crate::dispatch::Dispatcher;
 use crate::gateway::problem::{problem, problem_with};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{DeployMode, Registry, RegistryError};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::Next;
@@ -52,7 +60,16 @@ pub fn router(
     };
     Router::new()
         .route("/admin/services", get(list_services))
-        .route("/admin/services/{name}/versions", post(deploy))
+        .route("/admin/services/{name}", get(status))
+        .route(
+            "/admin/services/{name}/versions",
+            post(deploy).get(versions),
+        )
+        .route("/admin/services/{name}/activate", post(activate))
+        .route("/admin/services/{name}/canary", post(canary))
+        .route("/admin/services/{name}/promote", post(promote))
+        .route("/admin/services/{name}/rollback", post(rollback))
+        .route("/admin/services/{name}/history", get(history))
         .route("/admin/topics", get(bus::topics))
         .route(
             "/admin/subscriptions/{service}/{topic}/dead-letters",
@@ -116,47 +133,47 @@ async fn not_found(request: Request) -> Response {
 }
 
 async fn list_services(State(state): State<AdminState>) -> Response {
-    let services: Vec<serde_json::Value> = state
-        .registry
-        .services()
-        .map(|slot| {
-            let active = slot.active();
-            serde_json::json!({
-                "name": slot.name,
-                "route": slot.route,
-                "publishes": slot.publishes.iter().collect::<Vec<_>>(),
-                "subscribes": slot.subscriptions.iter().map(|s| &s.topic).collect::<Vec<_>>(),
-                "calls": slot.calls.iter().collect::<Vec<_>>(),
-                "protected": slot.protected,
-                "breaker": state.dispatcher.breakers().status(&slot.name),
-                "limits": {
-                    "memory_mib": slot.limits.memory_mib,
-                    "timeout_ms": slot.limits.timeout_ms,
-                    "max_body_kib": slot.limits.max_body_kib,
-                },
-                "active": {
-                    "version": active.label,
-                    "sha256": active.prepared.sha256,
-                    "deployed_at": humantime_secs(active.deployed_at),
-                    "in_flight": active.in_flight(),
-                    "served": active.served(),
-                },
-            })
-        })
-        .collect();
+    let mut services = state.registry.catalog_json().await;
+    for service in &mut services {
+        if let Some(name) = service["name"].as_str() {
+            let breaker = state.dispatcher.breakers().status(name);
+            service["breaker"] = serde_json::json!(breaker);
+        }
+    }
     axum::Json(serde_json::json!({ "services": services })).into_response()
 }
 
-fn humantime_secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// A refused registry change as a problem: 404 unknown service or version, 400 invalid
+/// input or component, 409 conflicts and changes that do not apply, 422 a version that
+/// fails its health gate.
+fn registry_problem(service: &str, error: RegistryError) -> Response {
+    let status = match &error {
+        RegistryError::UnknownService { .. } | RegistryError::UnknownVersion { .. } => {
+            StatusCode::NOT_FOUND
+        }
+        RegistryError::InvalidVersion(_) | RegistryError::Component(_) => StatusCode::BAD_REQUEST,
+        RegistryError::VersionConflict { .. } | RegistryError::Refused(_) => StatusCode::CONFLICT,
+        RegistryError::Unhealthy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        RegistryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::warn!(service, %status, error = %error, "registry change refused");
+    let mut extra = serde_json::Map::new();
+    extra.insert("service".into(), service.into());
+    problem_with(status, error.to_string(), extra).into_response()
+}
+
+fn bad_query(what: &str) -> Response {
+    problem(StatusCode::BAD_REQUEST, what.to_string()).into_response()
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeployQuery {
     version: Option<String>,
+    /// Deploy as a canary with this weight (percent).
+    canary: Option<u8>,
+    /// `false`: only store the version.
+    activate: Option<bool>,
 }
 
 async fn deploy(
@@ -166,11 +183,10 @@ async fn deploy(
     body: Bytes,
 ) -> Response {
     let Ok(Query(query)) = query else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "the only query parameter is `version` (the version label)",
-        )
-        .into_response();
+        return bad_query(
+            "query parameters are `version` (the version label), `canary` (a weight from 1 \
+             to 100) and `activate` (true or false)",
+        );
     };
     if body.is_empty() {
         return problem(
@@ -179,7 +195,19 @@ async fn deploy(
         )
         .into_response();
     }
-    match state.registry.deploy(&name, query.version, body).await {
+    let mode = match (query.canary, query.activate) {
+        (Some(_), Some(false)) => {
+            return bad_query("`canary` and `activate=false` contradict each other");
+        }
+        (Some(weight), _) => DeployMode::Canary(weight),
+        (None, Some(false)) => DeployMode::Store,
+        (None, _) => DeployMode::Activate,
+    };
+    match state
+        .registry
+        .deploy(&name, query.version, body, mode)
+        .await
+    {
         Ok(deployed) => {
             let status = if deployed.switched {
                 StatusCode::CREATED
@@ -188,20 +216,125 @@ async fn deploy(
             };
             (status, axum::Json(deployed)).into_response()
         }
-        Err(error) => {
-            let status = match &error {
-                RegistryError::UnknownService { .. } => StatusCode::NOT_FOUND,
-                RegistryError::InvalidVersion(_) | RegistryError::Component(_) => {
-                    StatusCode::BAD_REQUEST
-                }
-                RegistryError::VersionConflict { .. } => StatusCode::CONFLICT,
-                RegistryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            tracing::warn!(service = %name, %status, error = %error, "deploy refused");
-            let mut extra = serde_json::Map::new();
-            extra.insert("service".into(), name.into());
-            problem_with(status, error.to_string(), extra).into_response()
+        Err(error) => registry_problem(&name, error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    version: String,
+    weight: Option<u8>,
+}
+
+/// The answer to a change: the history entry it wrote and the service's state after.
+async fn changed(
+    state: &AdminState,
+    name: &str,
+    result: Result<crate::registry::record::HistoryEntry, RegistryError>,
+) -> Response {
+    match result {
+        Ok(entry) => match state.registry.status(name).await {
+            Ok(status) => {
+                axum::Json(serde_json::json!({ "change": entry, "status": status })).into_response()
+            }
+            Err(error) => registry_problem(name, error),
+        },
+        Err(error) => registry_problem(name, error),
+    }
+}
+
+async fn activate(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(VersionQuery {
+        version,
+        weight: None,
+    })) = query
+    else {
+        return bad_query("the query parameter is `version` (a stored version label)");
+    };
+    let result = state.registry.activate(&name, &version).await;
+    changed(&state, &name, result).await
+}
+
+async fn canary(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(VersionQuery {
+        version,
+        weight: Some(weight),
+    })) = query
+    else {
+        return bad_query(
+            "query parameters are `version` (a stored version label) and `weight` (0 to 100; \
+             0 ends the canary)",
+        );
+    };
+    let result = state.registry.set_canary(&name, &version, weight).await;
+    changed(&state, &name, result).await
+}
+
+async fn promote(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let result = state.registry.promote(&name).await;
+    changed(&state, &name, result).await
+}
+
+async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let result = state.registry.rollback(&name, None).await;
+    changed(&state, &name, result).await
+}
+
+async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    match state.registry.status(&name).await {
+        Ok(mut status) => {
+            status["breaker"] = serde_json::json!(state.dispatcher.breakers().status(&name));
+            axum::Json(status).into_response()
         }
+        Err(error) => registry_problem(&name, error),
+    }
+}
+
+async fn versions(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    match state.registry.versions(&name).await {
+        Ok(versions) => axum::Json(versions).into_response(),
+        Err(error) => registry_problem(&name, error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_history_limit")]
+    limit: usize,
+}
+
+fn default_history_limit() -> usize {
+    100
+}
+
+async fn history(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return bad_query("query parameters are `after` (a sequence number) and `limit`");
+    };
+    match state
+        .registry
+        .history(&name, query.after, query.limit.clamp(1, 1000))
+    {
+        Ok(entries) => {
+            axum::Json(serde_json::json!({ "service": name, "history": entries })).into_response()
+        }
+        Err(error) => registry_problem(&name, error),
     }
 }
 

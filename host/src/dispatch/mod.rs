@@ -93,6 +93,7 @@ fn identity_of(headers: &http::HeaderMap) -> Option<Identity> {
 
 impl Dispatcher {
     pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>, registry: Arc<Registry>) -> Dispatcher {
+        let health_caller = registry.clone();
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
                 runtime,
@@ -105,7 +106,8 @@ impl Dispatcher {
         // A weak handle: the dispatcher must not keep itself alive.
         let caller: Arc<dyn ServiceCaller> =
             Arc::new(WeakCaller(Arc::downgrade(&dispatcher.inner)));
-        let _ = dispatcher.inner.as_caller.set(caller);
+        let _ = dispatcher.inner.as_caller.set(caller.clone());
+        health_caller.set_caller(caller);
         dispatcher
     }
 
@@ -119,6 +121,13 @@ impl Dispatcher {
     /// it read changed before it could commit (a concurrent invocation wrote it), it is
     /// run again from the start, on fresh state, up to [`MAX_CONFLICT_RETRIES`] times.
     pub async fn call(&self, slot: &ServiceSlot, request: http::Request<Bytes>) -> Outcome {
+        let health = slot.health();
+        if !health.healthy {
+            return Outcome {
+                version: slot.active().label.clone(),
+                result: Err(InvokeError::Unhealthy(health.reason.unwrap_or_default())),
+            };
+        }
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
         let (parts, body) = request.into_parts();
@@ -169,6 +178,9 @@ impl Dispatcher {
                 Err(e) => break Err(InvokeError::Storage(e.to_string())),
             }
         };
+        pinned
+            .version()
+            .record(result.as_ref().is_ok_and(|r| !r.status().is_server_error()));
         Outcome { version, result }
     }
 
@@ -196,7 +208,7 @@ impl Dispatcher {
             };
             return outcome.into_response(target);
         }
-        let outcome = self.call(slot, request).await;
+        let outcome = self.call(&slot, request).await;
         let ok = outcome
             .result
             .as_ref()
@@ -223,6 +235,7 @@ impl Dispatcher {
             .runtime
             .handle_event(&pinned.version().prepared, cx, &item.event, attempt)
             .await;
+        pinned.version().record(matches!(outcome, Ok((Ok(()), _))));
         match outcome {
             Err(e) => Err(DeliveryError::Failed(format!("{version}: {e}"))),
             Ok((Err(message), _dropped)) => Err(DeliveryError::Failed(format!(

@@ -17,7 +17,6 @@ use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use problem::{problem, problem_with};
-use router::Router;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,21 +27,14 @@ pub struct Gateway {
     registry: Arc<Registry>,
     dispatcher: Dispatcher,
     auth: Arc<Auth>,
-    router: Router,
 }
 
 impl Gateway {
     pub fn new(registry: Arc<Registry>, dispatcher: Dispatcher, auth: Arc<Auth>) -> Gateway {
-        let router = Router::new(
-            registry
-                .services()
-                .map(|s| (s.route.clone(), s.name.clone())),
-        );
         Gateway {
             registry,
             dispatcher,
             auth,
-            router,
         }
     }
 
@@ -51,11 +43,7 @@ impl Gateway {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let Some(slot) = self
-            .router
-            .route(&path)
-            .and_then(|name| self.registry.get(name))
-        else {
+        let Some(slot) = self.registry.route(&path) else {
             let response = problem(
                 StatusCode::NOT_FOUND,
                 format!("no service is routed at {path:?}"),
@@ -63,7 +51,7 @@ impl Gateway {
             access_log(&method, &path, response.status(), "-", "-", started);
             return response;
         };
-        let (response, version) = self.forward(slot, req).await;
+        let (response, version) = self.forward(&slot, req).await;
         access_log(
             &method,
             &path,

@@ -56,9 +56,10 @@ pub fn status_of(error: &InvokeError) -> StatusCode {
         | InvokeError::ErrorResponse(_)
         | InvokeError::ResponseTooLarge
         | InvokeError::NotASubscriber => StatusCode::BAD_GATEWAY,
-        InvokeError::Instantiate(_) | InvokeError::BreakerOpen(_) | InvokeError::Contention(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        InvokeError::Instantiate(_)
+        | InvokeError::BreakerOpen(_)
+        | InvokeError::Contention(_)
+        | InvokeError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
         InvokeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -59,6 +59,59 @@ pub struct ServiceSpec {
     /// How callers' circuit breakers treat this service.
     #[serde(default)]
     pub breaker: BreakerSpec,
+    /// How versions are checked before and while they serve.
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// When a canary version is rolled back automatically.
+    #[serde(default)]
+    pub canary: CanarySpec,
+}
+
+/// Health checks of a service's versions. A new version must pass one (its
+/// `microhost:platform/lifecycle.health` export if it has one, then the `smoke` request
+/// if configured) before it takes traffic. Running versions are checked every
+/// `interval_ms`; after `unhealthy_after` failed checks in a row the service is taken
+/// out of routing (503) until a check passes again.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSpec {
+    /// Milliseconds between checks of running versions; 0 turns periodic checks off.
+    pub interval_ms: u64,
+    pub unhealthy_after: u32,
+    /// A path answered with a `GET` that must return 2xx (its writes and events are
+    /// discarded), e.g. `/api/products?limit=1`.
+    pub smoke: Option<String>,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            interval_ms: 10_000,
+            unhealthy_after: 2,
+            smoke: None,
+        }
+    }
+}
+
+/// Automatic rollback of a canary: over each window of `window_ms`, once the canary has
+/// served `min_requests`, it is rolled back if its failure rate (5xx, traps, timeouts)
+/// exceeds the stable version's by more than `error_margin_pct` percentage points.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanarySpec {
+    pub window_ms: u64,
+    pub min_requests: u64,
+    pub error_margin_pct: u32,
+}
+
+impl Default for CanarySpec {
+    fn default() -> Self {
+        CanarySpec {
+            window_ms: 60_000,
+            min_requests: 20,
+            error_margin_pct: 10,
+        }
+    }
 }
 
 /// Circuit breaking of calls to a service: after `failures` consecutive failed calls
@@ -411,6 +464,45 @@ impl Manifest {
                     format!(
                         "failures must be at least 1 and open_ms from 1 to {MAX_TIMEOUT_MS}, got {:?}",
                         service.breaker
+                    ),
+                ));
+            }
+            let health = &service.health;
+            if health.interval_ms > MAX_TIMEOUT_MS {
+                return Err(fail(
+                    "health.interval_ms",
+                    format!(
+                        "must be at most {MAX_TIMEOUT_MS} (0 turns periodic checks off), got {}",
+                        health.interval_ms
+                    ),
+                ));
+            }
+            if !(1..=100).contains(&health.unhealthy_after) {
+                return Err(fail(
+                    "health.unhealthy_after",
+                    format!("must be from 1 to 100, got {}", health.unhealthy_after),
+                ));
+            }
+            if let Some(smoke) = &health.smoke
+                && (!smoke.starts_with('/') || smoke.contains(char::is_whitespace))
+            {
+                return Err(fail(
+                    "health.smoke",
+                    format!("{smoke:?} must be a path starting with '/', without spaces"),
+                ));
+            }
+            let canary = &service.canary;
+            if !(100..=86_400_000).contains(&canary.window_ms) {
+                return Err(fail(
+                    "canary.window_ms",
+                    format!("must be from 100 to 86400000, got {}", canary.window_ms),
+                ));
+            }
+            if canary.min_requests == 0 || canary.error_margin_pct > 100 {
+                return Err(fail(
+                    "canary",
+                    format!(
+                        "min_requests must be at least 1 and error_margin_pct at most 100, got {canary:?}"
                     ),
                 ));
             }

@@ -1,169 +1,88 @@
-//! The service registry: which services exist, which component version of each is
-//! active, and the atomic switch from one version to the next.
+//! The service registry: which services exist, the stored versions of each, which one
+//! is active (and which is a weighted canary), and every change between them.
 //!
-//! Each service has a slot holding its active [`Version`]. A request clones the `Arc` of
-//! the version active when it starts and keeps it to the end, so a deploy never changes
-//! the version under a running request; the old version is freed when its last request
-//! finishes.
+//! Every change (deploy, activate, canary, promote, rollback, a manifest applied) goes
+//! the same way: under the service's lock, compute the new record, load and check the
+//! versions that will newly take traffic (the contract gate, then the health gate),
+//! persist record and history entry durably, and only then switch the routing. A
+//! refused change leaves everything as it was. Requests pin the version they start on
+//! ([`ServiceSlot::pin`]), so a switch drops nothing.
 
 pub mod manifest;
+pub mod record;
+mod slot;
+mod supervisor;
 
-use crate::runtime::{ComponentError, InvocationContext, Prepared, Runtime};
-use crate::store::Storage;
+pub use slot::{Health, InFlight, Routing, ServiceSlot, SlotSettings, Version, Window};
+
+use crate::capability::outgoing::ServiceCaller;
+use crate::gateway::router::Router;
+use crate::runtime::{ComponentError, Prepared, Runtime};
+use crate::store::{Storage, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
-use manifest::{BreakerSpec, Limits, Manifest, PublicRule, SubscriptionSpec};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use manifest::{Manifest, PublicRule, ServiceSpec, SubscriptionSpec};
+use record::{CanaryRecord, ComponentStore, HistoryEntry, ServiceRecord, VersionMeta};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
-use wasmtime_wasi_config::WasiConfigVariables;
 
-/// One component version of a service, ready to serve.
-pub struct Version {
-    pub label: String,
-    pub prepared: Prepared,
-    pub deployed_at: SystemTime,
-    /// Requests running on this version now.
-    in_flight: AtomicUsize,
-    /// Requests this version has started.
-    served: AtomicU64,
-}
+/// Prepared versions kept in memory beyond those routed to, so that swapping back to a
+/// recent version is instant.
+const LOADED_VERSIONS: usize = 16;
 
-impl Version {
-    fn new(label: String, prepared: Prepared) -> Version {
-        Version {
-            label,
-            prepared,
-            deployed_at: SystemTime::now(),
-            in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-        }
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a request on a version for as long as it lives.
-pub struct InFlight(Arc<Version>);
-
-impl InFlight {
-    pub fn version(&self) -> &Arc<Version> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A service and its active version.
-pub struct ServiceSlot {
-    pub name: String,
-    pub route: String,
-    pub limits: Limits,
-    /// Topics the service may publish to.
-    pub publishes: Arc<BTreeSet<String>>,
-    pub subscriptions: Vec<SubscriptionSpec>,
-    /// Requests need a verified token, except those matching `public`.
-    pub protected: bool,
-    pub public: Vec<PublicRule>,
-    /// Services it may call, and outside hosts it may reach.
-    pub calls: Arc<BTreeSet<String>>,
-    pub allowed_hosts: Arc<BTreeSet<String>>,
-    /// How callers' circuit breakers treat this service.
-    pub breaker: BreakerSpec,
-    config: Arc<WasiConfigVariables>,
-    storage: Arc<dyn Storage>,
-    auth: Arc<crate::auth::Auth>,
-    /// Read on every request, written by deploys; never held across an `.await`.
-    active: RwLock<Arc<Version>>,
-}
-
-impl ServiceSlot {
-    /// The active version, pinned for one request.
-    pub fn pin(&self) -> InFlight {
-        let version = self
-            .active
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        version.in_flight.fetch_add(1, Ordering::Relaxed);
-        version.served.fetch_add(1, Ordering::Relaxed);
-        InFlight(version)
-    }
-
-    pub fn active(&self) -> Arc<Version> {
-        self.active
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Makes `version` active; returns the one it replaced.
-    fn activate(&self, version: Arc<Version>) -> Arc<Version> {
-        let mut active = self
-            .active
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::replace(&mut *active, version)
-    }
-
-    /// Whether a request needs a verified token.
-    pub fn requires_token(&self, method: &str, path: &str) -> bool {
-        self.protected && !self.public.iter().any(|rule| rule.matches(method, path))
-    }
-
-    /// What an invocation of `version` of this service may use. The caller fills in
-    /// who serves its outgoing calls, the identity and the trace context.
-    pub fn invocation_context(&self, version: &str) -> InvocationContext {
-        InvocationContext {
-            service: self.name.clone(),
-            version: version.to_string(),
-            storage: self.storage.clone(),
-            config: self.config.clone(),
-            publishes: self.publishes.clone(),
-            traceparent: None,
-            auth: self.auth.clone(),
-            calls: self.calls.clone(),
-            caller: None,
-            allowed_hosts: self.allowed_hosts.clone(),
-            identity: None,
-            hops: 0,
-            memory_bytes: self.limits.memory_mib as usize * 1024 * 1024,
-            timeout: Duration::from_millis(self.limits.timeout_ms),
-        }
-    }
-}
-
-/// Why a deploy was refused.
+/// Why a registry change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("service {name:?} does not exist")]
     UnknownService { name: String },
+    #[error(
+        "service {service:?} has no version {version:?}; `microhost versions {service}` lists them"
+    )]
+    UnknownVersion { service: String, version: String },
     #[error("{0}")]
     InvalidVersion(String),
     #[error("{0}")]
     Component(#[from] ComponentError),
     #[error(
-        "version {label:?} of service {service:?} is active with different content \
-         (sha256 {active_sha256}); deploy under a new version label"
+        "version {label:?} of service {service:?} exists with different content \
+         (sha256 {existing_sha256}); deploy under a new version label"
     )]
     VersionConflict {
         service: String,
         label: String,
-        active_sha256: String,
+        existing_sha256: String,
     },
+    /// The version fails its health check or smoke request.
+    #[error("version {version:?} of service {service:?} is not healthy: {reason}")]
+    Unhealthy {
+        service: String,
+        version: String,
+        reason: String,
+    },
+    /// The change does not apply to the current state (nothing to promote or roll back).
+    #[error("{0}")]
+    Refused(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        RegistryError::Internal(e.to_string())
+    }
+}
+
+/// What a deploy does with the new version once it is stored and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployMode {
+    /// Make it the active version.
+    Activate,
+    /// Send it this percentage of calls (1–100) as a canary.
+    Canary(u8),
+    /// Only store it (for a later `activate` or `canary`).
+    Store,
 }
 
 /// What a successful deploy did.
@@ -172,8 +91,12 @@ pub struct Deployed {
     pub service: String,
     pub version: String,
     pub sha256: String,
+    /// The active version before.
     pub previous: String,
-    /// False when the version was already active (nothing changed).
+    /// The active version now.
+    pub active: String,
+    pub canary: Option<CanaryRecord>,
+    /// False when nothing changed (the version was already in the requested role).
     pub switched: bool,
     pub from_cache: bool,
 }
@@ -198,142 +121,763 @@ fn check_contract(
     Ok(())
 }
 
+/// The services, and the router over their routes.
+struct Catalog {
+    services: BTreeMap<String, Arc<ServiceSlot>>,
+    router: Router,
+}
+
+impl Catalog {
+    fn new(services: BTreeMap<String, Arc<ServiceSlot>>) -> Catalog {
+        let router = Router::new(services.values().map(|s| (s.route.clone(), s.name.clone())));
+        Catalog { services, router }
+    }
+}
+
 /// All services, by name.
 pub struct Registry {
     runtime: Arc<Runtime>,
-    services: BTreeMap<String, Arc<ServiceSlot>>,
+    storage: Arc<dyn Storage>,
+    auth: Arc<crate::auth::Auth>,
+    components: ComponentStore,
+    catalog: RwLock<Arc<Catalog>>,
+    /// Each service's record; the lock serializes the service's changes.
+    records: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ServiceRecord>>>>,
+    /// Recently prepared versions by sha256, most recent last.
+    loaded: Mutex<VecDeque<Prepared>>,
+    /// Serves the service-to-service calls of health checks.
+    caller: OnceLock<Arc<dyn ServiceCaller>>,
 }
 
 impl Registry {
-    /// Builds every service of the manifest: reads and compiles its component (or loads
-    /// it from the cache) and opens its keyspace.
+    /// Builds every service of the manifest. A service the registry has a record of
+    /// comes back as it was (active version, canary, history) unless the manifest now
+    /// names a different component for it, which then becomes active.
     pub async fn load(
         manifest: &Manifest,
         runtime: Arc<Runtime>,
         storage: Arc<dyn Storage>,
         auth: Arc<crate::auth::Auth>,
+        data_dir: &std::path::Path,
     ) -> anyhow::Result<Registry> {
+        let registry = Registry {
+            runtime,
+            storage,
+            auth,
+            components: ComponentStore::new(data_dir.join("components")),
+            catalog: RwLock::new(Arc::new(Catalog::new(BTreeMap::new()))),
+            records: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(VecDeque::new()),
+            caller: OnceLock::new(),
+        };
         let mut services = BTreeMap::new();
         for spec in &manifest.services {
-            let path = manifest.component_path(spec);
-            let wasm = std::fs::read(&path).with_context(|| {
-                format!(
-                    "service {:?}: failed to read component {path:?} (run `just build-components`?)",
-                    spec.name
-                )
-            })?;
-            let rt = runtime.clone();
-            let prepared = tokio::task::spawn_blocking(move || rt.prepare(&wasm))
+            let (slot, record) = registry
+                .restore(manifest, spec)
                 .await
-                .context("compiling a component panicked")?
-                .with_context(|| format!("service {:?}: component {path:?}", spec.name))?;
-            check_contract(&spec.name, &spec.subscribe, &prepared)
-                .with_context(|| format!("service {:?}: component {path:?}", spec.name))?;
-            tracing::info!(
-                service = %spec.name,
-                version = %spec.component.version,
-                sha256 = %&prepared.sha256[..12],
-                cached = prepared.from_cache,
-                "service ready"
-            );
-            let slot = ServiceSlot {
-                name: spec.name.clone(),
-                route: spec.route.clone(),
-                limits: spec.limits,
-                publishes: Arc::new(spec.publishes.iter().cloned().collect()),
-                subscriptions: spec.subscribe.clone(),
-                protected: spec.protected,
-                public: spec
-                    .public
-                    .iter()
-                    .map(|rule| PublicRule::parse(rule).map_err(anyhow::Error::msg))
-                    .collect::<anyhow::Result<_>>()?,
-                calls: Arc::new(spec.calls.iter().cloned().collect()),
-                allowed_hosts: Arc::new(spec.allowed_hosts.iter().cloned().collect()),
-                breaker: spec.breaker,
-                config: Arc::new(spec.config.iter().collect()),
-                storage: storage.clone(),
-                auth: auth.clone(),
-                active: RwLock::new(Arc::new(Version::new(
-                    spec.component.version.clone(),
-                    prepared,
-                ))),
-            };
+                .with_context(|| format!("service {:?}", spec.name))?;
+            registry
+                .records_lock()
+                .insert(spec.name.clone(), Arc::new(tokio::sync::Mutex::new(record)));
             services.insert(spec.name.clone(), Arc::new(slot));
         }
-        Ok(Registry { runtime, services })
+        *registry
+            .catalog
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Catalog::new(services));
+        Ok(registry)
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<ServiceSlot>> {
-        self.services.get(name)
+    /// Who serves the service-to-service calls that health checks make.
+    pub fn set_caller(&self, caller: Arc<dyn ServiceCaller>) {
+        let _ = self.caller.set(caller);
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceSlot>> {
-        self.services.values()
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Validates and compiles `wasm`, then atomically makes it the active version of
-    /// `service`. On any error the active version is untouched. Requests already running
-    /// finish on the version they started on.
+    fn records_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<ServiceRecord>>>> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ServiceSlot>> {
+        self.catalog().services.get(name).cloned()
+    }
+
+    /// The service whose route is the longest prefix of `path`.
+    pub fn route(&self, path: &str) -> Option<Arc<ServiceSlot>> {
+        let catalog = self.catalog();
+        let name = catalog.router.route(path)?;
+        catalog.services.get(name).cloned()
+    }
+
+    pub fn services(&self) -> Vec<Arc<ServiceSlot>> {
+        self.catalog().services.values().cloned().collect()
+    }
+
+    fn slot(&self, service: &str) -> Result<Arc<ServiceSlot>, RegistryError> {
+        self.get(service)
+            .ok_or_else(|| RegistryError::UnknownService {
+                name: service.to_string(),
+            })
+    }
+
+    fn record_of(
+        &self,
+        service: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<ServiceRecord>>, RegistryError> {
+        self.records_lock()
+            .get(service)
+            .cloned()
+            .ok_or_else(|| RegistryError::UnknownService {
+                name: service.to_string(),
+            })
+    }
+
+    fn settings(&self, spec: &ServiceSpec) -> anyhow::Result<SlotSettings> {
+        Ok(SlotSettings {
+            name: spec.name.clone(),
+            route: spec.route.clone(),
+            limits: spec.limits,
+            publishes: Arc::new(spec.publishes.iter().cloned().collect()),
+            subscriptions: spec.subscribe.clone(),
+            protected: spec.protected,
+            public: spec
+                .public
+                .iter()
+                .map(|rule| PublicRule::parse(rule).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?,
+            calls: Arc::new(spec.calls.iter().cloned().collect()),
+            allowed_hosts: Arc::new(spec.allowed_hosts.iter().cloned().collect()),
+            breaker: spec.breaker,
+            health_spec: spec.health.clone(),
+            canary_spec: spec.canary,
+            config: Arc::new(spec.config.iter().collect()),
+            storage: self.storage.clone(),
+            auth: self.auth.clone(),
+        })
+    }
+
+    /// The service's slot and record at start-up (see [`Registry::load`]).
+    async fn restore(
+        &self,
+        manifest: &Manifest,
+        spec: &ServiceSpec,
+    ) -> anyhow::Result<(ServiceSlot, ServiceRecord)> {
+        let path = manifest.component_path(spec);
+        let wasm = Bytes::from(std::fs::read(&path).with_context(|| {
+            format!("failed to read component {path:?} (run `just build-components`?)")
+        })?);
+        let size = wasm.len() as u64;
+        let prepared = self
+            .prepare(wasm.clone())
+            .await
+            .with_context(|| format!("component {path:?}"))?;
+        check_contract(&spec.name, &spec.subscribe, &prepared)
+            .with_context(|| format!("component {path:?}"))?;
+        let desired = (spec.component.version.clone(), prepared.sha256.clone());
+        let stored = record::load(&*self.storage, &spec.name)?;
+        let (record, entry) = match stored {
+            Some(record) if record.manifest == desired => (record, None),
+            stored => {
+                self.store_component(&prepared.sha256, wasm).await?;
+                let mut record = stored.unwrap_or_else(|| ServiceRecord {
+                    active: String::new(),
+                    canary: None,
+                    previous: Vec::new(),
+                    versions: BTreeMap::new(),
+                    manifest: desired.clone(),
+                });
+                // A label names one content for good: rebuilt content under the same
+                // label gets the content hash appended.
+                let mut label = desired.0.clone();
+                if record
+                    .versions
+                    .get(&label)
+                    .is_some_and(|meta| meta.sha256 != prepared.sha256)
+                {
+                    label.truncate(64 - 9);
+                    label = format!("{label}+{}", &prepared.sha256[..8]);
+                }
+                record
+                    .versions
+                    .entry(label.clone())
+                    .or_insert_with(|| meta_of(&prepared, size));
+                let from = record.active.clone();
+                if !from.is_empty() {
+                    record.activate(&label);
+                } else {
+                    record.active = label.clone();
+                }
+                record.canary = None;
+                record.manifest = desired;
+                let mut entry = HistoryEntry::new("manifest", &label)
+                    .detail(format!("from {}", path.display()));
+                if !from.is_empty() && from != label {
+                    entry = entry.from(&from);
+                }
+                (record, Some(entry))
+            }
+        };
+        let settings = self.settings(spec)?;
+        let routing = self
+            .routing_for(&spec.name, &spec.subscribe, &record, None, None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if let Some(entry) = entry {
+            record::save(&*self.storage, &spec.name, Some(&record), entry).await?;
+        }
+        tracing::info!(
+            service = %spec.name,
+            active = %routing.active.label,
+            canary = ?record.canary,
+            sha256 = %&routing.active.prepared.sha256[..12],
+            cached = routing.active.prepared.from_cache,
+            "service ready"
+        );
+        Ok((ServiceSlot::new(settings, routing), record))
+    }
+
+    /// Validates and compiles `wasm` (or loads it from the precompiled cache) on a
+    /// blocking thread, and keeps it among the loaded versions.
+    async fn prepare(&self, wasm: Bytes) -> Result<Prepared, RegistryError> {
+        let runtime = self.runtime.clone();
+        let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))
+            .await
+            .map_err(|e| RegistryError::Internal(format!("compilation panicked: {e}")))??;
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        loaded.retain(|p| p.sha256 != prepared.sha256);
+        loaded.push_back(prepared.clone());
+        while loaded.len() > LOADED_VERSIONS {
+            loaded.pop_front();
+        }
+        Ok(prepared)
+    }
+
+    /// The prepared component with this sha256: loaded already, or from the component
+    /// store (and the precompiled cache).
+    async fn prepared(&self, sha256: &str) -> Result<Prepared, RegistryError> {
+        let hit = self
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|p| p.sha256 == sha256)
+            .cloned();
+        if let Some(prepared) = hit {
+            return Ok(prepared);
+        }
+        let wasm = self.components.get(sha256).map_err(|e| {
+            RegistryError::Internal(format!(
+                "the component store has no readable artifact {sha256}: {e}"
+            ))
+        })?;
+        self.prepare(Bytes::from(wasm)).await
+    }
+
+    async fn store_component(&self, sha256: &str, wasm: Bytes) -> Result<(), RegistryError> {
+        let components = self.components.clone();
+        let sha256 = sha256.to_string();
+        tokio::task::spawn_blocking(move || components.put(&sha256, &wasm))
+            .await
+            .map_err(|e| RegistryError::Internal(format!("storing the component panicked: {e}")))?
+            .map_err(|e| RegistryError::Internal(format!("failed to store the component: {e}")))
+    }
+
+    /// The routing `record` asks for. Versions already routed to in `current` are
+    /// reused (their in-flight counts go on); the others are loaded and, when `gate` is
+    /// given, health-checked first.
+    async fn routing_for(
+        &self,
+        service: &str,
+        subscriptions: &[SubscriptionSpec],
+        record: &ServiceRecord,
+        current: Option<&Routing>,
+        gate: Option<&ServiceSlot>,
+    ) -> Result<Routing, RegistryError> {
+        let version =
+            |label: String| self.version_for(service, subscriptions, record, current, gate, label);
+        let active = version(record.active.clone()).await?;
+        let canary = match &record.canary {
+            Some(c) => Some((version(c.version.clone()).await?, c.weight)),
+            None => None,
+        };
+        Ok(Routing { active, canary })
+    }
+
+    /// One version of `record`: reused from `current`, or loaded (and gated).
+    async fn version_for(
+        &self,
+        service: &str,
+        subscriptions: &[SubscriptionSpec],
+        record: &ServiceRecord,
+        current: Option<&Routing>,
+        gate: Option<&ServiceSlot>,
+        label: String,
+    ) -> Result<Arc<Version>, RegistryError> {
+        let reused = current.and_then(|r| {
+            std::iter::once(&r.active)
+                .chain(r.canary.as_ref().map(|(c, _)| c))
+                .find(|v| v.label == label)
+                .cloned()
+        });
+        if let Some(version) = reused {
+            return Ok(version);
+        }
+        let meta = record
+            .versions
+            .get(&label)
+            .ok_or_else(|| RegistryError::UnknownVersion {
+                service: service.to_string(),
+                version: label.clone(),
+            })?;
+        let prepared = self.prepared(&meta.sha256).await?;
+        check_contract(service, subscriptions, &prepared)?;
+        if let Some(slot) = gate {
+            self.check(slot, &label, &prepared)
+                .await
+                .map_err(|reason| RegistryError::Unhealthy {
+                    service: service.to_string(),
+                    version: label.clone(),
+                    reason,
+                })?;
+        }
+        let deployed_at = SystemTime::UNIX_EPOCH + Duration::from_millis(meta.deployed_at_ms);
+        Ok(Arc::new(Version::new(label, prepared, deployed_at)))
+    }
+
+    /// The health gate: the version's `health` export, then the smoke request. Neither
+    /// commits anything.
+    pub(crate) async fn check(
+        &self,
+        slot: &ServiceSlot,
+        label: &str,
+        prepared: &Prepared,
+    ) -> Result<(), String> {
+        let mut cx = slot.invocation_context(label);
+        cx.caller = self.caller.get().cloned();
+        match self.runtime.check_health(prepared, cx.clone()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(format!("its health check answered: {why}")),
+            Err(e) => return Err(format!("its health check failed: {e}")),
+        }
+        let Some(path) = &slot.health_spec.smoke else {
+            return Ok(());
+        };
+        let request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(path.as_str())
+            .header(http::header::HOST, format!("{}.internal", slot.name))
+            .header("x-microhost-probe", "smoke")
+            .body(Bytes::new())
+            .map_err(|e| format!("the smoke request GET {path} is invalid: {e}"))?;
+        match self.runtime.handle_http(prepared, cx, request).await {
+            Ok((response, _discarded)) if response.status().is_success() => Ok(()),
+            Ok((response, _)) => {
+                let body = String::from_utf8_lossy(response.body());
+                let excerpt: String = body.chars().take(200).collect();
+                Err(format!(
+                    "the smoke request GET {path} answered {}: {excerpt}",
+                    response.status()
+                ))
+            }
+            Err(e) => Err(format!("the smoke request GET {path} failed: {e}")),
+        }
+    }
+
+    /// Applies a change: computes the routing for `record` (loading and gating new
+    /// versions), persists record and history entry, then switches traffic.
+    async fn commit(
+        &self,
+        slot: &ServiceSlot,
+        held: &mut ServiceRecord,
+        record: ServiceRecord,
+        entry: HistoryEntry,
+        gate: bool,
+    ) -> Result<HistoryEntry, RegistryError> {
+        let current = slot.routing();
+        let routing = self
+            .routing_for(
+                &slot.name,
+                &slot.subscriptions,
+                &record,
+                Some(&current),
+                gate.then_some(slot),
+            )
+            .await?;
+        let entry = record::save(&*self.storage, &slot.name, Some(&record), entry).await?;
+        slot.switch(routing);
+        tracing::info!(
+            service = %slot.name,
+            action = %entry.action,
+            version = %entry.version,
+            active = %record.active,
+            canary = ?record.canary,
+            "registry change"
+        );
+        *held = record;
+        Ok(entry)
+    }
+
+    /// Records a refused change in the history (best effort: the refusal is what the
+    /// caller needs to see).
+    async fn refused(&self, service: &str, version: &str, error: &RegistryError) {
+        let entry = HistoryEntry::new("refused", version).detail(error.to_string());
+        if let Err(e) = record::save(&*self.storage, service, None, entry).await {
+            tracing::warn!(service, error = %e, "could not record a refused change");
+        }
+    }
+
+    /// Stores `wasm` as version `label` of `service` and, by `mode`, activates it or
+    /// makes it the canary. Checked first: a component of the service world, the
+    /// contract gate, the label's content, then (before it takes traffic) its health
+    /// check and smoke request. On any error nothing changes.
     pub async fn deploy(
         &self,
         service: &str,
         label: Option<String>,
         wasm: Bytes,
+        mode: DeployMode,
     ) -> Result<Deployed, RegistryError> {
-        let slot = self
-            .services
-            .get(service)
-            .ok_or_else(|| RegistryError::UnknownService {
-                name: service.to_string(),
-            })?;
+        let slot = self.slot(service)?;
+        let result = self.deploy_checked(&slot, label.clone(), wasm, mode).await;
+        if let Err(error) = &result
+            && !matches!(error, RegistryError::Internal(_))
+        {
+            self.refused(service, label.as_deref().unwrap_or("-"), error)
+                .await;
+        }
+        result
+    }
+
+    async fn deploy_checked(
+        &self,
+        slot: &ServiceSlot,
+        label: Option<String>,
+        wasm: Bytes,
+        mode: DeployMode,
+    ) -> Result<Deployed, RegistryError> {
+        let service = slot.name.as_str();
         if let Some(label) = &label {
             manifest::check_version(label).map_err(RegistryError::InvalidVersion)?;
         }
-        let runtime = self.runtime.clone();
-        let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))
-            .await
-            .map_err(|e| RegistryError::Internal(format!("compilation panicked: {e}")))??;
+        if let DeployMode::Canary(weight) = mode
+            && !(1..=100).contains(&weight)
+        {
+            return Err(RegistryError::InvalidVersion(format!(
+                "a canary weight is a percentage from 1 to 100, got {weight}"
+            )));
+        }
+        let size = wasm.len() as u64;
+        let prepared = self.prepare(wasm.clone()).await?;
         check_contract(service, &slot.subscriptions, &prepared)?;
         let label = label.unwrap_or_else(|| prepared.sha256[..12].to_string());
 
-        let active = slot.active();
-        if active.label == label {
-            if active.prepared.sha256 != prepared.sha256 {
-                return Err(RegistryError::VersionConflict {
-                    service: service.to_string(),
-                    label,
-                    active_sha256: active.prepared.sha256.clone(),
-                });
-            }
-            return Ok(Deployed {
+        let lock = self.record_of(service)?;
+        let mut held = lock.lock().await;
+        if let Some(meta) = held.versions.get(&label)
+            && meta.sha256 != prepared.sha256
+        {
+            return Err(RegistryError::VersionConflict {
                 service: service.to_string(),
-                version: label.clone(),
-                sha256: prepared.sha256.clone(),
-                previous: label,
-                switched: false,
-                from_cache: prepared.from_cache,
+                label,
+                existing_sha256: meta.sha256.clone(),
             });
         }
-        let deployed = Deployed {
-            service: service.to_string(),
-            version: label.clone(),
-            sha256: prepared.sha256.clone(),
-            previous: String::new(),
-            switched: true,
-            from_cache: prepared.from_cache,
-        };
-        let previous = slot.activate(Arc::new(Version::new(label, prepared)));
-        tracing::info!(
-            service,
-            version = %deployed.version,
-            previous = %previous.label,
-            draining = previous.in_flight(),
-            "version activated"
-        );
+        let mut record = held.clone();
+        record
+            .versions
+            .entry(label.clone())
+            .or_insert_with(|| meta_of(&prepared, size));
+        let mut entry = HistoryEntry::new("deploy", &label).from(&held.active);
+        match mode {
+            DeployMode::Activate => record.activate(&label),
+            DeployMode::Canary(weight) => {
+                if record.active == label {
+                    return Err(RegistryError::Refused(format!(
+                        "version {label:?} is the active version of {service:?}; a canary must \
+                         be another version"
+                    )));
+                }
+                record.canary = Some(CanaryRecord {
+                    version: label.clone(),
+                    weight,
+                });
+                entry = entry.weight(weight);
+            }
+            DeployMode::Store => entry = entry.detail("stored, not routed to"),
+        }
+        let previous = held.active.clone();
+        let switched = record.active != held.active || record.canary != held.canary;
+        if switched || !held.versions.contains_key(&label) {
+            self.store_component(&prepared.sha256, wasm).await?;
+            self.commit(slot, &mut held, record, entry, true).await?;
+        }
         Ok(Deployed {
-            previous: previous.label.clone(),
-            ..deployed
+            service: service.to_string(),
+            version: label,
+            sha256: prepared.sha256.clone(),
+            previous,
+            active: held.active.clone(),
+            canary: held.canary.clone(),
+            switched,
+            from_cache: prepared.from_cache,
         })
     }
+
+    /// Makes a stored version active (after its health gate).
+    pub async fn activate(
+        &self,
+        service: &str,
+        label: &str,
+    ) -> Result<HistoryEntry, RegistryError> {
+        let slot = self.slot(service)?;
+        let lock = self.record_of(service)?;
+        let mut held = lock.lock().await;
+        let mut record = held.clone();
+        known(&record, service, label)?;
+        if record.active == label {
+            return Err(RegistryError::Refused(format!(
+                "version {label:?} is already the active version of {service:?}"
+            )));
+        }
+        record.activate(label);
+        let entry = HistoryEntry::new("activate", label).from(&held.active);
+        self.commit(&slot, &mut held, record, entry, true).await
+    }
+
+    /// Sends `weight` percent of calls to a stored version; 0 ends the canary.
+    pub async fn set_canary(
+        &self,
+        service: &str,
+        label: &str,
+        weight: u8,
+    ) -> Result<HistoryEntry, RegistryError> {
+        let slot = self.slot(service)?;
+        if weight > 100 {
+            return Err(RegistryError::InvalidVersion(format!(
+                "a canary weight is a percentage from 0 to 100, got {weight}"
+            )));
+        }
+        let lock = self.record_of(service)?;
+        let mut held = lock.lock().await;
+        let mut record = held.clone();
+        known(&record, service, label)?;
+        if record.active == label {
+            return Err(RegistryError::Refused(format!(
+                "version {label:?} is the active version of {service:?}; a canary must be \
+                 another version"
+            )));
+        }
+        record.canary = (weight > 0).then(|| CanaryRecord {
+            version: label.to_string(),
+            weight,
+        });
+        let entry = HistoryEntry::new("canary", label)
+            .from(&held.active)
+            .weight(weight);
+        self.commit(&slot, &mut held, record, entry, true).await
+    }
+
+    /// Makes the canary the active version.
+    pub async fn promote(&self, service: &str) -> Result<HistoryEntry, RegistryError> {
+        let slot = self.slot(service)?;
+        let lock = self.record_of(service)?;
+        let mut held = lock.lock().await;
+        let mut record = held.clone();
+        let Some(canary) = record.canary.clone() else {
+            return Err(RegistryError::Refused(format!(
+                "service {service:?} has no canary to promote"
+            )));
+        };
+        record.activate(&canary.version);
+        let entry = HistoryEntry::new("promote", &canary.version).from(&held.active);
+        self.commit(&slot, &mut held, record, entry, true).await
+    }
+
+    /// Undoes the last change: ends the canary if there is one, otherwise makes the
+    /// previously active version active again. Not gated, so that it cannot be blocked.
+    /// `reason` marks an automatic rollback.
+    pub async fn rollback(
+        &self,
+        service: &str,
+        reason: Option<String>,
+    ) -> Result<HistoryEntry, RegistryError> {
+        let slot = self.slot(service)?;
+        let lock = self.record_of(service)?;
+        let mut held = lock.lock().await;
+        let mut record = held.clone();
+        let action = if reason.is_some() {
+            "auto-rollback"
+        } else {
+            "rollback"
+        };
+        let entry = if let Some(canary) = record.canary.take() {
+            HistoryEntry::new(action, &record.active)
+                .detail(format!("canary {:?} removed", canary.version))
+                .weight(0)
+        } else if let Some(previous) = record.previous.pop() {
+            if reason.is_some() {
+                // An automatic rollback only ever ends a canary.
+                return Err(RegistryError::Refused("no canary".to_string()));
+            }
+            record.active = previous.clone();
+            HistoryEntry::new(action, &previous).from(&held.active)
+        } else {
+            return Err(RegistryError::Refused(format!(
+                "service {service:?} has no canary and no previous version to roll back to"
+            )));
+        };
+        let entry = match reason {
+            Some(reason) => {
+                let detail = entry.detail.clone().unwrap_or_default();
+                entry.detail(format!("{detail}: {reason}"))
+            }
+            None => entry,
+        };
+        self.commit(&slot, &mut held, record, entry, false).await
+    }
+
+    /// The service's state: routing, health, draining versions, rollback stack.
+    pub async fn status(&self, service: &str) -> Result<serde_json::Value, RegistryError> {
+        let slot = self.slot(service)?;
+        let record = self.record_of(service)?.lock().await.clone();
+        Ok(status_json(&slot, &record))
+    }
+
+    /// Every stored version of the service and its role.
+    pub async fn versions(&self, service: &str) -> Result<serde_json::Value, RegistryError> {
+        self.slot(service)?;
+        let record = self.record_of(service)?.lock().await.clone();
+        let versions: Vec<serde_json::Value> = record
+            .versions
+            .iter()
+            .map(|(label, meta)| {
+                let role = if *label == record.active {
+                    "active"
+                } else if record.canary.as_ref().is_some_and(|c| c.version == *label) {
+                    "canary"
+                } else if record.previous.contains(label) {
+                    "previous"
+                } else {
+                    "stored"
+                };
+                json!({
+                    "version": label,
+                    "role": role,
+                    "sha256": meta.sha256,
+                    "size": meta.size,
+                    "deployed_at_ms": meta.deployed_at_ms,
+                    "exports": meta.exports,
+                })
+            })
+            .collect();
+        Ok(json!({ "service": service, "versions": versions }))
+    }
+
+    /// The service's history after sequence number `after`, oldest first.
+    pub fn history(
+        &self,
+        service: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, RegistryError> {
+        self.slot(service)?;
+        Ok(record::history(&*self.storage, service, after, limit)?)
+    }
+
+    /// The catalog entry of every service (for `GET /admin/services`).
+    pub async fn catalog_json(&self) -> Vec<serde_json::Value> {
+        let mut services = Vec::new();
+        for slot in self.services() {
+            let record = match self.record_of(&slot.name) {
+                Ok(lock) => lock.lock().await.clone(),
+                Err(_) => continue,
+            };
+            services.push(status_json(&slot, &record));
+        }
+        services
+    }
+
+    /// Runs health checks and canary analysis until `stop` turns true.
+    pub fn supervise(
+        self: &Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(supervisor::run(self.clone(), stop))
+    }
+}
+
+fn known(record: &ServiceRecord, service: &str, label: &str) -> Result<(), RegistryError> {
+    if record.versions.contains_key(label) {
+        Ok(())
+    } else {
+        Err(RegistryError::UnknownVersion {
+            service: service.to_string(),
+            version: label.to_string(),
+        })
+    }
+}
+
+fn meta_of(prepared: &Prepared, size: u64) -> VersionMeta {
+    VersionMeta {
+        sha256: prepared.sha256.clone(),
+        size,
+        deployed_at_ms: record::now_ms(),
+        exports: prepared.exports.clone(),
+    }
+}
+
+fn version_json(version: &Version) -> serde_json::Value {
+    let window = version.window();
+    json!({
+        "version": version.label,
+        "sha256": version.prepared.sha256,
+        "deployed_at_ms": version
+            .deployed_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        "in_flight": version.in_flight(),
+        "served": version.served(),
+        "loaded_from_cache": version.prepared.from_cache,
+        "window": { "ok": window.ok, "failed": window.failed },
+    })
+}
+
+fn status_json(slot: &ServiceSlot, record: &ServiceRecord) -> serde_json::Value {
+    let routing = slot.routing();
+    json!({
+        "name": slot.name,
+        "route": slot.route,
+        "publishes": slot.publishes.iter().collect::<Vec<_>>(),
+        "subscribes": slot.subscriptions.iter().map(|s| &s.topic).collect::<Vec<_>>(),
+        "calls": slot.calls.iter().collect::<Vec<_>>(),
+        "protected": slot.protected,
+        "limits": {
+            "memory_mib": slot.limits.memory_mib,
+            "timeout_ms": slot.limits.timeout_ms,
+            "max_body_kib": slot.limits.max_body_kib,
+        },
+        "active": version_json(&routing.active),
+        "canary": routing.canary.as_ref().map(|(version, weight)| {
+            let mut v = version_json(version);
+            v["weight"] = json!(weight);
+            v
+        }),
+        "previous": record.previous,
+        "versions": record.versions.len(),
+        "draining": slot
+            .draining()
+            .into_iter()
+            .map(|(version, in_flight)| json!({ "version": version, "in_flight": in_flight }))
+            .collect::<Vec<_>>(),
+        "health": slot.health(),
+    })
 }

@@ -6,13 +6,15 @@ use super::{InvocationState, Runtime};
 use crate::capability::SubscriberPre;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// The export every service must have.
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
 /// The export a service that subscribes to topics must have.
 pub const SUBSCRIBER: &str = "microhost:platform/subscriber";
+/// The optional health export.
+pub const LIFECYCLE: &str = "microhost:platform/lifecycle";
 
 /// Why wasm bytes cannot become a service version. Each message says what is wrong and,
 /// where there is one, what to do about it.
@@ -42,6 +44,11 @@ pub struct Prepared {
     pub(crate) pre: ProxyPre<InvocationState>,
     /// Present when the component exports `microhost:platform/subscriber`.
     pub(crate) subscriber: Option<SubscriberPre<InvocationState>>,
+    /// Present when the component exports `microhost:platform/lifecycle`: the
+    /// instantiable component and the index of its `health` function.
+    pub(crate) health: Option<(InstancePre<InvocationState>, ComponentExportIndex)>,
+    /// The component's exports, by name.
+    pub exports: Vec<String>,
     /// Hex sha256 of the wasm bytes.
     pub sha256: String,
     /// Whether the machine code came from the precompiled cache (no compilation).
@@ -52,6 +59,11 @@ impl Prepared {
     /// Whether the component can receive events.
     pub fn is_subscriber(&self) -> bool {
         self.subscriber.is_some()
+    }
+
+    /// Whether the component answers health checks itself.
+    pub fn has_health(&self) -> bool {
+        self.health.is_some()
     }
 }
 
@@ -73,10 +85,26 @@ impl Runtime {
         } else {
             None
         };
+        let health = match exports.iter().find(|e| versionless(e) == LIFECYCLE) {
+            Some(name) => {
+                let index = component
+                    .get_export_index(None, name.as_str())
+                    .and_then(|iface| component.get_export_index(Some(&iface), "health"))
+                    .ok_or_else(|| {
+                        ComponentError::WrongWorld(format!(
+                            "`{name}` is exported without its `health` function"
+                        ))
+                    })?;
+                Some((instance_pre.clone(), index))
+            }
+            None => None,
+        };
         let pre = ProxyPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Prepared {
             pre,
             subscriber,
+            health,
+            exports,
             sha256,
             from_cache,
         })

@@ -79,6 +79,8 @@ pub enum InvokeError {
     BreakerOpen(Duration),
     #[error("the request kept conflicting with concurrent updates of the same data: {0}")]
     Contention(String),
+    #[error("the service is out of routing: its health checks fail ({0})")]
+    Unhealthy(String),
 }
 
 /// How a guest call ended, and the store (with the unit of work and the limiter's
@@ -202,6 +204,38 @@ impl Runtime {
                 .map_err(GuestFailure::Call);
             let verdict = check_guest(result, &store, memory_bytes, timeout)?;
             Ok((verdict, store.into_data().unit))
+        })
+        .await
+    }
+
+    /// Asks the component's `microhost:platform/lifecycle.health`: `Ok(Err(why))` is an
+    /// unhealthy answer, `Err` a failed call (trap, timeout). A component without the
+    /// export is healthy. The invocation's effects are dropped.
+    pub async fn check_health(
+        &self,
+        prepared: &Prepared,
+        cx: InvocationContext,
+    ) -> Result<Result<(), String>, InvokeError> {
+        let Some((pre, index)) = prepared.health.clone() else {
+            return Ok(Ok(()));
+        };
+        let timeout = cx.timeout;
+        let memory_bytes = cx.memory_bytes;
+        let mut store = self.new_store(cx);
+        Self::bounded(timeout, async move {
+            let instance = match pre.instantiate_async(&mut store).await {
+                Ok(instance) => instance,
+                Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
+            };
+            let health = instance
+                .get_typed_func::<(), (Result<(), String>,)>(&mut store, &index)
+                .map_err(|e| InvokeError::Instantiate(format!("{e:#}")))?;
+            let result = health
+                .call_async(&mut store, ())
+                .await
+                .map(|(verdict,)| verdict)
+                .map_err(GuestFailure::Call);
+            check_guest(result, &store, memory_bytes, timeout)
         })
         .await
     }

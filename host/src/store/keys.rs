@@ -10,6 +10,8 @@
 //! | `a/{topic}\0{service}` | delivery attempts of the subscription's current item |
 //! | `d/{topic}\0{service}\0{seq: u64 BE}` | a dead letter |
 //! | `r/{topic}\0{service}\0{seq: u64 BE}` | a redriven event waiting for redelivery |
+//! | `g/{service}` | the registry's record of a service: versions, active, canary |
+//! | `h/{service}\0{seq: u64 BE}` | an entry of a service's deployment history |
 
 const SEP: u8 = 0;
 
@@ -68,6 +70,18 @@ pub fn dead_prefix(topic: &str, service: &str) -> Vec<u8> {
 /// Prefix of a subscription's redrive queue.
 pub fn redrive_prefix(topic: &str, service: &str) -> Vec<u8> {
     let mut key = join(b'r', &[topic.as_bytes(), service.as_bytes()]);
+    key.push(SEP);
+    key
+}
+
+/// The registry's record of `service`.
+pub fn registry_record(service: &str) -> Vec<u8> {
+    join(b'g', &[service.as_bytes()])
+}
+
+/// Prefix of `service`'s deployment history.
+pub fn history_prefix(service: &str) -> Vec<u8> {
+    let mut key = join(b'h', &[service.as_bytes()]);
     key.push(SEP);
     key
 }

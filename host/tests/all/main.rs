@@ -7,6 +7,7 @@ mod deploy;
 mod failures;
 mod gateway;
 mod process;
+mod registry;
 mod seed;
 mod state;
 mod support;

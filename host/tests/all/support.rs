@@ -41,6 +41,8 @@ pub struct Svc {
     pub publishes: Vec<&'static str>,
     /// (topic, max_deliver, backoff_ms)
     pub subscribe: Vec<(&'static str, u32, u64)>,
+    /// More `key = value` lines of the service table (e.g. `health = { ... }`).
+    pub extra: Vec<String>,
 }
 
 impl Svc {
@@ -56,7 +58,14 @@ impl Svc {
             config: Vec::new(),
             publishes: Vec::new(),
             subscribe: Vec::new(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a `key = value` line to the service's table.
+    pub fn set(mut self, line: &str) -> Svc {
+        self.extra.push(line.to_string());
+        self
     }
 
     pub fn publishes(mut self, topic: &'static str) -> Svc {
@@ -104,6 +113,10 @@ pub fn manifest_toml(services: &[Svc]) -> String {
             s.timeout_ms,
             s.max_body_kib
         ));
+        for line in &s.extra {
+            toml.push_str(line);
+            toml.push('\n');
+        }
         if !s.publishes.is_empty() {
             toml.push_str(&format!("publishes = {:?}\n", s.publishes));
         }
@@ -255,9 +268,18 @@ impl Host {
         version: &str,
         wasm: Vec<u8>,
     ) -> anyhow::Result<Resp> {
-        let url = self.admin_url(&format!(
-            "/admin/services/{service}/versions?version={version}"
-        ));
+        self.deploy_with(service, &format!("version={version}"), wasm)
+            .await
+    }
+
+    /// Deploys with the query string `query` (`version=v2&canary=20`, ...).
+    pub async fn deploy_with(
+        &self,
+        service: &str,
+        query: &str,
+        wasm: Vec<u8>,
+    ) -> anyhow::Result<Resp> {
+        let url = self.admin_url(&format!("/admin/services/{service}/versions?{query}"));
         let token = self.running.admin_token.clone();
         self.send(http::Method::POST, &url, wasm.into(), Some(&token))
             .await

@@ -1,0 +1,250 @@
+//! What the registry persists: the component store (content-addressed `.wasm` files)
+//! and, in the state database, one record per service (its versions, which one is
+//! active, the canary and its weight, the rollback stack) and its deployment history.
+//! A change is durable (flushed) before it takes effect, so it survives `kill -9`.
+
+use crate::store::{Batch, Storage, StoreError, keys};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// How many previously active versions `rollback` can walk back through.
+const ROLLBACK_DEPTH: usize = 32;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A stored version of a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionMeta {
+    pub sha256: String,
+    pub size: u64,
+    /// Unix milliseconds of the first deploy.
+    pub deployed_at_ms: u64,
+    /// The component's exports, as checked against the service world.
+    pub exports: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CanaryRecord {
+    pub version: String,
+    /// Percentage of calls, 1 to 100.
+    pub weight: u8,
+}
+
+/// The registry's record of one service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub active: String,
+    pub canary: Option<CanaryRecord>,
+    /// Versions that were active before, the most recent last.
+    pub previous: Vec<String>,
+    pub versions: BTreeMap<String, VersionMeta>,
+    /// The manifest's (version, sha256) when it was last applied: a manifest that names
+    /// something else is a new desired state and wins over runtime changes.
+    pub manifest: (String, String),
+}
+
+impl ServiceRecord {
+    /// Makes `label` active, remembering the one it replaces for rollback.
+    pub fn activate(&mut self, label: &str) {
+        if self.active != label {
+            let old = std::mem::replace(&mut self.active, label.to_string());
+            self.previous.retain(|v| v != label && *v != old);
+            self.previous.push(old);
+            if self.previous.len() > ROLLBACK_DEPTH {
+                self.previous.remove(0);
+            }
+        }
+        if self.canary.as_ref().is_some_and(|c| c.version == label) {
+            self.canary = None;
+        }
+    }
+}
+
+/// One entry of a service's deployment history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryEntry {
+    #[serde(default)]
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `deploy`, `activate`, `canary`, `promote`, `rollback`, `auto-rollback`,
+    /// `manifest`, `refused`, `unhealthy` or `healthy`.
+    pub action: String,
+    pub version: String,
+    /// The active version before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl HistoryEntry {
+    pub fn new(action: &str, version: &str) -> HistoryEntry {
+        HistoryEntry {
+            seq: 0,
+            at_ms: now_ms(),
+            action: action.to_string(),
+            version: version.to_string(),
+            from: None,
+            weight: None,
+            detail: None,
+        }
+    }
+
+    pub fn from(mut self, from: &str) -> HistoryEntry {
+        self.from = Some(from.to_string());
+        self
+    }
+
+    pub fn weight(mut self, weight: u8) -> HistoryEntry {
+        self.weight = Some(weight);
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> HistoryEntry {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("unreadable {what}: {e}"))
+}
+
+pub fn load(storage: &dyn Storage, service: &str) -> Result<Option<ServiceRecord>, StoreError> {
+    storage
+        .get(&keys::registry_record(service))?
+        .map(|bytes| serde_json::from_slice(&bytes).map_err(|e| corrupt("registry record", e)))
+        .transpose()
+}
+
+/// Writes `record` (when given) and appends `entry` to the history in one transaction,
+/// and waits until both are on disk.
+pub async fn save(
+    storage: &dyn Storage,
+    service: &str,
+    record: Option<&ServiceRecord>,
+    mut entry: HistoryEntry,
+) -> Result<HistoryEntry, StoreError> {
+    let record = record
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    let prefix = keys::history_prefix(service);
+    storage.transact(&mut |view| {
+        let mut batch = Batch::default();
+        entry.seq = view
+            .last_with_prefix(&prefix)?
+            .map(|(key, _)| keys::trailing_u64(&key) + 1)
+            .unwrap_or(1);
+        let value = serde_json::to_vec(&entry).map_err(|e| StoreError::Backend(e.to_string()))?;
+        batch.put(keys::seq(&prefix, entry.seq), value);
+        if let Some(record) = &record {
+            batch.put(keys::registry_record(service), record.clone());
+        }
+        Ok(batch)
+    })?;
+    storage.durable().await?;
+    Ok(entry)
+}
+
+/// Up to `limit` history entries after sequence number `after`, oldest first.
+pub fn history(
+    storage: &dyn Storage,
+    service: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, StoreError> {
+    let prefix = keys::history_prefix(service);
+    let after = keys::seq(&prefix, after);
+    storage
+        .scan(&prefix, Some(&after), limit)?
+        .into_iter()
+        .map(|(_, value)| serde_json::from_slice(&value).map_err(|e| corrupt("history entry", e)))
+        .collect()
+}
+
+/// Component files by sha256, in `<data-dir>/components`.
+#[derive(Debug, Clone)]
+pub struct ComponentStore {
+    dir: PathBuf,
+}
+
+impl ComponentStore {
+    pub fn new(dir: PathBuf) -> ComponentStore {
+        ComponentStore { dir }
+    }
+
+    fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.wasm"))
+    }
+
+    /// Stores `wasm` under its sha256 (once), durably: written to a temporary file,
+    /// synced, then renamed into place.
+    pub fn put(&self, sha256: &str, wasm: &[u8]) -> std::io::Result<()> {
+        let path = self.path(sha256);
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self
+            .dir
+            .join(format!(".{sha256}.tmp{}", std::process::id()));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(wasm)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(&self.dir)
+    }
+
+    pub fn get(&self, sha256: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(sha256))
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ServiceRecord {
+        ServiceRecord {
+            active: "v1".into(),
+            canary: None,
+            previous: Vec::new(),
+            versions: BTreeMap::new(),
+            manifest: ("v1".into(), "aa".into()),
+        }
+    }
+
+    #[test]
+    fn activation_keeps_a_rollback_stack() {
+        let mut r = record();
+        r.activate("v2");
+        r.activate("v3");
+        assert_eq!(r.active, "v3");
+        assert_eq!(r.previous, ["v1", "v2"]);
+        // Going back to v1 moves it off the stack.
+        r.activate("v1");
+        assert_eq!(r.previous, ["v2", "v3"]);
+        r.canary = Some(CanaryRecord {
+            version: "v4".into(),
+            weight: 20,
+        });
+        r.activate("v4");
+        assert_eq!(r.canary, None, "promoting the canary ends it");
+        r.activate("v4");
+        assert_eq!(r.previous, ["v2", "v3", "v1"], "re-activating is a no-op");
+    }
+}

@@ -1,0 +1,351 @@
+//! A service as the request path sees it: its settings from the manifest, the versions
+//! traffic goes to (active, and an optional weighted canary), and whether it is healthy.
+//!
+//! A request pins one [`Version`] when it starts ([`ServiceSlot::pin`]) and keeps the
+//! `Arc` to its end, so a switch never changes the version under a running request; a
+//! replaced version drains and is freed when its last request finishes (each request is
+//! bounded by the service's timeout, which bounds the drain).
+
+use super::manifest::{BreakerSpec, CanarySpec, HealthSpec, Limits, PublicRule, SubscriptionSpec};
+use crate::runtime::{InvocationContext, Prepared};
+use crate::store::Storage;
+use rand::Rng as _;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+use wasmtime_wasi_config::WasiConfigVariables;
+
+/// One component version of a service, ready to serve.
+pub struct Version {
+    pub label: String,
+    pub prepared: Prepared,
+    /// When this version was first deployed (from the registry's record).
+    pub deployed_at: SystemTime,
+    /// Requests running on this version now.
+    in_flight: AtomicUsize,
+    /// Requests this version has started in this process.
+    served: AtomicU64,
+    /// Outcomes in the current canary window.
+    window: Mutex<Window>,
+}
+
+/// Calls that succeeded and failed since `since`.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub since: Instant,
+    pub ok: u64,
+    pub failed: u64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            since: Instant::now(),
+            ok: 0,
+            failed: 0,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed
+    }
+
+    /// Failed calls in percent of all calls (0 without calls).
+    pub fn failure_pct(&self) -> f64 {
+        if self.total() == 0 {
+            0.0
+        } else {
+            self.failed as f64 * 100.0 / self.total() as f64
+        }
+    }
+}
+
+impl Version {
+    pub fn new(label: String, prepared: Prepared, deployed_at: SystemTime) -> Version {
+        Version {
+            label,
+            prepared,
+            deployed_at,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            window: Mutex::new(Window::new()),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Counts the outcome of one call in the current window.
+    pub fn record(&self, ok: bool) {
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if ok {
+            window.ok += 1;
+        } else {
+            window.failed += 1;
+        }
+    }
+
+    pub fn window(&self) -> Window {
+        *self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a new window.
+    pub fn reset_window(&self) {
+        *self.window.lock().unwrap_or_else(PoisonError::into_inner) = Window::new();
+    }
+}
+
+/// Counts a request on a version for as long as it lives.
+pub struct InFlight(Arc<Version>);
+
+impl InFlight {
+    pub fn version(&self) -> &Arc<Version> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a service's traffic goes.
+#[derive(Clone)]
+pub struct Routing {
+    pub active: Arc<Version>,
+    /// A canary version and the percentage of calls it gets.
+    pub canary: Option<(Arc<Version>, u8)>,
+}
+
+/// The outcome of the latest health checks.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Health {
+    pub healthy: bool,
+    /// Failed checks in a row.
+    pub failures: u32,
+    /// Why the last check failed.
+    pub reason: Option<String>,
+    /// Unix milliseconds of the last check (0: not checked yet).
+    pub checked_at_ms: u64,
+}
+
+/// A service and the versions that serve it.
+pub struct ServiceSlot {
+    pub name: String,
+    pub route: String,
+    pub limits: Limits,
+    /// Topics the service may publish to.
+    pub publishes: Arc<BTreeSet<String>>,
+    pub subscriptions: Vec<SubscriptionSpec>,
+    /// Requests need a verified token, except those matching `public`.
+    pub protected: bool,
+    pub public: Vec<PublicRule>,
+    /// Services it may call, and outside hosts it may reach.
+    pub calls: Arc<BTreeSet<String>>,
+    pub allowed_hosts: Arc<BTreeSet<String>>,
+    /// How callers' circuit breakers treat this service.
+    pub breaker: BreakerSpec,
+    pub health_spec: HealthSpec,
+    pub canary_spec: CanarySpec,
+    pub(super) config: Arc<WasiConfigVariables>,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) auth: Arc<crate::auth::Auth>,
+    /// Read on every request, written by switches; never held across an `.await`.
+    routing: RwLock<Routing>,
+    /// Versions switched away from that may still have requests running.
+    draining: Mutex<Vec<Weak<Version>>>,
+    health: Mutex<Health>,
+}
+
+/// The settings a slot is built from (everything but its versions).
+pub struct SlotSettings {
+    pub name: String,
+    pub route: String,
+    pub limits: Limits,
+    pub publishes: Arc<BTreeSet<String>>,
+    pub subscriptions: Vec<SubscriptionSpec>,
+    pub protected: bool,
+    pub public: Vec<PublicRule>,
+    pub calls: Arc<BTreeSet<String>>,
+    pub allowed_hosts: Arc<BTreeSet<String>>,
+    pub breaker: BreakerSpec,
+    pub health_spec: HealthSpec,
+    pub canary_spec: CanarySpec,
+    pub config: Arc<WasiConfigVariables>,
+    pub storage: Arc<dyn Storage>,
+    pub auth: Arc<crate::auth::Auth>,
+}
+
+impl ServiceSlot {
+    pub fn new(settings: SlotSettings, routing: Routing) -> ServiceSlot {
+        let SlotSettings {
+            name,
+            route,
+            limits,
+            publishes,
+            subscriptions,
+            protected,
+            public,
+            calls,
+            allowed_hosts,
+            breaker,
+            health_spec,
+            canary_spec,
+            config,
+            storage,
+            auth,
+        } = settings;
+        ServiceSlot {
+            name,
+            route,
+            limits,
+            publishes,
+            subscriptions,
+            protected,
+            public,
+            calls,
+            allowed_hosts,
+            breaker,
+            health_spec,
+            canary_spec,
+            config,
+            storage,
+            auth,
+            routing: RwLock::new(routing),
+            draining: Mutex::new(Vec::new()),
+            health: Mutex::new(Health {
+                healthy: true,
+                ..Health::default()
+            }),
+        }
+    }
+
+    /// The version for one call (the canary for its share of calls), pinned until the
+    /// returned guard is dropped.
+    pub fn pin(&self) -> InFlight {
+        let version = {
+            let routing = self.routing.read().unwrap_or_else(PoisonError::into_inner);
+            match &routing.canary {
+                Some((canary, weight)) if rand::thread_rng().gen_range(0..100u8) < *weight => {
+                    canary.clone()
+                }
+                _ => routing.active.clone(),
+            }
+        };
+        version.in_flight.fetch_add(1, Ordering::Relaxed);
+        version.served.fetch_add(1, Ordering::Relaxed);
+        InFlight(version)
+    }
+
+    pub fn routing(&self) -> Routing {
+        self.routing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn active(&self) -> Arc<Version> {
+        self.routing().active
+    }
+
+    /// Switches traffic to `routing`. Versions no longer routed to drain: requests that
+    /// pinned them finish on them.
+    pub(super) fn switch(&self, routing: Routing) {
+        let old = {
+            let mut current = self.routing.write().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *current, routing.clone())
+        };
+        let kept = |v: &Arc<Version>| {
+            Arc::ptr_eq(v, &routing.active)
+                || routing
+                    .canary
+                    .as_ref()
+                    .is_some_and(|(c, _)| Arc::ptr_eq(v, c))
+        };
+        let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
+        draining.retain(|v| v.strong_count() > 0);
+        for version in std::iter::once(old.active).chain(old.canary.map(|(c, _)| c)) {
+            if !kept(&version) && version.in_flight() > 0 {
+                draining.push(Arc::downgrade(&version));
+            }
+        }
+        for version in
+            std::iter::once(&routing.active).chain(routing.canary.as_ref().map(|(c, _)| c))
+        {
+            version.reset_window();
+        }
+    }
+
+    /// Versions no longer routed to that still have requests running: (label, in flight).
+    pub fn draining(&self) -> Vec<(String, usize)> {
+        let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
+        draining.retain(|v| v.upgrade().is_some_and(|v| v.in_flight() > 0));
+        draining
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|v| (v.label.clone(), v.in_flight()))
+            .collect()
+    }
+
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a periodic check; returns the new state when it changed.
+    pub(super) fn record_check(&self, result: Result<(), String>) -> Option<Health> {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let was = health.healthy;
+        health.checked_at_ms = super::record::now_ms();
+        match result {
+            Ok(()) => {
+                health.healthy = true;
+                health.failures = 0;
+                health.reason = None;
+            }
+            Err(reason) => {
+                health.failures += 1;
+                health.reason = Some(reason);
+                if health.failures >= self.health_spec.unhealthy_after {
+                    health.healthy = false;
+                }
+            }
+        }
+        (health.healthy != was).then(|| health.clone())
+    }
+
+    /// Whether a request needs a verified token.
+    pub fn requires_token(&self, method: &str, path: &str) -> bool {
+        self.protected && !self.public.iter().any(|rule| rule.matches(method, path))
+    }
+
+    /// What an invocation of `version` of this service may use. The caller fills in
+    /// who serves its outgoing calls, the identity and the trace context.
+    pub fn invocation_context(&self, version: &str) -> InvocationContext {
+        InvocationContext {
+            service: self.name.clone(),
+            version: version.to_string(),
+            storage: self.storage.clone(),
+            config: self.config.clone(),
+            publishes: self.publishes.clone(),
+            traceparent: None,
+            auth: self.auth.clone(),
+            calls: self.calls.clone(),
+            caller: None,
+            allowed_hosts: self.allowed_hosts.clone(),
+            identity: None,
+            hops: 0,
+            memory_bytes: self.limits.memory_mib as usize * 1024 * 1024,
+            timeout: Duration::from_millis(self.limits.timeout_ms),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The registry's background work: periodic health checks of the versions taking
+//! traffic, and the analysis that rolls a failing canary back.
+
+use super::{Registry, ServiceSlot};
+use crate::registry::record::{self, HistoryEntry};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How often canaries are analysed and due health checks are run.
+const TICK: Duration = Duration::from_millis(100);
+
+pub(super) async fn run(registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
+    let mut last_check: HashMap<String, Instant> = HashMap::new();
+    while !*stop.borrow() {
+        for slot in registry.services() {
+            analyse_canary(&registry, &slot).await;
+            let interval = slot.health_spec.interval_ms;
+            if interval == 0 {
+                continue;
+            }
+            let due = last_check
+                .get(&slot.name)
+                .is_none_or(|at| at.elapsed() >= Duration::from_millis(interval));
+            if due {
+                last_check.insert(slot.name.clone(), Instant::now());
+                check_health(&registry, &slot).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Rolls the canary back when, in the current window, it has served enough calls and
+/// fails more often than the stable version by more than the margin. Starts a new
+/// window for both when the current one is over.
+async fn analyse_canary(registry: &Registry, slot: &ServiceSlot) {
+    let routing = slot.routing();
+    let Some((canary, _)) = &routing.canary else {
+        return;
+    };
+    let spec = slot.canary_spec;
+    let (c, s) = (canary.window(), routing.active.window());
+    if c.total() >= spec.min_requests
+        && c.failure_pct() > s.failure_pct() + f64::from(spec.error_margin_pct)
+    {
+        let reason = format!(
+            "{} of {} calls to {} failed ({:.0} %) against {:.0} % of {} calls to {} over {} ms \
+             (margin {} points)",
+            c.failed,
+            c.total(),
+            canary.label,
+            c.failure_pct(),
+            s.failure_pct(),
+            s.total(),
+            routing.active.label,
+            c.since.elapsed().as_millis(),
+            spec.error_margin_pct
+        );
+        rollback(registry, slot, reason).await;
+    } else if c.since.elapsed() >= Duration::from_millis(spec.window_ms) {
+        canary.reset_window();
+        routing.active.reset_window();
+    }
+}
+
+async fn rollback(registry: &Registry, slot: &ServiceSlot, reason: String) {
+    tracing::warn!(service = %slot.name, %reason, "rolling the canary back");
+    if let Err(e) = registry.rollback(&slot.name, Some(reason)).await {
+        tracing::error!(service = %slot.name, error = %e, "automatic rollback failed");
+    }
+}
+
+/// Checks the active version (and the canary, which is rolled back when it fails) and
+/// takes the service out of routing, or puts it back, when its health changes.
+async fn check_health(registry: &Registry, slot: &ServiceSlot) {
+    let routing = slot.routing();
+    if let Some((canary, _)) = &routing.canary
+        && let Err(reason) = registry.check(slot, &canary.label, &canary.prepared).await
+    {
+        rollback(registry, slot, format!("health check: {reason}")).await;
+    }
+    let active = &routing.active;
+    let result = registry.check(slot, &active.label, &active.prepared).await;
+    if let Some(health) = slot.record_check(result) {
+        let (action, detail) = if health.healthy {
+            ("healthy", "back in routing".to_string())
+        } else {
+            (
+                "unhealthy",
+                format!(
+                    "taken out of routing: {}",
+                    health.reason.unwrap_or_default()
+                ),
+            )
+        };
+        tracing::warn!(service = %slot.name, version = %active.label, action, %detail, "health changed");
+        let entry = HistoryEntry::new(action, &active.label).detail(detail);
+        if let Err(e) = record::save(&*registry.storage, &slot.name, None, entry).await {
+            tracing::warn!(service = %slot.name, error = %e, "could not record a health change");
+        }
+    }
+}

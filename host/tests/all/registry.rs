@@ -1,0 +1,487 @@
+//! The registry: swaps under load, canaries, automatic rollback, health gates and
+//! probes, and state that survives a restart.
+
+use crate::support::{Host, Resp, Svc, data_dir, wasm};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn echo() -> anyhow::Result<Vec<u8>> {
+    Ok(std::fs::read(wasm("test-echo"))?)
+}
+
+/// Status of `service` from the admin API.
+async fn status(host: &Host, service: &str) -> anyhow::Result<serde_json::Value> {
+    host.admin_get(&format!("/admin/services/{service}")).await
+}
+
+async fn history(host: &Host, service: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let answer = host
+        .admin_get(&format!("/admin/services/{service}/history?limit=1000"))
+        .await?;
+    Ok(answer["history"].as_array().cloned().unwrap_or_default())
+}
+
+fn actions(history: &[serde_json::Value]) -> Vec<String> {
+    history
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["action"].as_str().unwrap_or("?"),
+                e["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+fn expect(r: &Resp, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+}
+
+/// One request of the load: when it started and ended, who answered, the status.
+struct Seen {
+    started: Instant,
+    ended: Instant,
+    version: String,
+    status: u16,
+}
+
+/// `workers` clients sending requests until `stop`; `done` counts answers.
+fn load(
+    host: &Arc<Host>,
+    workers: usize,
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Vec<Seen>>> {
+    (0..workers)
+        .map(|worker| {
+            let (host, stop, done) = (host.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let (status, version) = match host.get(&format!("/w{worker}")).await {
+                        Ok(r) => (r.status, r.served_by().unwrap_or("none").to_string()),
+                        Err(e) => (0, format!("transport error: {e}")),
+                    };
+                    seen.push(Seen {
+                        started,
+                        ended: Instant::now(),
+                        version,
+                        status,
+                    });
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_swaps_under_load_drop_nothing() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Arc::new(Host::start(&[Svc::new("echo", "/", "test-echo")], dir.path()).await?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers = load(&host, 6, &stop, &done);
+
+    // (sent, answered, version active after the swap)
+    let mut swaps: Vec<(Instant, Instant, String)> = Vec::new();
+    for i in 0..100 {
+        let before = done.load(Ordering::Relaxed);
+        crate::assert_eventually!(
+            Duration::from_secs(30),
+            done.load(Ordering::Relaxed) >= before + 5,
+            "no traffic before swap {i}"
+        );
+        let sent = Instant::now();
+        let (r, version) = if i % 2 == 0 {
+            (host.deploy("echo", "v2", echo()?).await?, "v2")
+        } else {
+            (
+                host.admin_post("/admin/services/echo/rollback").await?,
+                "v1",
+            )
+        };
+        let answered = Instant::now();
+        assert!(
+            r.status == 201 || r.status == 200,
+            "swap {i}: {} {}",
+            r.status,
+            r.text()
+        );
+        swaps.push((sent, answered, format!("echo@{version}")));
+    }
+    let before = done.load(Ordering::Relaxed);
+    crate::assert_eventually!(
+        Duration::from_secs(30),
+        done.load(Ordering::Relaxed) >= before + 5,
+        "no traffic after the swaps"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await?);
+    }
+
+    let failed: Vec<_> = all
+        .iter()
+        .filter(|s| s.status != 200)
+        .map(|s| (s.status, &s.version))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        all.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // Active when a request started: the last swap answered before; the one after it
+    // is the next swap sent (it may switch while the request is on its way).
+    let mut exact = 0;
+    for seen in &all {
+        let done_before = swaps
+            .iter()
+            .rposition(|(_, answered, _)| *answered < seen.started);
+        let active = done_before.map_or("echo@v1", |i| swaps[i].2.as_str());
+        let next = swaps.get(done_before.map_or(0, |i| i + 1));
+        let allowed_next = next.map(|(_, _, v)| v.as_str());
+        assert!(
+            seen.version == active || Some(seen.version.as_str()) == allowed_next,
+            "a request answered by {} while {active} was active (next {allowed_next:?})",
+            seen.version
+        );
+        // Between two swaps, only the active version answers.
+        if next.is_none_or(|(sent, _, _)| seen.ended < *sent) {
+            assert_eq!(seen.version, active, "a retired version answered");
+            exact += 1;
+        }
+    }
+    let v1 = all.iter().filter(|s| s.version == "echo@v1").count();
+    let v2 = all.iter().filter(|s| s.version == "echo@v2").count();
+    println!(
+        "100 swaps: {} requests, 0 failed, v1 {v1}, v2 {v2}, {exact} between swaps",
+        all.len()
+    );
+    assert!(
+        v1 >= 100 && v2 >= 100 && exact >= 300,
+        "v1 {v1}, v2 {v2}, exact {exact}"
+    );
+    let history = history(&host, "echo").await?;
+    assert_eq!(
+        history.iter().filter(|e| e["action"] == "rollback").count(),
+        50
+    );
+    let host = Arc::try_unwrap(host).map_err(|_| anyhow::anyhow!("host still shared"))?;
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_gets_its_share_then_promote_and_rollback_switch_at_once() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(&[Svc::new("echo", "/", "test-echo")], dir.path()).await?;
+    let r = host
+        .deploy_with("echo", "version=v2&canary=20", echo()?)
+        .await?;
+    expect(&r, 201, "canary deploy");
+    assert_eq!(r.json()["active"], "v1");
+    assert_eq!(r.json()["canary"]["weight"], 20);
+    let s = status(&host, "echo").await?;
+    assert_eq!(s["canary"]["version"], "v2");
+    assert_eq!(s["canary"]["weight"], 20);
+
+    // 1,000 requests: the canary's share is binomial (n = 1000, p = 0.2, sd ≈ 12.6);
+    // the test accepts 14 % to 26 %, more than 4.5 standard deviations either side.
+    let mut canary = 0;
+    for _ in 0..1000 {
+        let r = host.get("/share").await?;
+        expect(&r, 200, "request during the canary");
+        if r.served_by() == Some("echo@v2") {
+            canary += 1;
+        }
+    }
+    println!("canary at 20 %: {canary} of 1000 requests");
+    assert!((140..=260).contains(&canary), "canary got {canary} of 1000");
+
+    let versions = host.admin_get("/admin/services/echo/versions").await?;
+    let roles: Vec<String> = versions["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            format!(
+                "{}={}",
+                v["version"].as_str().unwrap_or("?"),
+                v["role"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(roles, ["v1=active", "v2=canary"]);
+
+    let r = host.admin_post("/admin/services/echo/promote").await?;
+    expect(&r, 200, "promote");
+    for _ in 0..20 {
+        assert_eq!(
+            host.get("/after-promote").await?.served_by(),
+            Some("echo@v2")
+        );
+    }
+    // Rollback answers once the switch is durable; the next request is served by v1.
+    let started = Instant::now();
+    let r = host.admin_post("/admin/services/echo/rollback").await?;
+    expect(&r, 200, "rollback");
+    let first = host.get("/after-rollback").await?;
+    let took = started.elapsed();
+    assert_eq!(first.served_by(), Some("echo@v1"));
+    println!("rollback to first request on v1: {took:?}");
+    assert!(took < Duration::from_secs(1), "rollback took {took:?}");
+
+    // Changes that do not apply are refused with the reason.
+    let r = host.admin_post("/admin/services/echo/promote").await?;
+    expect(&r, 409, "promote without a canary");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no canary")
+    );
+    let r = host
+        .admin_post("/admin/services/echo/canary?version=v9&weight=10")
+        .await?;
+    expect(&r, 404, "canary of an unknown version");
+    let r = host
+        .admin_post("/admin/services/echo/canary?version=v1&weight=10")
+        .await?;
+    expect(&r, 409, "the active version as canary");
+
+    assert_eq!(
+        actions(&history(&host, "echo").await?),
+        ["manifest v1", "deploy v2", "promote v2", "rollback v1"]
+    );
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_automatically() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let svc = Svc::new("echo", "/", "test-echo")
+        .set("canary = { min_requests = 10, error_margin_pct = 20, window_ms = 60000 }");
+    let host = Host::start(&[svc], dir.path()).await?;
+    let trap = std::fs::read(wasm("test-trap"))?;
+    let r = host
+        .deploy_with("echo", "version=bad&canary=50", trap)
+        .await?;
+    expect(
+        &r,
+        201,
+        "trapping canary deploy (it passes health: only requests trap)",
+    );
+
+    let mut failed = 0;
+    let mut sent = 0;
+    while status(&host, "echo").await?["canary"].is_object() {
+        let r = host.get("/x").await?;
+        sent += 1;
+        if r.status != 200 {
+            failed += 1;
+            assert_eq!(r.served_by(), Some("echo@bad"));
+        }
+        assert!(
+            sent < 500,
+            "the canary was not rolled back after {sent} requests"
+        );
+    }
+    println!("auto-rollback after {sent} requests, {failed} failed");
+    assert!(failed >= 10, "rolled back before min_requests: {failed}");
+    for _ in 0..20 {
+        let r = host.get("/after").await?;
+        expect(&r, 200, "after the rollback");
+        assert_eq!(r.served_by(), Some("echo@v1"));
+    }
+    let history = history(&host, "echo").await?;
+    let last = history.last().cloned().unwrap_or_default();
+    assert_eq!(last["action"], "auto-rollback", "{history:?}");
+    let detail = last["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("\"bad\" removed") && detail.contains("failed"),
+        "{detail}"
+    );
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_that_fail_health_or_smoke_are_refused() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("h", "/h", "test-health").set("health = { interval_ms = 0 }"),
+            Svc::new("s", "/s", "test-echo")
+                .set("health = { interval_ms = 0, smoke = \"/ready\" }"),
+        ],
+        dir.path(),
+    )
+    .await?;
+    // v1 of `h` records in its state that it is sick: a new version that checks that
+    // state is refused by its health export.
+    let r = host.put("/h/sick?ms=600000", "").await?;
+    expect(&r, 204, "make h sick");
+    let r = host
+        .deploy("h", "v2", std::fs::read(wasm("test-health"))?)
+        .await?;
+    expect(&r, 422, "deploy failing health");
+    let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+    assert!(
+        detail.contains("health check answered: sick for another"),
+        "{detail}"
+    );
+    let still = host.get("/h/x").await?;
+    expect(&still, 200, "h after the refused deploy");
+    assert_eq!(still.served_by(), Some("h@v1"));
+
+    // A version whose smoke request traps.
+    let r = host
+        .deploy("s", "v2", std::fs::read(wasm("test-trap"))?)
+        .await?;
+    expect(&r, 422, "deploy failing the smoke request");
+    let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+    assert!(
+        detail.contains("smoke request GET /ready failed") && detail.contains("trapped"),
+        "{detail}"
+    );
+    assert_eq!(host.get("/s/x").await?.served_by(), Some("s@v1"));
+    // A version with a 404 on the smoke path.
+    let r = host
+        .deploy("s", "v3", std::fs::read(wasm("test-kv"))?)
+        .await?;
+    expect(&r, 422, "deploy answering 404 to the smoke request");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("answered 404")
+    );
+    assert_eq!(host.get("/s/x").await?.served_by(), Some("s@v1"));
+
+    // Refusals are in the history, and no refused version was stored.
+    let history = history(&host, "s").await?;
+    assert_eq!(
+        actions(&history),
+        ["manifest v1", "refused v2", "refused v3"]
+    );
+    let versions = host.admin_get("/admin/services/s/versions").await?;
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(1));
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_service_leaves_routing_and_comes_back() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let svc =
+        Svc::new("h", "/", "test-health").set("health = { interval_ms = 50, unhealthy_after = 2 }");
+    let host = Host::start(&[svc], dir.path()).await?;
+    expect(&host.get("/x").await?, 200, "healthy at first");
+    expect(&host.put("/sick?ms=1500", "").await?, 204, "make it sick");
+    let mut unhealthy = None;
+    crate::assert_eventually!(
+        Duration::from_secs(10),
+        {
+            let r = host.get("/x").await?;
+            let out = r.status == 503;
+            if out {
+                unhealthy = Some(r);
+            }
+            out
+        },
+        "the sick service stayed in routing"
+    );
+    let r = unhealthy.ok_or_else(|| anyhow::anyhow!("no 503"))?;
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+    assert!(
+        detail.contains("out of routing") && detail.contains("sick"),
+        "{detail}"
+    );
+    assert_eq!(status(&host, "h").await?["health"]["healthy"], false);
+    crate::assert_eventually!(
+        Duration::from_secs(10),
+        host.get("/x").await?.status == 200,
+        "the service did not come back when healthy"
+    );
+    let actions = actions(&history(&host, "h").await?);
+    assert_eq!(actions, ["manifest v1", "unhealthy v1", "healthy v1"]);
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_weights_and_history_survive_a_restart() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let services = [Svc::new("echo", "/", "test-echo")];
+    let host = Host::start(&services, dir.path()).await?;
+    expect(&host.deploy("echo", "v2", echo()?).await?, 201, "deploy v2");
+    let r = host
+        .deploy_with(
+            "echo",
+            "version=v3&canary=30",
+            std::fs::read(wasm("test-kv"))?,
+        )
+        .await?;
+    expect(&r, 201, "canary v3");
+    let before = history(&host, "echo").await?;
+    host.shutdown().await;
+
+    let host = Host::start(&services, dir.path()).await?;
+    let s = status(&host, "echo").await?;
+    assert_eq!(s["active"]["version"], "v2");
+    assert_eq!(s["canary"]["version"], "v3");
+    assert_eq!(s["canary"]["weight"], 30);
+    assert_eq!(s["previous"], serde_json::json!(["v1"]));
+    // Both came from the precompiled cache: the first request compiles nothing.
+    assert_eq!(s["active"]["loaded_from_cache"], true);
+    assert_eq!(s["canary"]["loaded_from_cache"], true);
+    assert_eq!(history(&host, "echo").await?, before);
+    // (`/kv` is answered 200 by both v2, an echo, and v3, a key-value service.)
+    let r = host.get("/kv").await?;
+    expect(&r, 200, "first request after restart");
+    // Rollback still knows where to go.
+    expect(
+        &host.admin_post("/admin/services/echo/rollback").await?,
+        200,
+        "end canary",
+    );
+    expect(
+        &host.admin_post("/admin/services/echo/rollback").await?,
+        200,
+        "back to v1",
+    );
+    assert_eq!(host.get("/x").await?.served_by(), Some("echo@v1"));
+    host.shutdown().await;
+
+    // A manifest naming new content under the same label wins, under a label that
+    // says which content it is.
+    let changed = [Svc::new("echo", "/", "test-kv")];
+    let host = Host::start(&changed, dir.path()).await?;
+    let active = status(&host, "echo").await?["active"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(active.starts_with("v1+"), "{active}");
+    assert_eq!(
+        host.get("/kv").await?.served_by(),
+        Some(format!("echo@{active}").as_str())
+    );
+    let last = history(&host, "echo")
+        .await?
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["action"], "manifest");
+    host.shutdown().await;
+    Ok(())
+}
