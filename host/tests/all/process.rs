@@ -58,6 +58,7 @@ async fn a_bad_manifest_stops_start_up_naming_file_and_field() -> anyhow::Result
 struct Process {
     child: tokio::process::Child,
     gateway: String,
+    admin: String,
     log: tokio::task::JoinHandle<Vec<String>>,
 }
 
@@ -80,14 +81,17 @@ async fn spawn(mut cmd: Command) -> anyhow::Result<Process> {
         .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
     let mut lines = BufReader::new(stderr).lines();
     let mut early = Vec::new();
-    let gateway = tokio::time::timeout(Duration::from_secs(60), async {
+    let field = |line: &str, name: &str| {
+        line.split(name)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (gateway, admin) = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.split("gateway_addr=").nth(1) {
-                return Ok(rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string());
+            if line.contains("gateway_addr=") {
+                return Ok((field(&line, "gateway_addr="), field(&line, "admin_addr=")));
             }
             early.push(line);
         }
@@ -105,6 +109,7 @@ async fn spawn(mut cmd: Command) -> anyhow::Result<Process> {
     Ok(Process {
         child,
         gateway,
+        admin,
         log,
     })
 }
@@ -121,6 +126,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() -> anyhow::Result<()> 
         mut child,
         gateway,
         log,
+        ..
     } = spawn_host(&manifest, dir.path()).await?;
 
     let url = format!("http://{gateway}/sleep?ms=800");
@@ -284,6 +290,116 @@ async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() -> anyhow::
         "too little traffic to mean anything"
     );
     let mut host = host;
+    host.child.start_kill()?;
+    host.child.wait().await?;
+    Ok(())
+}
+
+/// `microhost <args> --admin <url> --data-dir <dir>`: the CLI against a spawned host,
+/// finding the generated token in the data directory.
+async fn cli(
+    host: &Process,
+    data: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let output = microhost()
+        .args(args)
+        .arg("--admin")
+        .arg(format!("http://{}", host.admin))
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "microhost {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Registry changes made with the CLI are on disk when the CLI returns: a `kill -9`
+/// right after loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_changes_survive_kill_9() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let data = dir.path();
+    let manifest = data.join("microhost.toml");
+    std::fs::write(
+        &manifest,
+        manifest_toml(&[Svc::new("echo", "/", "test-echo")]),
+    )?;
+    let echo = crate::support::wasm("test-echo").display().to_string();
+    let kv = crate::support::wasm("test-kv").display().to_string();
+
+    let mut host = spawn_host(&manifest, data).await?;
+    cli(
+        &host,
+        data,
+        &["deploy", "echo", &echo, "--version", "2.0.0"],
+    )
+    .await?;
+    cli(
+        &host,
+        data,
+        &[
+            "deploy",
+            "echo",
+            &kv,
+            "--version",
+            "3.0.0+kv",
+            "--store-only",
+        ],
+    )
+    .await?;
+    cli(
+        &host,
+        data,
+        &["canary", "echo", "3.0.0+kv", "--weight", "25"],
+    )
+    .await?;
+    let before = cli(&host, data, &["history", "echo"]).await?;
+    host.child.start_kill()?;
+    host.child.wait().await?;
+
+    let mut host = spawn_host(&manifest, data).await?;
+    let status = cli(&host, data, &["status", "echo"]).await?;
+    assert_eq!(status["active"]["version"], "2.0.0", "{status}");
+    assert_eq!(status["canary"]["version"], "3.0.0+kv", "{status}");
+    assert_eq!(status["canary"]["weight"], 25);
+    assert_eq!(status["active"]["loaded_from_cache"], true);
+    assert_eq!(cli(&host, data, &["history", "echo"]).await?, before);
+    let versions = cli(&host, data, &["versions", "echo"]).await?;
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(3));
+
+    cli(&host, data, &["promote", "echo"]).await?;
+    cli(&host, data, &["rollback", "echo"]).await?;
+    cli(&host, data, &["activate", "echo", "v1"]).await?;
+    host.child.start_kill()?;
+    host.child.wait().await?;
+
+    let mut host = spawn_host(&manifest, data).await?;
+    let status = cli(&host, data, &["status", "echo"]).await?;
+    assert_eq!(status["active"]["version"], "v1", "{status}");
+    assert!(status["canary"].is_null(), "{status}");
+    let history = cli(&host, data, &["history", "echo"]).await?;
+    let actions: Vec<&str> = history["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "manifest", "deploy", "deploy", "canary", "promote", "rollback", "activate"
+        ]
+    );
+    let client = crate::support::client();
+    let url = format!("http://{}/x", host.gateway);
+    let r =
+        crate::support::send(&client, http::Method::GET, &url, bytes::Bytes::new(), None).await?;
+    assert_eq!(r.served_by(), Some("echo@v1"));
     host.child.start_kill()?;
     host.child.wait().await?;
     Ok(())
