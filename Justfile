@@ -19,13 +19,32 @@ build-components: ensure-target
     for svc in {{services}}; do \
         version=$(sed -n 's/^version = "\(.*\)"$/\1/p' components/$svc/Cargo.toml | head -n1); \
         mkdir -p registry/$svc; \
-        cp components/target/wasm32-wasip2/release/$svc.wasm registry/$svc/$version.wasm; \
-        echo "published registry/$svc/$version.wasm"; \
+        built=components/target/wasm32-wasip2/release/$svc.wasm; \
+        published=registry/$svc/$version.wasm; \
+        if ! cmp -s $built $published; then cp $built $published; echo "published $published"; fi; \
     done
 
 # Build the components, then start the host with registry/microhost.toml on 127.0.0.1:3000.
 run *ARGS: build-components
     cargo run -p microhost -- serve --manifest registry/microhost.toml --listen 127.0.0.1:3000 {{ARGS}}
+
+# Dev loop: serve registry/microhost.toml with --watch and rebuild the components when
+# their sources (or the WIT) change; the host deploys each rebuilt service live, as
+# <version>+<hash>, through the health gate. Ctrl-C stops both.
+watch *ARGS: build-components
+    cargo build -p microhost
+    @cargo run -p microhost -- serve --manifest registry/microhost.toml --listen 127.0.0.1:3000 --watch {{ARGS}} & host=$!; \
+    trap 'kill $host 2>/dev/null || true' EXIT; \
+    stamp=$(mktemp); \
+    while kill -0 $host 2>/dev/null; do \
+        sleep 1; \
+        changed=$(find components wit -path components/target -prune -o -newer "$stamp" -type f \( -name '*.rs' -o -name '*.toml' -o -name '*.wit' \) -print -quit); \
+        if [ -n "$changed" ]; then \
+            touch "$stamp"; \
+            echo "watch: $changed changed; rebuilding components"; \
+            just build-components || echo "watch: the build failed; the host keeps the last good versions"; \
+        fi; \
+    done
 
 # Build the components, then run every test (unit and integration, real host over HTTP).
 test: build-components

@@ -49,6 +49,8 @@ pub struct HostConfig {
     pub limits: ServerLimits,
     /// Most concurrent instances (sizes the pooling allocator).
     pub max_instances: u32,
+    /// Re-apply the manifest when it or a component it names changes on disk.
+    pub watch: bool,
 }
 
 impl HostConfig {
@@ -65,6 +67,7 @@ impl HostConfig {
             jwt_secret: None,
             limits: ServerLimits::default(),
             max_instances: 1000,
+            watch: false,
         }
     }
 }
@@ -78,8 +81,10 @@ pub struct Running {
     pub registry: Arc<registry::Registry>,
     pub bus: Arc<bus::Bus>,
     shutdown: watch::Sender<bool>,
-    /// The two servers and the subscription loops.
+    /// The two servers, the subscription loops and the registry's supervisor.
     tasks: Vec<JoinHandle<()>>,
+    /// Subscription loops of services added or reconfigured at runtime.
+    later: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Running {
@@ -94,6 +99,15 @@ impl Running {
     /// signal handled elsewhere).
     pub async fn wait(self) {
         for task in self.tasks {
+            let _ = task.await;
+        }
+        let later = std::mem::take(
+            &mut *self
+                .later
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in later {
             let _ = task.await;
         }
     }
@@ -166,6 +180,36 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let mut tasks =
         bus::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
     tasks.push(registry.supervise(stop.clone()));
+    let later: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+    {
+        let (bus, dispatcher, stop, later) = (
+            bus.clone(),
+            dispatcher.downgrade(),
+            stop.clone(),
+            later.clone(),
+        );
+        registry.set_spawner(Box::new(move |slot| {
+            if let Some(dispatcher) = dispatcher.upgrade() {
+                let loops = bus::delivery::spawn_slot(&bus, slot, &dispatcher, &stop);
+                later
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(loops);
+            }
+        }));
+    }
+    if config.watch {
+        match &config.manifest.path {
+            Some(path) => tasks.push(registry::watch::spawn(
+                registry.clone(),
+                path.clone(),
+                stop.clone(),
+            )),
+            None => {
+                tracing::warn!("nothing to watch: the host was started without a manifest file")
+            }
+        }
+    }
     let gateway_server = tokio::spawn(serve(
         "gateway",
         gateway_listener,
@@ -184,6 +228,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         bus.clone(),
         dispatcher.clone(),
         Arc::from(admin_token.as_str()),
+        config.manifest.path.clone(),
     );
     let admin_server = tokio::spawn(serve(
         "admin",
@@ -200,6 +245,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         registry,
         bus,
         shutdown,
+        later,
         tasks: {
             tasks.push(gateway_server);
             tasks.push(admin_server);

@@ -54,6 +54,15 @@ enum Command {
         /// Seconds shutdown waits for in-flight requests.
         #[arg(long, default_value_t = 30)]
         shutdown_grace_secs: u64,
+        /// Re-apply the manifest whenever it, or a component file it names, changes.
+        #[arg(long, conflicts_with = "component")]
+        watch: bool,
+    },
+    /// Make the running host match its manifest file again: add, remove and reconfigure
+    /// services, and deploy components that changed, without a restart.
+    Apply {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Deploy a component as a new version of a service (without restart): stored,
     /// health-checked, then made active (or the canary).
@@ -241,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cache_dir,
             header_timeout_secs,
             shutdown_grace_secs,
+            watch,
         } => {
             let manifest = match component {
                 Some(file) => Manifest::single_component(&file)?,
@@ -261,6 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty());
             config.limits.header_read_timeout = std::time::Duration::from_secs(header_timeout_secs);
             config.limits.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_secs);
+            config.watch = watch;
             let running = microhost::start(config).await?;
             let trigger = running.shutdown_trigger();
             tokio::spawn(async move {
@@ -297,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("deploying {file:?} to service {service:?} failed"))?;
             print(answer)
         }
+        Command::Apply { admin } => print(admin.client()?.post("/admin/apply").await?),
         Command::Versions { service, admin } => print(
             admin
                 .client()?

@@ -12,6 +12,8 @@
 //! - `POST /admin/services/{name}/canary?version=V&weight=W` (0 ends the canary)
 //! - `POST /admin/services/{name}/promote`, `POST /admin/services/{name}/rollback`
 //! - `GET /admin/services/{name}/history?after=N&limit=M`
+//! - `POST /admin/apply`: reads the host's manifest file again and makes the running
+//!   services match it (add, remove, reconfigure, deploy changed components)
 //! - `GET /admin/topics`: topics, lengths, per-subscription lag and counters
 //! - `GET /admin/subscriptions/{service}/{topic}/dead-letters`
 //! - `POST /admin/subscriptions/{service}/{topic}/redrive`
@@ -43,6 +45,8 @@ struct AdminState {
     bus: Arc<Bus>,
     dispatcher: Dispatcher,
     token: Arc<str>,
+    /// The manifest file `POST /admin/apply` reads again.
+    manifest: Option<Arc<std::path::Path>>,
 }
 
 /// The admin API's routes, every one behind the bearer token.
@@ -51,12 +55,14 @@ pub fn router(
     bus: Arc<Bus>,
     dispatcher: Dispatcher,
     token: Arc<str>,
+    manifest: Option<std::path::PathBuf>,
 ) -> Router {
     let state = AdminState {
         registry,
         bus,
         dispatcher,
         token,
+        manifest: manifest.map(Arc::from),
     };
     Router::new()
         .route("/admin/services", get(list_services))
@@ -70,6 +76,7 @@ pub fn router(
         .route("/admin/services/{name}/promote", post(promote))
         .route("/admin/services/{name}/rollback", post(rollback))
         .route("/admin/services/{name}/history", get(history))
+        .route("/admin/apply", post(apply))
         .route("/admin/topics", get(bus::topics))
         .route(
             "/admin/subscriptions/{service}/{topic}/dead-letters",
@@ -218,6 +225,39 @@ async fn deploy(
         }
         Err(error) => registry_problem(&name, error),
     }
+}
+
+/// `POST /admin/apply`: 200 with what changed; 422 with the same report when a
+/// service's change was refused (that service is left as it was); 400 when the
+/// manifest itself is invalid (nothing changes).
+async fn apply(State(state): State<AdminState>) -> Response {
+    let Some(path) = &state.manifest else {
+        return problem(
+            StatusCode::CONFLICT,
+            "this host was started without a manifest file (serve --component); there is \
+             nothing to apply",
+        )
+        .into_response();
+    };
+    let manifest = match crate::registry::manifest::Manifest::load(path) {
+        Ok(manifest) => manifest,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let report = state.registry.apply(&manifest).await;
+    if report.refused.is_empty() {
+        return axum::Json(report).into_response();
+    }
+    let detail = report
+        .refused
+        .iter()
+        .map(|r| format!("service {:?}: {}", r.service, r.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut extra = serde_json::Map::new();
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&report) {
+        extra.extend(fields);
+    }
+    problem_with(StatusCode::UNPROCESSABLE_ENTITY, detail, extra).into_response()
 }
 
 #[derive(Debug, Deserialize)]

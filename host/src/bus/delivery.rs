@@ -23,17 +23,39 @@ pub fn spawn_all(
     dispatcher: &Dispatcher,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    let mut loops = Vec::new();
-    for slot in services {
-        for sub in slot.subscriptions.clone() {
-            loops.push(tokio::spawn(run(
-                bus.clone(),
-                slot.clone(),
-                sub,
-                dispatcher.clone(),
-                shutdown.clone(),
-            )));
+    services
+        .flat_map(|slot| spawn_slot(bus, &slot, dispatcher, shutdown))
+        .collect()
+}
+
+/// Starts a delivery loop for every subscription of `slot`. The loops stop when the
+/// host shuts down or the slot is retired (its service removed or reconfigured by an
+/// applied manifest; the new slot's loops take over from the stored cursors).
+pub fn spawn_slot(
+    bus: &Arc<Bus>,
+    slot: &Arc<ServiceSlot>,
+    dispatcher: &Dispatcher,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    if slot.subscriptions.is_empty() {
+        return Vec::new();
+    }
+    let (mut host_stop, mut slot_stop, retiring) =
+        (shutdown.clone(), slot.stop_signal(), slot.clone());
+    let mut loops = vec![tokio::spawn(async move {
+        tokio::select! {
+            _ = host_stop.wait_for(|stop| *stop) => retiring.retire(),
+            _ = slot_stop.wait_for(|stop| *stop) => {}
         }
+    })];
+    for sub in slot.subscriptions.clone() {
+        loops.push(tokio::spawn(run(
+            bus.clone(),
+            slot.clone(),
+            sub,
+            dispatcher.clone(),
+            slot.stop_signal(),
+        )));
     }
     loops
 }

@@ -111,6 +111,11 @@ impl Dispatcher {
         dispatcher
     }
 
+    /// A handle that does not keep the dispatcher alive (for what the registry holds).
+    pub fn downgrade(&self) -> WeakDispatcher {
+        WeakDispatcher(Arc::downgrade(&self.inner))
+    }
+
     pub fn breakers(&self) -> &Breakers {
         &self.inner.breakers
     }
@@ -247,6 +252,16 @@ impl Dispatcher {
                 Err(e) => Err(DeliveryError::Failed(e.to_string())),
             },
         }
+    }
+}
+
+/// A dispatcher that may be gone.
+#[derive(Clone)]
+pub struct WeakDispatcher(std::sync::Weak<Inner>);
+
+impl WeakDispatcher {
+    pub fn upgrade(&self) -> Option<Dispatcher> {
+        self.0.upgrade().map(|inner| Dispatcher { inner })
     }
 }
 

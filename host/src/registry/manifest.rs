@@ -20,10 +20,14 @@ pub struct Manifest {
     /// own directory); not a TOML field.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file it was read from (`None` for `serve --component`); `microhost apply`
+    /// and `serve --watch` read it again.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// One service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Lower-case letters, digits and `-`, starting with a letter; at most 63 characters.
@@ -247,7 +251,7 @@ impl SubscriptionSpec {
 }
 
 /// Which component version serves the service at start-up.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentSpec {
     /// Path of the `.wasm` file, relative to the manifest's directory.
@@ -321,7 +325,9 @@ impl Manifest {
             source,
         })?;
         let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Manifest::from_toml(&text, path, base_dir)
+        let mut manifest = Manifest::from_toml(&text, path, base_dir)?;
+        manifest.path = Some(path.to_path_buf());
+        Ok(manifest)
     }
 
     /// Parses and validates manifest text; `path` is only used in messages.

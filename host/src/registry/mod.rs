@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod record;
 mod slot;
 mod supervisor;
+pub mod watch;
 
 pub use slot::{Health, InFlight, Routing, ServiceSlot, SlotSettings, Version, Window};
 
@@ -121,18 +122,50 @@ fn check_contract(
     Ok(())
 }
 
-/// The services, and the router over their routes.
+/// The services, the manifest entries they were built from, and the router over their
+/// routes. Replaced whole when a manifest is applied.
 struct Catalog {
     services: BTreeMap<String, Arc<ServiceSlot>>,
+    specs: BTreeMap<String, ServiceSpec>,
     router: Router,
 }
 
 impl Catalog {
-    fn new(services: BTreeMap<String, Arc<ServiceSlot>>) -> Catalog {
+    fn new(
+        services: BTreeMap<String, Arc<ServiceSlot>>,
+        specs: BTreeMap<String, ServiceSpec>,
+    ) -> Catalog {
         let router = Router::new(services.values().map(|s| (s.route.clone(), s.name.clone())));
-        Catalog { services, router }
+        Catalog {
+            services,
+            specs,
+            router,
+        }
     }
 }
+
+/// What applying a manifest changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Services whose settings (route, limits, config, subscriptions...) changed.
+    pub reconfigured: Vec<String>,
+    /// Services whose component changed: `service@version`.
+    pub deployed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Services left as they were, and why.
+    pub refused: Vec<Refusal>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub service: String,
+    pub reason: String,
+}
+
+/// Starts the delivery loops of a slot added by an applied manifest.
+pub type Spawner = Box<dyn Fn(&Arc<ServiceSlot>) + Send + Sync>;
 
 /// All services, by name.
 pub struct Registry {
@@ -147,6 +180,9 @@ pub struct Registry {
     loaded: Mutex<VecDeque<Prepared>>,
     /// Serves the service-to-service calls of health checks.
     caller: OnceLock<Arc<dyn ServiceCaller>>,
+    spawner: OnceLock<Spawner>,
+    /// One manifest applied at a time.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -165,27 +201,158 @@ impl Registry {
             storage,
             auth,
             components: ComponentStore::new(data_dir.join("components")),
-            catalog: RwLock::new(Arc::new(Catalog::new(BTreeMap::new()))),
+            catalog: RwLock::new(Arc::new(Catalog::new(BTreeMap::new(), BTreeMap::new()))),
             records: Mutex::new(HashMap::new()),
             loaded: Mutex::new(VecDeque::new()),
             caller: OnceLock::new(),
+            spawner: OnceLock::new(),
+            applying: tokio::sync::Mutex::new(()),
         };
         let mut services = BTreeMap::new();
+        let mut specs = BTreeMap::new();
         for spec in &manifest.services {
-            let (slot, record) = registry
+            let slot = registry
                 .restore(manifest, spec)
                 .await
                 .with_context(|| format!("service {:?}", spec.name))?;
-            registry
-                .records_lock()
-                .insert(spec.name.clone(), Arc::new(tokio::sync::Mutex::new(record)));
             services.insert(spec.name.clone(), Arc::new(slot));
+            specs.insert(spec.name.clone(), spec.clone());
         }
-        *registry
-            .catalog
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Catalog::new(services));
+        registry.set_catalog(Catalog::new(services, specs));
         Ok(registry)
+    }
+
+    fn set_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
+    }
+
+    /// Who starts the delivery loops of services added or reconfigured at runtime.
+    pub fn set_spawner(&self, spawner: Spawner) {
+        let _ = self.spawner.set(spawner);
+    }
+
+    /// Makes the running services what `manifest` says, without a restart: adds new
+    /// services, removes those no longer listed (their records and history are kept for
+    /// a later return), rebuilds those whose settings changed, and deploys a component
+    /// that changed (through the health gate; a refused one leaves its service as it
+    /// was). Requests in flight finish on what they started on.
+    pub async fn apply(&self, manifest: &Manifest) -> ApplyReport {
+        let _one_at_a_time = self.applying.lock().await;
+        let old = self.catalog();
+        let mut report = ApplyReport::default();
+        let mut services = BTreeMap::new();
+        let mut specs = BTreeMap::new();
+        let mut started = Vec::new();
+        for spec in &manifest.services {
+            let name = spec.name.clone();
+            let Some(current) = old.services.get(&name) else {
+                match self.restore(manifest, spec).await {
+                    Ok(slot) => {
+                        let slot = Arc::new(slot);
+                        started.push(slot.clone());
+                        services.insert(name.clone(), slot);
+                        specs.insert(name.clone(), spec.clone());
+                        report.added.push(name);
+                    }
+                    Err(e) => report.refused.push(Refusal {
+                        service: name,
+                        reason: format!("{e:#}"),
+                    }),
+                }
+                continue;
+            };
+            let reconfigured = old.specs.get(&name) != Some(spec);
+            let outcome = async {
+                let slot = if reconfigured {
+                    let settings = self
+                        .settings(spec)
+                        .map_err(|e| RegistryError::InvalidVersion(format!("{e:#}")))?;
+                    Arc::new(ServiceSlot::new(settings, current.routing()))
+                } else {
+                    current.clone()
+                };
+                let deployed = self.deploy_manifest_version(manifest, spec, &slot).await?;
+                Ok::<_, RegistryError>((slot, deployed))
+            }
+            .await;
+            match outcome {
+                Ok((slot, deployed)) => {
+                    let redeployed = deployed.is_some();
+                    if let Some(version) = deployed {
+                        report.deployed.push(format!("{name}@{version}"));
+                    }
+                    if reconfigured {
+                        report.reconfigured.push(name.clone());
+                        started.push(slot.clone());
+                    } else if !redeployed {
+                        report.unchanged.push(name.clone());
+                    }
+                    services.insert(name.clone(), slot);
+                    specs.insert(name, spec.clone());
+                }
+                Err(e) => {
+                    // Left as it was: the old slot and the old entry.
+                    report.refused.push(Refusal {
+                        service: name.clone(),
+                        reason: e.to_string(),
+                    });
+                    services.insert(name.clone(), current.clone());
+                    if let Some(old_spec) = old.specs.get(&name) {
+                        specs.insert(name, old_spec.clone());
+                    }
+                }
+            }
+        }
+        for (name, slot) in &old.services {
+            if !services.contains_key(name) {
+                report.removed.push(name.clone());
+                self.records_lock().remove(name);
+            }
+            if !services.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                slot.retire();
+            }
+        }
+        self.set_catalog(Catalog::new(services, specs));
+        if let Some(spawn) = self.spawner.get() {
+            for slot in &started {
+                spawn(slot);
+            }
+        }
+        tracing::info!(?report, "manifest applied");
+        report
+    }
+
+    /// Deploys the manifest's component of an existing service if it differs from what
+    /// the manifest said when last applied; returns the version it activated.
+    async fn deploy_manifest_version(
+        &self,
+        manifest: &Manifest,
+        spec: &ServiceSpec,
+        slot: &ServiceSlot,
+    ) -> Result<Option<String>, RegistryError> {
+        let path = manifest.component_path(spec);
+        let wasm = Bytes::from(std::fs::read(&path).map_err(|e| {
+            RegistryError::InvalidVersion(format!("failed to read component {path:?}: {e}"))
+        })?);
+        let prepared = self.prepare(wasm.clone()).await?;
+        check_contract(&spec.name, &spec.subscribe, &prepared)?;
+        let lock = self.record_of(&spec.name)?;
+        let mut held = lock.lock().await;
+        let desired = (spec.component.version.clone(), prepared.sha256.clone());
+        if held.manifest == desired {
+            return Ok(None);
+        }
+        self.store_component(&prepared.sha256, wasm.clone()).await?;
+        let (record, entry) = manifest_change(
+            Some(held.clone()),
+            desired,
+            &prepared,
+            wasm.len() as u64,
+            &path,
+        );
+        let version = record.active.clone();
+        self.commit(slot, &mut held, record, entry, true).await?;
+        Ok(Some(version))
     }
 
     /// Who serves the service-to-service calls that health checks make.
@@ -269,7 +436,7 @@ impl Registry {
         &self,
         manifest: &Manifest,
         spec: &ServiceSpec,
-    ) -> anyhow::Result<(ServiceSlot, ServiceRecord)> {
+    ) -> anyhow::Result<ServiceSlot> {
         let path = manifest.component_path(spec);
         let wasm = Bytes::from(std::fs::read(&path).with_context(|| {
             format!("failed to read component {path:?} (run `just build-components`?)")
@@ -287,41 +454,7 @@ impl Registry {
             Some(record) if record.manifest == desired => (record, None),
             stored => {
                 self.store_component(&prepared.sha256, wasm).await?;
-                let mut record = stored.unwrap_or_else(|| ServiceRecord {
-                    active: String::new(),
-                    canary: None,
-                    previous: Vec::new(),
-                    versions: BTreeMap::new(),
-                    manifest: desired.clone(),
-                });
-                // A label names one content for good: rebuilt content under the same
-                // label gets the content hash appended.
-                let mut label = desired.0.clone();
-                if record
-                    .versions
-                    .get(&label)
-                    .is_some_and(|meta| meta.sha256 != prepared.sha256)
-                {
-                    label.truncate(64 - 9);
-                    label = format!("{label}+{}", &prepared.sha256[..8]);
-                }
-                record
-                    .versions
-                    .entry(label.clone())
-                    .or_insert_with(|| meta_of(&prepared, size));
-                let from = record.active.clone();
-                if !from.is_empty() {
-                    record.activate(&label);
-                } else {
-                    record.active = label.clone();
-                }
-                record.canary = None;
-                record.manifest = desired;
-                let mut entry = HistoryEntry::new("manifest", &label)
-                    .detail(format!("from {}", path.display()));
-                if !from.is_empty() && from != label {
-                    entry = entry.from(&from);
-                }
+                let (record, entry) = manifest_change(stored, desired, &prepared, size, &path);
                 (record, Some(entry))
             }
         };
@@ -341,7 +474,9 @@ impl Registry {
             cached = routing.active.prepared.from_cache,
             "service ready"
         );
-        Ok((ServiceSlot::new(settings, routing), record))
+        self.records_lock()
+            .insert(spec.name.clone(), Arc::new(tokio::sync::Mutex::new(record)));
+        Ok(ServiceSlot::new(settings, routing))
     }
 
     /// Validates and compiles `wasm` (or loads it from the precompiled cache) on a
@@ -823,6 +958,53 @@ fn known(record: &ServiceRecord, service: &str, label: &str) -> Result<(), Regis
             version: label.to_string(),
         })
     }
+}
+
+/// The record after the manifest names new content (or a new label) for a service: the
+/// manifest's version becomes active and any canary ends. A label names one content for
+/// good, so rebuilt content under the same label gets its hash appended
+/// (`0.1.0+1a2b3c4d`).
+fn manifest_change(
+    stored: Option<ServiceRecord>,
+    desired: (String, String),
+    prepared: &Prepared,
+    size: u64,
+    path: &std::path::Path,
+) -> (ServiceRecord, HistoryEntry) {
+    let mut record = stored.unwrap_or_else(|| ServiceRecord {
+        active: String::new(),
+        canary: None,
+        previous: Vec::new(),
+        versions: BTreeMap::new(),
+        manifest: desired.clone(),
+    });
+    let mut label = desired.0.clone();
+    if record
+        .versions
+        .get(&label)
+        .is_some_and(|meta| meta.sha256 != prepared.sha256)
+    {
+        label.truncate(64 - 9);
+        label = format!("{label}+{}", &prepared.sha256[..8]);
+    }
+    record
+        .versions
+        .entry(label.clone())
+        .or_insert_with(|| meta_of(prepared, size));
+    let from = record.active.clone();
+    if from.is_empty() {
+        record.active = label.clone();
+    } else {
+        record.activate(&label);
+    }
+    record.canary = None;
+    record.manifest = desired;
+    let mut entry =
+        HistoryEntry::new("manifest", &label).detail(format!("from {}", path.display()));
+    if !from.is_empty() && from != label {
+        entry = entry.from(&from);
+    }
+    (record, entry)
 }
 
 fn meta_of(prepared: &Prepared, size: u64) -> VersionMeta {

@@ -162,6 +162,8 @@ pub struct ServiceSlot {
     /// Versions switched away from that may still have requests running.
     draining: Mutex<Vec<Weak<Version>>>,
     health: Mutex<Health>,
+    /// Turns true when the slot stops serving (replaced, removed, or shutdown).
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 /// The settings a slot is built from (everything but its versions).
@@ -224,7 +226,17 @@ impl ServiceSlot {
                 healthy: true,
                 ..Health::default()
             }),
+            retired: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Turns true when the slot is retired; its delivery loops stop then.
+    pub fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.retired.subscribe()
+    }
+
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
     }
 
     /// The version for one call (the canary for its share of calls), pinned until the

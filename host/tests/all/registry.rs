@@ -485,3 +485,178 @@ async fn versions_weights_and_history_survive_a_restart() -> anyhow::Result<()> 
     host.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_the_manifest_changes_services_live() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let path = dir.path().join("microhost.toml");
+    let first = [
+        Svc::new("echo", "/echo", "test-echo"),
+        Svc::new("kv", "/kv", "test-kv"),
+        Svc::new("pub", "/pub", "test-publish").publishes("apply.events"),
+    ];
+    std::fs::write(&path, crate::support::manifest_toml(&first))?;
+    let mut config = crate::support::config(&first, dir.path())?;
+    config.manifest = microhost::registry::manifest::Manifest::load(&path)?;
+    let host = Arc::new(Host::start_with(config).await?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    // Load on /echo the whole time (the workers' paths are /w{n}: use a client of our own).
+    let echo_load = {
+        let (host, stop, done) = (host.clone(), stop.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match host.get("/echo/load").await {
+                    Ok(r) if r.status == 200 => {}
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failed
+        })
+    };
+
+    // Add a subscriber and a health service, drop kv, reconfigure echo.
+    let second = [
+        Svc::new("echo", "/echo", "test-echo").config("greeting", "applied"),
+        Svc::new("pub", "/pub", "test-publish").publishes("apply.events"),
+        Svc::new("sub", "/sub", "test-subscriber")
+            .subscribe("apply.events", 5, 10)
+            .config("record_order", "false"),
+        Svc::new("h", "/h", "test-health"),
+    ];
+    std::fs::write(&path, crate::support::manifest_toml(&second))?;
+    let output = host.cli(&["apply"]).await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(report["added"], serde_json::json!(["sub", "h"]), "{report}");
+    assert_eq!(report["removed"], serde_json::json!(["kv"]), "{report}");
+    assert_eq!(
+        report["reconfigured"],
+        serde_json::json!(["echo"]),
+        "{report}"
+    );
+    assert_eq!(report["unchanged"], serde_json::json!(["pub"]), "{report}");
+
+    expect(&host.get("/kv/x").await?, 404, "a removed service");
+    assert_eq!(host.get("/echo/x").await?.json()["greeting"], "applied");
+    expect(&host.get("/h/x").await?, 200, "an added service");
+    expect(
+        &host.post("/pub/pub/apply.events", "after-apply").await?,
+        201,
+        "publish",
+    );
+    crate::assert_eventually!(
+        Duration::from_secs(20),
+        host.get("/sub/counts").await?.json()["after-apply"] == 1,
+        "the added subscriber got nothing"
+    );
+
+    // New content for echo under the same label: deployed as v1+<hash>.
+    let third = [
+        Svc::new("echo", "/echo", "test-health").config("greeting", "applied"),
+        second[1].clone(),
+        second[2].clone(),
+        second[3].clone(),
+    ];
+    std::fs::write(&path, crate::support::manifest_toml(&third))?;
+    let r = host.admin_post("/admin/apply").await?;
+    expect(&r, 200, "apply new echo content");
+    let deployed = r.json()["deployed"][0].as_str().unwrap_or("").to_string();
+    assert!(deployed.starts_with("echo@v1+"), "{}", r.text());
+    assert_eq!(
+        host.get("/echo/x").await?.served_by(),
+        Some(deployed.as_str())
+    );
+
+    // A change that fails the gate leaves that service as it was; an invalid manifest
+    // changes nothing.
+    let fourth = [
+        Svc::new("echo", "/echo", "test-wrong-world"),
+        second[1].clone(),
+        second[2].clone(),
+        second[3].clone(),
+    ];
+    std::fs::write(&path, crate::support::manifest_toml(&fourth))?;
+    let r = host.admin_post("/admin/apply").await?;
+    expect(&r, 422, "apply a component of the wrong world");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("incoming-handler"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        host.get("/echo/x").await?.served_by(),
+        Some(deployed.as_str())
+    );
+    std::fs::write(&path, "[[service]]\nname = \"Bad Name\"\n")?;
+    let r = host.admin_post("/admin/apply").await?;
+    expect(&r, 400, "apply an invalid manifest");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("microhost.toml"),
+        "{}",
+        r.text()
+    );
+    expect(&host.get("/h/x").await?, 200, "after the invalid manifest");
+
+    stop.store(true, Ordering::Relaxed);
+    let failed = echo_load.await?;
+    assert!(
+        failed.is_empty(),
+        "requests to echo failed during applies: {failed:?}"
+    );
+    assert!(done.load(Ordering::Relaxed) > 0);
+    let host = Arc::try_unwrap(host).map_err(|_| anyhow::anyhow!("host still shared"))?;
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watching_host_applies_manifest_and_component_changes() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let path = dir.path().join("microhost.toml");
+    // The component is a copy the test rewrites, as `just build-components` would.
+    let component = dir.path().join("echo.wasm");
+    std::fs::copy(wasm("test-echo"), &component)?;
+    let mut svc = Svc::new("echo", "/", "test-echo");
+    svc.wasm = component.clone();
+    std::fs::write(&path, crate::support::manifest_toml(&[svc.clone()]))?;
+    let mut config = crate::support::config(&[svc.clone()], dir.path())?;
+    config.manifest = microhost::registry::manifest::Manifest::load(&path)?;
+    config.watch = true;
+    let host = Host::start_with(config).await?;
+    assert_eq!(host.get("/x").await?.served_by(), Some("echo@v1"));
+
+    std::fs::write(
+        &path,
+        crate::support::manifest_toml(&[svc.clone().config("greeting", "watched")]),
+    )?;
+    crate::assert_eventually!(
+        Duration::from_secs(10),
+        host.get("/x").await?.json()["greeting"] == "watched",
+        "the manifest change was not applied"
+    );
+    std::fs::copy(wasm("test-health"), &component)?;
+    crate::assert_eventually!(
+        Duration::from_secs(10),
+        host.get("/x")
+            .await?
+            .served_by()
+            .is_some_and(|s| s.starts_with("echo@v1+")),
+        "the rebuilt component was not deployed"
+    );
+    host.shutdown().await;
+    Ok(())
+}
