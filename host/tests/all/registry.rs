@@ -660,3 +660,36 @@ async fn a_watching_host_applies_manifest_and_component_changes() -> anyhow::Res
     host.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_gate_refuses_a_version_that_cannot_serve_the_subscriptions()
+-> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("sub", "/sub", "test-subscriber").subscribe("gate.events", 3, 10),
+            Svc::new("plain", "/plain", "test-echo"),
+        ],
+        dir.path(),
+    )
+    .await?;
+    // `hello` is a plain wasi:http/proxy component: fine for a service without
+    // subscriptions, refused for one with.
+    let hello = std::fs::read(wasm("hello"))?;
+    let r = host.deploy("sub", "v2", hello.clone()).await?;
+    expect(&r, 400, "a non-subscriber for a subscribing service");
+    let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+    assert!(
+        detail.contains("subscribes to topic \"gate.events\"")
+            && detail.contains("microhost:platform/subscriber"),
+        "{detail}"
+    );
+    assert_eq!(host.get("/sub/counts").await?.served_by(), Some("sub@v1"));
+    let r = host.deploy("plain", "v2", hello).await?;
+    expect(&r, 201, "the same component where no subscription needs it");
+    let r = host.get("/plain").await?;
+    assert_eq!(r.text(), "Hello, world!\n");
+    assert_eq!(r.served_by(), Some("plain@v2"));
+    host.shutdown().await;
+    Ok(())
+}
