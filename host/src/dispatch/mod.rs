@@ -126,8 +126,8 @@ impl Dispatcher {
     /// it read changed before it could commit (a concurrent invocation wrote it), it is
     /// run again from the start, on fresh state, up to [`MAX_CONFLICT_RETRIES`] times.
     pub async fn call(&self, slot: &ServiceSlot, request: http::Request<Bytes>) -> Outcome {
-        let health = slot.health();
-        if !health.healthy {
+        if !slot.is_healthy() {
+            let health = slot.health();
             return Outcome {
                 version: slot.active().label.clone(),
                 result: Err(InvokeError::Unhealthy(health.reason.unwrap_or_default())),

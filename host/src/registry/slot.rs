@@ -11,7 +11,7 @@ use crate::runtime::{InvocationContext, Prepared};
 use crate::store::Storage;
 use rand::Rng as _;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -162,6 +162,8 @@ pub struct ServiceSlot {
     /// Versions switched away from that may still have requests running.
     draining: Mutex<Vec<Weak<Version>>>,
     health: Mutex<Health>,
+    /// `health.healthy`, readable without the lock on every request.
+    healthy: AtomicBool,
     /// Turns true when the slot stops serving (replaced, removed, or shutdown).
     retired: tokio::sync::watch::Sender<bool>,
 }
@@ -226,6 +228,7 @@ impl ServiceSlot {
                 healthy: true,
                 ..Health::default()
             }),
+            healthy: AtomicBool::new(true),
             retired: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -306,6 +309,11 @@ impl ServiceSlot {
             .collect()
     }
 
+    /// Whether the service is in routing (its health checks pass).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
     pub fn health(&self) -> Health {
         self.health
             .lock()
@@ -332,6 +340,7 @@ impl ServiceSlot {
                 }
             }
         }
+        self.healthy.store(health.healthy, Ordering::Relaxed);
         (health.healthy != was).then(|| health.clone())
     }
 
