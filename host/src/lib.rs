@@ -191,10 +191,11 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         registry.set_spawner(Box::new(move |slot| {
             if let Some(dispatcher) = dispatcher.upgrade() {
                 let loops = bus::delivery::spawn_slot(&bus, slot, &dispatcher, &stop);
-                later
+                let mut later = later
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .extend(loops);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                later.retain(|task| !task.is_finished());
+                later.extend(loops);
             }
         }));
     }

@@ -216,7 +216,7 @@ async fn deploy(
         .await
     {
         Ok(deployed) => {
-            let status = if deployed.switched {
+            let status = if deployed.switched || deployed.stored {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK

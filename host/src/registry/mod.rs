@@ -75,6 +75,13 @@ impl From<StoreError> for RegistryError {
     }
 }
 
+/// An automatic rollback: the canary that was judged, and why.
+#[derive(Debug, Clone)]
+pub struct AutoRollback {
+    pub canary: String,
+    pub reason: String,
+}
+
 /// What a deploy does with the new version once it is stored and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeployMode {
@@ -97,8 +104,11 @@ pub struct Deployed {
     /// The active version now.
     pub active: String,
     pub canary: Option<CanaryRecord>,
-    /// False when nothing changed (the version was already in the requested role).
+    /// Whether traffic moved (false: the version was already in the requested role, or
+    /// was only stored).
     pub switched: bool,
+    /// Whether the version was new to the service's store.
+    pub stored: bool,
     pub from_cache: bool,
 }
 
@@ -212,7 +222,7 @@ impl Registry {
         let mut specs = BTreeMap::new();
         for spec in &manifest.services {
             let slot = registry
-                .restore(manifest, spec)
+                .restore(manifest, spec, false)
                 .await
                 .with_context(|| format!("service {:?}", spec.name))?;
             services.insert(spec.name.clone(), Arc::new(slot));
@@ -246,7 +256,7 @@ impl Registry {
         for spec in &manifest.services {
             let name = spec.name.clone();
             let Some(current) = old.services.get(&name) else {
-                match self.restore(manifest, spec).await {
+                match self.restore(manifest, spec, true).await {
                     Ok(slot) => {
                         let slot = Arc::new(slot);
                         started.push(slot.clone());
@@ -267,7 +277,14 @@ impl Registry {
                     let settings = self
                         .settings(spec)
                         .map_err(|e| RegistryError::InvalidVersion(format!("{e:#}")))?;
-                    Arc::new(ServiceSlot::new(settings, current.routing()))
+                    let routing = current.routing();
+                    // The versions serving now must fit the new subscriptions too.
+                    for version in std::iter::once(&routing.active)
+                        .chain(routing.canary.as_ref().map(|(c, _)| c))
+                    {
+                        check_contract(&name, &spec.subscribe, &version.prepared)?;
+                    }
+                    Arc::new(current.reconfigured(settings))
                 } else {
                     current.clone()
                 };
@@ -305,8 +322,9 @@ impl Registry {
         }
         for (name, slot) in &old.services {
             if !services.contains_key(name) {
+                // Its record lock stays: an operation may hold it, and the service may
+                // come back.
                 report.removed.push(name.clone());
-                self.records_lock().remove(name);
             }
             if !services.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
                 slot.retire();
@@ -431,11 +449,14 @@ impl Registry {
         })
     }
 
-    /// The service's slot and record at start-up (see [`Registry::load`]).
+    /// The service's slot as its record says (see [`Registry::load`]). With `gate` (a
+    /// service added at runtime) the versions it routes to pass their health checks
+    /// before anything is saved.
     async fn restore(
         &self,
         manifest: &Manifest,
         spec: &ServiceSpec,
+        gate: bool,
     ) -> anyhow::Result<ServiceSlot> {
         let path = manifest.component_path(spec);
         let wasm = Bytes::from(std::fs::read(&path).with_context(|| {
@@ -463,6 +484,20 @@ impl Registry {
             .routing_for(&spec.name, &spec.subscribe, &record, None, None)
             .await
             .map_err(anyhow::Error::msg)?;
+        let slot = ServiceSlot::new(settings, routing.clone());
+        if gate {
+            for version in
+                std::iter::once(&routing.active).chain(routing.canary.as_ref().map(|(c, _)| c))
+            {
+                self.check(&slot, &version.label, &version.prepared)
+                    .await
+                    .map_err(|reason| RegistryError::Unhealthy {
+                        service: spec.name.clone(),
+                        version: version.label.clone(),
+                        reason,
+                    })?;
+            }
+        }
         if let Some(entry) = entry {
             record::save(&*self.storage, &spec.name, Some(&record), entry).await?;
         }
@@ -474,9 +509,15 @@ impl Registry {
             cached = routing.active.prepared.from_cache,
             "service ready"
         );
-        self.records_lock()
-            .insert(spec.name.clone(), Arc::new(tokio::sync::Mutex::new(record)));
-        Ok(ServiceSlot::new(settings, routing))
+        let existing = self.records_lock().get(&spec.name).cloned();
+        match existing {
+            Some(lock) => *lock.lock().await = record,
+            None => {
+                self.records_lock()
+                    .insert(spec.name.clone(), Arc::new(tokio::sync::Mutex::new(record)));
+            }
+        }
+        Ok(slot)
     }
 
     /// Validates and compiles `wasm` (or loads it from the precompiled cache) on a
@@ -750,9 +791,12 @@ impl Registry {
         }
         let previous = held.active.clone();
         let switched = record.active != held.active || record.canary != held.canary;
-        if switched || !held.versions.contains_key(&label) {
+        let stored = !held.versions.contains_key(&label);
+        if switched || stored {
             self.store_component(&prepared.sha256, wasm).await?;
-            self.commit(slot, &mut held, record, entry, true).await?;
+            // The slot in the catalog now (a manifest may have replaced it meanwhile).
+            let slot = self.slot(service)?;
+            self.commit(&slot, &mut held, record, entry, true).await?;
         }
         Ok(Deployed {
             service: service.to_string(),
@@ -762,6 +806,7 @@ impl Registry {
             active: held.active.clone(),
             canary: held.canary.clone(),
             switched,
+            stored,
             from_cache: prepared.from_cache,
         })
     }
@@ -772,9 +817,9 @@ impl Registry {
         service: &str,
         label: &str,
     ) -> Result<HistoryEntry, RegistryError> {
-        let slot = self.slot(service)?;
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
+        let slot = self.slot(service)?;
         let mut record = held.clone();
         known(&record, service, label)?;
         if record.active == label {
@@ -794,7 +839,6 @@ impl Registry {
         label: &str,
         weight: u8,
     ) -> Result<HistoryEntry, RegistryError> {
-        let slot = self.slot(service)?;
         if weight > 100 {
             return Err(RegistryError::InvalidVersion(format!(
                 "a canary weight is a percentage from 0 to 100, got {weight}"
@@ -802,12 +846,18 @@ impl Registry {
         }
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
+        let slot = self.slot(service)?;
         let mut record = held.clone();
         known(&record, service, label)?;
         if record.active == label {
             return Err(RegistryError::Refused(format!(
                 "version {label:?} is the active version of {service:?}; a canary must be \
                  another version"
+            )));
+        }
+        if weight == 0 && record.canary.as_ref().is_none_or(|c| c.version != label) {
+            return Err(RegistryError::Refused(format!(
+                "version {label:?} is not the canary of {service:?}; weight 0 ends a canary"
             )));
         }
         record.canary = (weight > 0).then(|| CanaryRecord {
@@ -822,9 +872,9 @@ impl Registry {
 
     /// Makes the canary the active version.
     pub async fn promote(&self, service: &str) -> Result<HistoryEntry, RegistryError> {
-        let slot = self.slot(service)?;
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
+        let slot = self.slot(service)?;
         let mut record = held.clone();
         let Some(canary) = record.canary.clone() else {
             return Err(RegistryError::Refused(format!(
@@ -842,13 +892,25 @@ impl Registry {
     pub async fn rollback(
         &self,
         service: &str,
-        reason: Option<String>,
+        auto: Option<AutoRollback>,
     ) -> Result<HistoryEntry, RegistryError> {
-        let slot = self.slot(service)?;
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
+        let slot = self.slot(service)?;
         let mut record = held.clone();
-        let action = if reason.is_some() {
+        if let Some(judged) = &auto
+            && record
+                .canary
+                .as_ref()
+                .is_none_or(|c| c.version != judged.canary)
+        {
+            // Changed since it was judged (promoted, replaced, already rolled back).
+            return Err(RegistryError::Refused(format!(
+                "canary {:?} of {service:?} is no longer the canary",
+                judged.canary
+            )));
+        }
+        let action = if auto.is_some() {
             "auto-rollback"
         } else {
             "rollback"
@@ -858,10 +920,6 @@ impl Registry {
                 .detail(format!("canary {:?} removed", canary.version))
                 .weight(0)
         } else if let Some(previous) = record.previous.pop() {
-            if reason.is_some() {
-                // An automatic rollback only ever ends a canary.
-                return Err(RegistryError::Refused("no canary".to_string()));
-            }
             record.active = previous.clone();
             HistoryEntry::new(action, &previous).from(&held.active)
         } else {
@@ -869,10 +927,10 @@ impl Registry {
                 "service {service:?} has no canary and no previous version to roll back to"
             )));
         };
-        let entry = match reason {
-            Some(reason) => {
+        let entry = match auto {
+            Some(judged) => {
                 let detail = entry.detail.clone().unwrap_or_default();
-                entry.detail(format!("{detail}: {reason}"))
+                entry.detail(format!("{detail}: {}", judged.reason))
             }
             None => entry,
         };

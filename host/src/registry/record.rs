@@ -195,9 +195,12 @@ impl ComponentStore {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir)?;
+        // A name of its own, so that two stores of the same content never share it.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .dir
-            .join(format!(".{sha256}.tmp{}", std::process::id()));
+            .join(format!(".{sha256}.tmp{}-{n}", std::process::id()));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(wasm)?;
         file.sync_all()?;

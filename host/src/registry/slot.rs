@@ -158,7 +158,9 @@ pub struct ServiceSlot {
     pub(super) storage: Arc<dyn Storage>,
     pub(super) auth: Arc<crate::auth::Auth>,
     /// Read on every request, written by switches; never held across an `.await`.
-    routing: RwLock<Routing>,
+    /// Shared with the slot that replaces this one when a manifest reconfigures the
+    /// service, so a change made through either reaches both.
+    routing: Arc<RwLock<Routing>>,
     /// Versions switched away from that may still have requests running.
     draining: Mutex<Vec<Weak<Version>>>,
     health: Mutex<Health>,
@@ -222,7 +224,7 @@ impl ServiceSlot {
             config,
             storage,
             auth,
-            routing: RwLock::new(routing),
+            routing: Arc::new(RwLock::new(routing)),
             draining: Mutex::new(Vec::new()),
             health: Mutex::new(Health {
                 healthy: true,
@@ -231,6 +233,14 @@ impl ServiceSlot {
             healthy: AtomicBool::new(true),
             retired: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// A slot with new settings that shares this one's routing (for a reconfigured
+    /// service: the versions, canary and in-flight counts carry over).
+    pub fn reconfigured(&self, settings: SlotSettings) -> ServiceSlot {
+        let mut slot = ServiceSlot::new(settings, self.routing());
+        slot.routing = self.routing.clone();
+        slot
     }
 
     /// Turns true when the slot is retired; its delivery loops stop then.
@@ -284,6 +294,14 @@ impl ServiceSlot {
                     .as_ref()
                     .is_some_and(|(c, _)| Arc::ptr_eq(v, c))
         };
+        if !Arc::ptr_eq(&old.active, &routing.active) {
+            // Health is the active version's: a new one starts in routing.
+            *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Health {
+                healthy: true,
+                ..Health::default()
+            };
+            self.healthy.store(true, Ordering::Relaxed);
+        }
         let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
         draining.retain(|v| v.strong_count() > 0);
         for version in std::iter::once(old.active).chain(old.canary.map(|(c, _)| c)) {

@@ -61,16 +61,20 @@ async fn analyse_canary(registry: &Registry, slot: &ServiceSlot) {
             c.since.elapsed().as_millis(),
             spec.error_margin_pct
         );
-        rollback(registry, slot, reason).await;
+        rollback(registry, slot, &canary.label, reason).await;
     } else if c.since.elapsed() >= Duration::from_millis(spec.window_ms) {
         canary.reset_window();
         routing.active.reset_window();
     }
 }
 
-async fn rollback(registry: &Registry, slot: &ServiceSlot, reason: String) {
-    tracing::warn!(service = %slot.name, %reason, "rolling the canary back");
-    if let Err(e) = registry.rollback(&slot.name, Some(reason)).await {
+async fn rollback(registry: &Registry, slot: &ServiceSlot, canary: &str, reason: String) {
+    tracing::warn!(service = %slot.name, canary, %reason, "rolling the canary back");
+    let judged = super::AutoRollback {
+        canary: canary.to_string(),
+        reason,
+    };
+    if let Err(e) = registry.rollback(&slot.name, Some(judged)).await {
         tracing::error!(service = %slot.name, error = %e, "automatic rollback failed");
     }
 }
@@ -82,10 +86,20 @@ async fn check_health(registry: &Registry, slot: &ServiceSlot) {
     if let Some((canary, _)) = &routing.canary
         && let Err(reason) = registry.check(slot, &canary.label, &canary.prepared).await
     {
-        rollback(registry, slot, format!("health check: {reason}")).await;
+        rollback(
+            registry,
+            slot,
+            &canary.label,
+            format!("health check: {reason}"),
+        )
+        .await;
     }
     let active = &routing.active;
     let result = registry.check(slot, &active.label, &active.prepared).await;
+    if !Arc::ptr_eq(active, &slot.active()) {
+        // Switched while it was checked: the verdict is about a version that left.
+        return;
+    }
     if let Some(health) = slot.record_check(result) {
         let (action, detail) = if health.healthy {
             ("healthy", "back in routing".to_string())

@@ -256,6 +256,10 @@ async fn a_canary_gets_its_share_then_promote_and_rollback_switch_at_once() -> a
         .admin_post("/admin/services/echo/canary?version=v1&weight=10")
         .await?;
     expect(&r, 409, "the active version as canary");
+    let r = host
+        .admin_post("/admin/services/echo/canary?version=v2&weight=0")
+        .await?;
+    expect(&r, 409, "ending a canary that is not there");
 
     assert_eq!(
         actions(&history(&host, "echo").await?),
