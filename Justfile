@@ -68,6 +68,10 @@ clippy: ensure-target
 # Everything CI checks: formatting, lints, tests.
 ci: fmt-check clippy test
 
-# Release-mode benchmarks (figures, not tests): event bus publish → deliver.
+# Release-mode benchmarks (figures, not tests): the event bus, then microhost against a
+# native hyper server and `wasmtime serve` (installed if missing); rewrites
+# docs/benchmarks.md and docs/benchmarks.json.
 bench: build-components
-    cargo bench -p microhost --bench bus
+    @wasmtime --version 2>/dev/null | grep -q "^wasmtime 48.0.8" || cargo install --locked wasmtime-cli --version 48.0.8
+    RUST_BACKTRACE=0 cargo bench -p microhost --bench bus
+    RUST_BACKTRACE=0 cargo bench -p microhost --bench peers

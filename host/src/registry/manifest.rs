@@ -270,12 +270,19 @@ pub struct Limits {
     pub timeout_ms: u64,
     /// Largest request body the gateway accepts for this service, in KiB.
     pub max_body_kib: u64,
+    /// HTTP requests one instance may serve before it is dropped. 1 (the default): a
+    /// fresh instance for every request. More trades isolation for speed: a request may
+    /// see memory a previous request of the same version left behind (never its
+    /// effects: each request's writes and events are its own, and an instance that
+    /// failed is never reused).
+    pub instance_reuse: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_mib: 64,
+            instance_reuse: 1,
             timeout_ms: 10_000,
             max_body_kib: 1024,
         }
@@ -314,6 +321,8 @@ pub enum ManifestError {
 pub const MAX_MEMORY_MIB: u32 = 1024;
 /// Longest request timeout, in milliseconds (10 minutes).
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Most requests one instance may serve.
+pub const MAX_INSTANCE_REUSE: u32 = 100_000;
 /// Largest request body limit, in KiB (1 GiB).
 pub const MAX_BODY_KIB: u64 = 1024 * 1024;
 
@@ -537,6 +546,15 @@ impl Manifest {
                     format!(
                         "must be at most {MAX_BODY_KIB}, got {}",
                         limits.max_body_kib
+                    ),
+                ));
+            }
+            if !(1..=MAX_INSTANCE_REUSE).contains(&limits.instance_reuse) {
+                return Err(fail(
+                    "limits.instance_reuse",
+                    format!(
+                        "must be from 1 (a fresh instance per request) to {MAX_INSTANCE_REUSE}, got {}",
+                        limits.instance_reuse
                     ),
                 ));
             }

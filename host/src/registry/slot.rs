@@ -383,6 +383,7 @@ impl ServiceSlot {
             allowed_hosts: self.allowed_hosts.clone(),
             identity: None,
             hops: 0,
+            instance_reuse: self.limits.instance_reuse,
             memory_bytes: self.limits.memory_mib as usize * 1024 * 1024,
             timeout: Duration::from_millis(self.limits.timeout_ms),
         }

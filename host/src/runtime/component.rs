@@ -6,6 +6,7 @@ use super::{InvocationState, Runtime};
 use crate::capability::SubscriberPre;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -53,6 +54,44 @@ pub struct Prepared {
     pub sha256: String,
     /// Whether the machine code came from the precompiled cache (no compilation).
     pub from_cache: bool,
+    /// Idle instances kept for services that allow instance reuse.
+    pub(crate) warm: Arc<WarmPool>,
+}
+
+/// Most idle instances kept per version (each holds a slot of the instance pool).
+const MAX_IDLE_INSTANCES: usize = 32;
+
+/// An instance that served a request cleanly and may serve another.
+pub(crate) struct Warm {
+    pub store: wasmtime::Store<InvocationState>,
+    pub proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    /// Requests it has served.
+    pub served: u32,
+}
+
+/// The idle warm instances of one version, most recently used last.
+#[derive(Default)]
+pub(crate) struct WarmPool {
+    idle: std::sync::Mutex<Vec<Warm>>,
+}
+
+impl WarmPool {
+    pub fn take(&self) -> Option<Warm> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+
+    pub fn put(&self, warm: Warm) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(warm);
+        }
+    }
 }
 
 impl Prepared {
@@ -105,6 +144,7 @@ impl Runtime {
             subscriber,
             health,
             exports,
+            warm: Arc::default(),
             sha256,
             from_cache,
         })

@@ -2,6 +2,7 @@
 //! handler (response buffered whole) or the event subscriber, and the invocation's
 //! buffered effects handed back for the caller to commit or drop.
 
+use super::component::Warm;
 use super::{InvocationState, Prepared, Runtime};
 use crate::bus::envelope::Envelope;
 use crate::bus::unit::UnitOfWork;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 /// Largest response body a service may produce; the gateway buffers it whole so that
@@ -52,6 +54,8 @@ pub struct InvocationContext {
     pub identity: Option<crate::auth::Identity>,
     /// Service-to-service hops that led to this invocation.
     pub hops: u32,
+    /// Requests one instance may serve (1: a fresh instance for every request).
+    pub instance_reuse: u32,
 }
 
 /// Why an invocation produced no usable result. The gateway maps each to a status.
@@ -84,8 +88,12 @@ pub enum InvokeError {
 }
 
 /// How a guest call ended, and the store (with the unit of work and the limiter's
-/// verdict).
-type GuestOutcome<T> = (Result<T, GuestFailure>, Store<InvocationState>);
+/// verdict) and the instance, if one was made.
+type GuestOutcome<T> = (
+    Result<T, GuestFailure>,
+    Store<InvocationState>,
+    Option<Proxy>,
+);
 
 enum GuestFailure {
     /// No instance could be made (the pool is exhausted, or an import failed to link).
@@ -94,45 +102,87 @@ enum GuestFailure {
     Call(wasmtime::Error),
 }
 
+/// The request-specific parts of an invocation's state.
+struct Grants {
+    config: Arc<WasiConfigVariables>,
+    kv: KvReader,
+    publisher: Publisher,
+    outgoing: Outgoing,
+    auth: Arc<crate::auth::Auth>,
+    memory_bytes: usize,
+}
+
+impl Grants {
+    fn of(cx: InvocationContext) -> Grants {
+        Grants {
+            outgoing: Outgoing {
+                service: cx.service.clone(),
+                caller: cx.caller,
+                services: cx.calls,
+                hosts: cx.allowed_hosts,
+                identity: cx.identity,
+                hops: cx.hops,
+            },
+            publisher: Publisher {
+                source: format!("{}@{}", cx.service, cx.version),
+                service: cx.service,
+                allowed: cx.publishes,
+                traceparent: cx.traceparent,
+            },
+            config: cx.config,
+            kv: KvReader::new(cx.storage),
+            auth: cx.auth,
+            memory_bytes: cx.memory_bytes,
+        }
+    }
+}
+
+/// Every tick, a running guest yields to the scheduler (so one busy guest cannot starve
+/// the others) and is stopped once `timeout` has passed since now.
+fn arm_deadline(store: &mut Store<InvocationState>, timeout: Duration) {
+    let started = Instant::now();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if started.elapsed() >= timeout {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
 impl Runtime {
     fn new_store(&self, cx: InvocationContext) -> Store<InvocationState> {
-        let started = Instant::now();
         let timeout = cx.timeout;
-        let outgoing = Outgoing {
-            service: cx.service.clone(),
-            caller: cx.caller,
-            services: cx.calls,
-            hosts: cx.allowed_hosts,
-            identity: cx.identity,
-            hops: cx.hops,
-        };
-        let publisher = Publisher {
-            source: format!("{}@{}", cx.service, cx.version),
-            service: cx.service,
-            allowed: cx.publishes,
-            traceparent: cx.traceparent,
-        };
+        let g = Grants::of(cx);
         let state = InvocationState::new(
-            cx.config,
-            KvReader::new(cx.storage),
-            publisher,
-            outgoing,
-            cx.auth,
-            cx.memory_bytes,
+            g.config,
+            g.kv,
+            g.publisher,
+            g.outgoing,
+            g.auth,
+            g.memory_bytes,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        // Every tick, a running guest yields to the scheduler (so one busy guest cannot
-        // starve the others) and is stopped once its time is up.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if started.elapsed() >= timeout {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        arm_deadline(&mut store, timeout);
         store
+    }
+
+    /// Prepares a warm instance's store for another request: this request's grants,
+    /// identity, trace context, an empty unit of work and a new deadline.
+    fn renew(store: &mut Store<InvocationState>, cx: InvocationContext) {
+        let timeout = cx.timeout;
+        let g = Grants::of(cx);
+        store.data_mut().renew(
+            g.config,
+            g.kv,
+            g.publisher,
+            g.outgoing,
+            g.auth,
+            g.memory_bytes,
+        );
+        arm_deadline(store, timeout);
     }
 
     /// Bounds `work` by the invocation's timeout (plus a grace period for a guest that
@@ -156,12 +206,39 @@ impl Runtime {
     ) -> Result<(http::Response<Bytes>, UnitOfWork), InvokeError> {
         let timeout = cx.timeout;
         let memory_bytes = cx.memory_bytes;
-        let store = self.new_store(cx);
-        Self::bounded(
+        let reuse = cx.instance_reuse;
+        // A warm instance when the service allows reuse and one is idle; else a fresh one.
+        let (store, warm) = match prepared.warm.take().filter(|_| reuse > 1) {
+            Some(mut warm) => {
+                Self::renew(&mut warm.store, cx);
+                (warm.store, Some((warm.proxy, warm.served)))
+            }
+            None => (self.new_store(cx), None),
+        };
+        let served = warm.as_ref().map_or(0, |(_, served)| *served) + 1;
+        let (response, unit, instance) = Self::bounded(
             timeout,
-            self.run_http(prepared, store, request, memory_bytes, timeout),
+            self.run_http(
+                prepared,
+                store,
+                warm.map(|(proxy, _)| proxy),
+                request,
+                memory_bytes,
+                timeout,
+            ),
         )
-        .await
+        .await?;
+        // A clean finish returns the instance to the pool, up to `reuse` requests.
+        if let Some((store, proxy)) = instance
+            && served < reuse
+        {
+            prepared.warm.put(Warm {
+                store,
+                proxy,
+                served,
+            });
+        }
+        Ok((response, unit))
     }
 
     /// Delivers `event` to the component's `microhost:platform/subscriber`. Returns the
@@ -244,10 +321,18 @@ impl Runtime {
         &self,
         prepared: &Prepared,
         mut store: Store<InvocationState>,
+        warm: Option<Proxy>,
         request: http::Request<Bytes>,
         memory_bytes: usize,
         timeout: Duration,
-    ) -> Result<(http::Response<Bytes>, UnitOfWork), InvokeError> {
+    ) -> Result<
+        (
+            http::Response<Bytes>,
+            UnitOfWork,
+            Option<(Store<InvocationState>, Proxy)>,
+        ),
+        InvokeError,
+    > {
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let internal = |e: wasmtime::Error| InvokeError::Instantiate(format!("{e:#}"));
         let req = store
@@ -263,16 +348,19 @@ impl Runtime {
 
         let pre = prepared.pre.clone();
         let guest = async move {
-            let proxy = match pre.instantiate_async(&mut store).await {
-                Ok(proxy) => proxy,
-                Err(e) => return (Err(GuestFailure::Instantiate(e)), store),
+            let proxy = match warm {
+                Some(proxy) => proxy,
+                None => match pre.instantiate_async(&mut store).await {
+                    Ok(proxy) => proxy,
+                    Err(e) => return (Err(GuestFailure::Instantiate(e)), store, None),
+                },
             };
             let result = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await
                 .map_err(GuestFailure::Call);
-            (result, store)
+            (result, store, Some(proxy))
         };
         let mut guest = std::pin::pin!(guest);
 
@@ -307,7 +395,7 @@ impl Runtime {
                 (Some(parts), body)
             }
             Some(Err(code)) => {
-                let (result, store) = match finished {
+                let (result, store, _) = match finished {
                     Some(outcome) => outcome,
                     None => guest.await,
                 };
@@ -317,7 +405,7 @@ impl Runtime {
             None => (None, Ok(Bytes::new())),
         };
 
-        let (result, store) = match finished {
+        let (result, mut store, proxy) = match finished {
             Some(outcome) => outcome,
             None => guest.await,
         };
@@ -334,9 +422,11 @@ impl Runtime {
                 InvokeError::ErrorResponse(format!("the response body failed: {e}"))
             }
         })?;
+        let unit = store.data_mut().take_unit();
         Ok((
             http::Response::from_parts(parts, body),
-            store.into_data().unit,
+            unit,
+            proxy.map(|proxy| (store, proxy)),
         ))
     }
 }

@@ -59,6 +59,37 @@ impl InvocationState {
     }
 }
 
+impl InvocationState {
+    /// Gives a warm instance's state to the next request: its grants and identity, an
+    /// empty unit of work, the memory limiter reset. The WASI contexts stay.
+    pub fn renew(
+        &mut self,
+        config: Arc<WasiConfigVariables>,
+        kv: KvReader,
+        publisher: Publisher,
+        outgoing: Outgoing,
+        auth: Arc<crate::auth::Auth>,
+        memory_bytes: usize,
+    ) {
+        self.config = config;
+        self.kv = kv;
+        self.unit = UnitOfWork::new(&publisher.service);
+        self.publisher = publisher;
+        self.outgoing = outgoing;
+        self.auth = auth;
+        self.limiter = MemoryLimiter {
+            memory_bytes,
+            hit: false,
+        };
+    }
+
+    /// The invocation's effects, leaving an empty unit of work behind.
+    pub fn take_unit(&mut self) -> UnitOfWork {
+        let empty = UnitOfWork::new(&self.publisher.service);
+        std::mem::replace(&mut self.unit, empty)
+    }
+}
+
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

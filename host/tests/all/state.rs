@@ -184,3 +184,58 @@ async fn concurrent_read_modify_writes_lose_no_update() -> anyhow::Result<()> {
     host.shutdown().await;
     Ok(())
 }
+
+/// Instance reuse (opt-in) keeps each request's effects its own: a failed request's
+/// writes never reach the next request on the same instance, a trapped instance is not
+/// reused, and concurrent read-modify-writes still lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_instances_keep_effects_per_request() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = std::sync::Arc::new(
+        Host::start(
+            &[Svc::new("kv", "/", "test-kv").instance_reuse(50)],
+            dir.path(),
+        )
+        .await?,
+    );
+    for i in 0..20 {
+        let r = host.put(&format!("/kv/k{i}"), format!("v{i}")).await?;
+        assert_eq!(r.status, 204, "{}", r.text());
+        assert_eq!(
+            host.get(&format!("/kv/k{i}")).await?.text(),
+            format!("v{i}")
+        );
+    }
+    let r = host.put("/kv/lost?then=500", "never").await?;
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        host.get("/kv/lost").await?.status,
+        404,
+        "a 500's write leaked"
+    );
+    let r = host.put("/kv/trapped?then=trap", "never").await?;
+    assert_eq!(r.status, 502);
+    for _ in 0..5 {
+        assert_eq!(host.get("/kv/trapped").await?.status, 404);
+        assert_eq!(host.get("/kv/k3").await?.text(), "v3");
+    }
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let host = host.clone();
+        workers.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let r = host.post("/kv/counter/incr", "").await?;
+                anyhow::ensure!(r.status == 200, "increment: {} {}", r.status, r.text());
+            }
+            Ok(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    assert_eq!(host.get("/kv/counter").await?.text(), "80");
+    let host =
+        std::sync::Arc::try_unwrap(host).map_err(|_| anyhow::anyhow!("host still shared"))?;
+    host.shutdown().await;
+    Ok(())
+}

@@ -37,6 +37,7 @@ pub struct Svc {
     pub memory_mib: u32,
     pub timeout_ms: u64,
     pub max_body_kib: u64,
+    pub instance_reuse: u32,
     pub config: Vec<(&'static str, &'static str)>,
     pub publishes: Vec<&'static str>,
     /// (topic, max_deliver, backoff_ms)
@@ -55,6 +56,7 @@ impl Svc {
             memory_mib: 32,
             timeout_ms: 5_000,
             max_body_kib: 1024,
+            instance_reuse: 1,
             config: Vec::new(),
             publishes: Vec::new(),
             subscribe: Vec::new(),
@@ -93,6 +95,11 @@ impl Svc {
         self
     }
 
+    pub fn instance_reuse(mut self, n: u32) -> Svc {
+        self.instance_reuse = n;
+        self
+    }
+
     pub fn config(mut self, key: &'static str, value: &'static str) -> Svc {
         self.config.push((key, value));
         self
@@ -104,14 +111,15 @@ pub fn manifest_toml(services: &[Svc]) -> String {
     for s in services {
         toml.push_str(&format!(
             "[[service]]\nname = {:?}\nroute = {:?}\ncomponent = {{ path = {:?}, version = {:?} }}\n\
-             limits = {{ memory_mib = {}, timeout_ms = {}, max_body_kib = {} }}\n",
+             limits = {{ memory_mib = {}, timeout_ms = {}, max_body_kib = {}, instance_reuse = {} }}\n",
             s.name,
             s.route,
             s.wasm.display().to_string(),
             s.version,
             s.memory_mib,
             s.timeout_ms,
-            s.max_body_kib
+            s.max_body_kib,
+            s.instance_reuse
         ));
         for line in &s.extra {
             toml.push_str(line);
