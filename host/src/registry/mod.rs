@@ -775,12 +775,7 @@ impl Registry {
         match mode {
             DeployMode::Activate => record.activate(&label),
             DeployMode::Canary(weight) => {
-                if record.active == label {
-                    return Err(RegistryError::Refused(format!(
-                        "version {label:?} is the active version of {service:?}; a canary must \
-                         be another version"
-                    )));
-                }
+                not_active(&record, service, &label)?;
                 record.canary = Some(CanaryRecord {
                     version: label.clone(),
                     weight,
@@ -849,12 +844,7 @@ impl Registry {
         let slot = self.slot(service)?;
         let mut record = held.clone();
         known(&record, service, label)?;
-        if record.active == label {
-            return Err(RegistryError::Refused(format!(
-                "version {label:?} is the active version of {service:?}; a canary must be \
-                 another version"
-            )));
-        }
+        not_active(&record, service, label)?;
         if weight == 0 && record.canary.as_ref().is_none_or(|c| c.version != label) {
             return Err(RegistryError::Refused(format!(
                 "version {label:?} is not the canary of {service:?}; weight 0 ends a canary"
@@ -1005,6 +995,17 @@ impl Registry {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(supervisor::run(self.clone(), stop))
     }
+}
+
+/// A canary must be another version than the active one.
+fn not_active(record: &ServiceRecord, service: &str, label: &str) -> Result<(), RegistryError> {
+    if record.active == label {
+        return Err(RegistryError::Refused(format!(
+            "version {label:?} is the active version of {service:?}; a canary must be \
+             another version"
+        )));
+    }
+    Ok(())
 }
 
 fn known(record: &ServiceRecord, service: &str, label: &str) -> Result<(), RegistryError> {

@@ -157,11 +157,8 @@ async fn the_seed_manifest_is_valid_and_its_components_are_built() -> anyhow::Re
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_read_modify_writes_lose_no_update() -> anyhow::Result<()> {
-    let dir = data_dir();
-    let host =
-        std::sync::Arc::new(Host::start(&[Svc::new("kv", "/", "test-kv")], dir.path()).await?);
+/// 8 clients each add one to `/kv/counter` 10 times, at the same time.
+async fn increment_concurrently(host: &std::sync::Arc<Host>) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for _ in 0..8 {
         let host = host.clone();
@@ -176,6 +173,15 @@ async fn concurrent_read_modify_writes_lose_no_update() -> anyhow::Result<()> {
     for w in workers {
         w.await??;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_modify_writes_lose_no_update() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host =
+        std::sync::Arc::new(Host::start(&[Svc::new("kv", "/", "test-kv")], dir.path()).await?);
+    increment_concurrently(&host).await?;
     // Each increment read the counter and wrote it back; a conflicting commit reran the
     // request on fresh state instead of overwriting a concurrent increment.
     assert_eq!(host.get("/kv/counter").await?.text(), "80");
@@ -219,20 +225,7 @@ async fn reused_instances_keep_effects_per_request() -> anyhow::Result<()> {
         assert_eq!(host.get("/kv/trapped").await?.status, 404);
         assert_eq!(host.get("/kv/k3").await?.text(), "v3");
     }
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let host = host.clone();
-        workers.push(tokio::spawn(async move {
-            for _ in 0..10 {
-                let r = host.post("/kv/counter/incr", "").await?;
-                anyhow::ensure!(r.status == 200, "increment: {} {}", r.status, r.text());
-            }
-            Ok(())
-        }));
-    }
-    for w in workers {
-        w.await??;
-    }
+    increment_concurrently(&host).await?;
     assert_eq!(host.get("/kv/counter").await?.text(), "80");
     let host =
         std::sync::Arc::try_unwrap(host).map_err(|_| anyhow::anyhow!("host still shared"))?;
