@@ -279,9 +279,7 @@ impl Registry {
                         .map_err(|e| RegistryError::InvalidVersion(format!("{e:#}")))?;
                     let routing = current.routing();
                     // The versions serving now must fit the new subscriptions too.
-                    for version in std::iter::once(&routing.active)
-                        .chain(routing.canary.as_ref().map(|(c, _)| c))
-                    {
+                    for version in routing.versions() {
                         check_contract(&name, &spec.subscribe, &version.prepared)?;
                     }
                     Arc::new(current.reconfigured(settings))
@@ -486,9 +484,7 @@ impl Registry {
             .map_err(anyhow::Error::msg)?;
         let slot = ServiceSlot::new(settings, routing.clone());
         if gate {
-            for version in
-                std::iter::once(&routing.active).chain(routing.canary.as_ref().map(|(c, _)| c))
-            {
+            for version in routing.versions() {
                 self.check(&slot, &version.label, &version.prepared)
                     .await
                     .map_err(|reason| RegistryError::Unhealthy {
@@ -597,12 +593,7 @@ impl Registry {
         gate: Option<&ServiceSlot>,
         label: String,
     ) -> Result<Arc<Version>, RegistryError> {
-        let reused = current.and_then(|r| {
-            std::iter::once(&r.active)
-                .chain(r.canary.as_ref().map(|(c, _)| c))
-                .find(|v| v.label == label)
-                .cloned()
-        });
+        let reused = current.and_then(|r| r.versions().find(|v| v.label == label).cloned());
         if let Some(version) = reused {
             return Ok(version);
         }

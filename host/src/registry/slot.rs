@@ -124,6 +124,13 @@ pub struct Routing {
     pub canary: Option<(Arc<Version>, u8)>,
 }
 
+impl Routing {
+    /// The versions taking traffic: the active one, then the canary.
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
+        std::iter::once(&self.active).chain(self.canary.as_ref().map(|(c, _)| c))
+    }
+}
+
 /// The outcome of the latest health checks.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Health {
@@ -287,13 +294,7 @@ impl ServiceSlot {
             let mut current = self.routing.write().unwrap_or_else(PoisonError::into_inner);
             std::mem::replace(&mut *current, routing.clone())
         };
-        let kept = |v: &Arc<Version>| {
-            Arc::ptr_eq(v, &routing.active)
-                || routing
-                    .canary
-                    .as_ref()
-                    .is_some_and(|(c, _)| Arc::ptr_eq(v, c))
-        };
+        let kept = |v: &Arc<Version>| routing.versions().any(|r| Arc::ptr_eq(v, r));
         if !Arc::ptr_eq(&old.active, &routing.active) {
             // Health is the active version's: a new one starts in routing.
             *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Health {
@@ -304,14 +305,12 @@ impl ServiceSlot {
         }
         let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
         draining.retain(|v| v.strong_count() > 0);
-        for version in std::iter::once(old.active).chain(old.canary.map(|(c, _)| c)) {
-            if !kept(&version) && version.in_flight() > 0 {
-                draining.push(Arc::downgrade(&version));
+        for version in old.versions() {
+            if !kept(version) && version.in_flight() > 0 {
+                draining.push(Arc::downgrade(version));
             }
         }
-        for version in
-            std::iter::once(&routing.active).chain(routing.canary.as_ref().map(|(c, _)| c))
-        {
+        for version in routing.versions() {
             version.reset_window();
         }
     }

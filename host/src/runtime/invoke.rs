@@ -3,6 +3,7 @@
 //! buffered effects handed back for the caller to commit or drop.
 
 use super::component::Warm;
+use super::state::Grants;
 use super::{InvocationState, Prepared, Runtime};
 use crate::bus::envelope::Envelope;
 use crate::bus::unit::UnitOfWork;
@@ -102,38 +103,27 @@ enum GuestFailure {
     Call(wasmtime::Error),
 }
 
-/// The request-specific parts of an invocation's state.
-struct Grants {
-    config: Arc<WasiConfigVariables>,
-    kv: KvReader,
-    publisher: Publisher,
-    outgoing: Outgoing,
-    auth: Arc<crate::auth::Auth>,
-    memory_bytes: usize,
-}
-
-impl Grants {
-    fn of(cx: InvocationContext) -> Grants {
-        Grants {
-            outgoing: Outgoing {
-                service: cx.service.clone(),
-                caller: cx.caller,
-                services: cx.calls,
-                hosts: cx.allowed_hosts,
-                identity: cx.identity,
-                hops: cx.hops,
-            },
-            publisher: Publisher {
-                source: format!("{}@{}", cx.service, cx.version),
-                service: cx.service,
-                allowed: cx.publishes,
-                traceparent: cx.traceparent,
-            },
-            config: cx.config,
-            kv: KvReader::new(cx.storage),
-            auth: cx.auth,
-            memory_bytes: cx.memory_bytes,
-        }
+/// What `cx` grants one invocation.
+fn grants(cx: InvocationContext) -> Grants {
+    Grants {
+        outgoing: Outgoing {
+            service: cx.service.clone(),
+            caller: cx.caller,
+            services: cx.calls,
+            hosts: cx.allowed_hosts,
+            identity: cx.identity,
+            hops: cx.hops,
+        },
+        publisher: Publisher {
+            source: format!("{}@{}", cx.service, cx.version),
+            service: cx.service,
+            allowed: cx.publishes,
+            traceparent: cx.traceparent,
+        },
+        config: cx.config,
+        kv: KvReader::new(cx.storage),
+        auth: cx.auth,
+        memory_bytes: cx.memory_bytes,
     }
 }
 
@@ -154,16 +144,7 @@ fn arm_deadline(store: &mut Store<InvocationState>, timeout: Duration) {
 impl Runtime {
     fn new_store(&self, cx: InvocationContext) -> Store<InvocationState> {
         let timeout = cx.timeout;
-        let g = Grants::of(cx);
-        let state = InvocationState::new(
-            g.config,
-            g.kv,
-            g.publisher,
-            g.outgoing,
-            g.auth,
-            g.memory_bytes,
-        );
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.engine, InvocationState::new(grants(cx)));
         store.limiter(|s| &mut s.limiter);
         arm_deadline(&mut store, timeout);
         store
@@ -173,15 +154,7 @@ impl Runtime {
     /// identity, trace context, an empty unit of work and a new deadline.
     fn renew(store: &mut Store<InvocationState>, cx: InvocationContext) {
         let timeout = cx.timeout;
-        let g = Grants::of(cx);
-        store.data_mut().renew(
-            g.config,
-            g.kv,
-            g.publisher,
-            g.outgoing,
-            g.auth,
-            g.memory_bytes,
-        );
+        store.data_mut().renew(grants(cx));
         arm_deadline(store, timeout);
     }
 

@@ -29,18 +29,30 @@ pub struct InvocationState {
     pub(crate) limiter: MemoryLimiter,
 }
 
+/// What an invocation is granted: the service's capabilities and this request's
+/// identity and trace context (inside `outgoing` and `publisher`).
+pub struct Grants {
+    pub config: Arc<WasiConfigVariables>,
+    pub kv: KvReader,
+    pub publisher: Publisher,
+    pub outgoing: Outgoing,
+    pub auth: Arc<crate::auth::Auth>,
+    pub memory_bytes: usize,
+}
+
 impl InvocationState {
-    pub fn new(
-        config: Arc<WasiConfigVariables>,
-        kv: KvReader,
-        publisher: Publisher,
-        outgoing: Outgoing,
-        auth: Arc<crate::auth::Auth>,
-        memory_bytes: usize,
-    ) -> Self {
+    pub fn new(grants: Grants) -> Self {
         // No environment, arguments, preopened directories or network: a guest gets only
         // what its manifest grants. Its stdout/stderr go to the host's.
         let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
+        let Grants {
+            config,
+            kv,
+            publisher,
+            outgoing,
+            auth,
+            memory_bytes,
+        } = grants;
         InvocationState {
             table: ResourceTable::new(),
             wasi,
@@ -57,20 +69,18 @@ impl InvocationState {
             },
         }
     }
-}
 
-impl InvocationState {
     /// Gives a warm instance's state to the next request: its grants and identity, an
     /// empty unit of work, the memory limiter reset. The WASI contexts stay.
-    pub fn renew(
-        &mut self,
-        config: Arc<WasiConfigVariables>,
-        kv: KvReader,
-        publisher: Publisher,
-        outgoing: Outgoing,
-        auth: Arc<crate::auth::Auth>,
-        memory_bytes: usize,
-    ) {
+    pub fn renew(&mut self, grants: Grants) {
+        let Grants {
+            config,
+            kv,
+            publisher,
+            outgoing,
+            auth,
+            memory_bytes,
+        } = grants;
         self.config = config;
         self.kv = kv;
         self.unit = UnitOfWork::new(&publisher.service);
