@@ -11,6 +11,7 @@ pub mod bus;
 pub mod capability;
 pub mod dispatch;
 pub mod gateway;
+pub mod metrics;
 pub mod registry;
 pub mod runtime;
 pub mod store;
@@ -51,6 +52,15 @@ pub struct HostConfig {
     pub max_instances: u32,
     /// Re-apply the manifest when it or a component it names changes on disk.
     pub watch: bool,
+    /// Serve the gateway over TLS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A TLS certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl HostConfig {
@@ -68,6 +78,7 @@ impl HostConfig {
             limits: ServerLimits::default(),
             max_instances: 1000,
             watch: false,
+            tls: None,
         }
     }
 }
@@ -162,6 +173,10 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let bus = bus::Bus::new(storage);
     let dispatcher = dispatch::Dispatcher::new(runtime, bus.clone(), registry.clone());
 
+    let tls = match &config.tls {
+        Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
+        None => None,
+    };
     let gateway_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
@@ -214,14 +229,15 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let gateway_server = tokio::spawn(serve(
         "gateway",
         gateway_listener,
-        move |_peer| {
+        move |peer| {
             let gateway = gateway.clone();
             hyper::service::service_fn(move |req| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(req).await) }
+                async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
             })
         },
         config.limits,
+        tls,
         stop.clone(),
     ));
     let admin_app = admin::router(
@@ -236,6 +252,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         admin_listener,
         move |_peer| hyper_util::service::TowerToHyperService::new(admin_app.clone()),
         config.limits,
+        None,
         stop,
     ));
     tracing::info!(%gateway_addr, %admin_addr, services = registry.services().len(), "microhost is serving");

@@ -57,6 +57,15 @@ enum Command {
         /// Re-apply the manifest whenever it, or a component file it names, changes.
         #[arg(long, conflicts_with = "component")]
         watch: bool,
+        /// Most open gateway connections; more are closed on accept.
+        #[arg(long, default_value_t = 10_000)]
+        max_connections: usize,
+        /// Serve the gateway over TLS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Make the running host match its manifest file again: add, remove and reconfigure
     /// services, and deploy components that changed, without a restart.
@@ -251,6 +260,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             header_timeout_secs,
             shutdown_grace_secs,
             watch,
+            max_connections,
+            tls_cert,
+            tls_key,
         } => {
             let manifest = match component {
                 Some(file) => Manifest::single_component(&file)?,
@@ -272,6 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.limits.header_read_timeout = std::time::Duration::from_secs(header_timeout_secs);
             config.limits.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_secs);
             config.watch = watch;
+            config.limits.max_connections = max_connections;
+            config.tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| microhost::TlsFiles { cert, key });
             let running = microhost::start(config).await?;
             let trigger = running.shutdown_trigger();
             tokio::spawn(async move {

@@ -1,5 +1,6 @@
 //! Test guest: answers with what it received (method, path, query, headers, body) and
-//! the `greeting` config value, as JSON.
+//! the `greeting` config value, as JSON. `?status=N` sets the status; `?max_age=S`
+//! sends `Cache-Control: max-age=S`, `?no_store=1` sends `Cache-Control: no-store`.
 use microhost_guest::{Request, Response, Service};
 
 struct Echo;
@@ -11,8 +12,17 @@ impl Service for Echo {
             .iter()
             .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned().into()))
             .collect();
-        Response::json(
-            200,
+        let status = req
+            .query_param("status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        let cache_control = match (req.query_param("max_age"), req.query_param("no_store")) {
+            (_, Some(_)) => Some("no-store".to_string()),
+            (Some(secs), None) => Some(format!("max-age={secs}")),
+            (None, None) => None,
+        };
+        let response = Response::json(
+            status,
             &serde_json::json!({
                 "method": req.method,
                 "path": req.path,
@@ -21,7 +31,11 @@ impl Service for Echo {
                 "body": String::from_utf8_lossy(&req.body),
                 "greeting": microhost_guest::config("greeting"),
             }),
-        )
+        );
+        match cache_control {
+            Some(cc) => response.with_header("cache-control", cc),
+            None => response,
+        }
     }
 }
 

@@ -14,6 +14,8 @@
 //! - `GET /admin/services/{name}/history?after=N&limit=M`
 //! - `POST /admin/apply`: reads the host's manifest file again and makes the running
 //!   services match it (add, remove, reconfigure, deploy changed components)
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text): requests, latency, in-flight,
+//!   rate limits, shedding, retries, cache, fallbacks, breakers, bus counters
 //! - `GET /admin/topics`: topics, lengths, per-subscription lag and counters
 //! - `GET /admin/subscriptions/{service}/{topic}/dead-letters`
 //! - `POST /admin/subscriptions/{service}/{topic}/redrive`
@@ -77,6 +79,7 @@ pub fn router(
         .route("/admin/services/{name}/rollback", post(rollback))
         .route("/admin/services/{name}/history", get(history))
         .route("/admin/apply", post(apply))
+        .route("/metrics", get(metrics))
         .route("/admin/topics", get(bus::topics))
         .route(
             "/admin/subscriptions/{service}/{topic}/dead-letters",
@@ -97,6 +100,19 @@ pub fn router(
             require_token,
         ))
         .with_state(state)
+}
+
+/// Prometheus text exposition (OpenMetrics 1.0).
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = state.dispatcher.metrics().encode();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {

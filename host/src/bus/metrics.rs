@@ -1,5 +1,4 @@
-//! Bus counters, kept where later observability work can export them: published per
-//! topic; delivered, retried and dead-lettered per subscription. Lag is computed when
+//! Bus counters, exported on `/metrics`: published per topic; delivered, retried and dead-lettered per subscription. Lag is computed when
 //! read (log length minus cursor).
 
 use serde::Serialize;
@@ -51,6 +50,16 @@ impl Metrics {
     /// Events published to `topic` since start.
     pub fn published_count(&self, topic: &str) -> u64 {
         lock(&self.published).get(topic).copied().unwrap_or(0)
+    }
+
+    /// Every topic's published count.
+    pub fn published_all(&self) -> BTreeMap<String, u64> {
+        lock(&self.published).clone()
+    }
+
+    /// Every subscription's counters, by (topic, service).
+    pub fn subscriptions_all(&self) -> BTreeMap<(String, String), SubscriptionCounters> {
+        lock(&self.subscriptions).clone()
     }
 
     pub fn subscription(&self, topic: &str, service: &str) -> SubscriptionCounters {

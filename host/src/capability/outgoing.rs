@@ -77,6 +77,27 @@ pub struct Outgoing {
     pub identity: Option<Identity>,
     /// Hops of the request being served.
     pub hops: u32,
+    /// Trace context and request id of the request being served, passed on unless the
+    /// guest sets its own.
+    pub traceparent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Outgoing {
+    fn propagate(&self, headers: &mut http::HeaderMap) {
+        use crate::gateway::trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
+        for (name, value) in [
+            (TRACEPARENT_HEADER, &self.traceparent),
+            (REQUEST_ID_HEADER, &self.request_id),
+        ] {
+            if let Some(value) = value
+                && !headers.contains_key(name)
+                && let Ok(value) = http::HeaderValue::from_str(value)
+            {
+                headers.insert(http::HeaderName::from_static(name), value);
+            }
+        }
+    }
 }
 
 type SendResult = Result<
@@ -94,10 +115,11 @@ fn done() -> Box<dyn Future<Output = Result<(), HttpError>> + Send> {
 impl WasiHttpHooks for Outgoing {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
+        self.propagate(request.headers_mut());
         let host = request
             .uri()
             .host()

@@ -14,8 +14,12 @@ enum State {
     Open {
         until: Instant,
     },
-    /// One probe call is in flight; others fail fast until it reports.
-    HalfOpen,
+    /// One probe call is in flight since `since`; others fail fast until it reports
+    /// (or until an open period has passed without a report: the probe's caller went
+    /// away, and another call probes).
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// The breakers of every target service.
@@ -41,12 +45,13 @@ impl Breakers {
     }
 
     /// Whether a call to `target` may go ahead now. When the open period is over, the
-    /// first caller becomes the probe.
-    pub fn allow(&self, target: &str) -> bool {
-        self.allow_at(target, Instant::now())
+    /// first caller becomes the probe; if it has not reported after `probe_timeout`
+    /// (its caller went away), the next caller probes.
+    pub fn allow(&self, target: &str, probe_timeout: Duration) -> bool {
+        self.allow_at(target, probe_timeout, Instant::now())
     }
 
-    fn allow_at(&self, target: &str, now: Instant) -> bool {
+    fn allow_at(&self, target: &str, probe_timeout: Duration, now: Instant) -> bool {
         let mut states = self.lock();
         let state = states
             .entry(target.to_string())
@@ -54,10 +59,14 @@ impl Breakers {
         match *state {
             State::Closed { .. } => true,
             State::Open { until } if now >= until => {
-                *state = State::HalfOpen;
+                *state = State::HalfOpen { since: now };
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::HalfOpen { since } if now >= since + probe_timeout => {
+                *state = State::HalfOpen { since: now };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
         }
     }
 
@@ -80,7 +89,7 @@ impl Breakers {
             (State::Closed { failures }, false) => State::Closed {
                 failures: failures + 1,
             },
-            (State::HalfOpen, false) => open,
+            (State::HalfOpen { .. }, false) => open,
             // A call allowed before the breaker opened: it is already open.
             (State::Open { .. }, false) => *state,
         };
@@ -97,7 +106,7 @@ impl Breakers {
         match self.lock().get(target) {
             None | Some(State::Closed { .. }) => Status::Closed,
             Some(State::Open { .. }) => Status::Open,
-            Some(State::HalfOpen) => Status::HalfOpen,
+            Some(State::HalfOpen { .. }) => Status::HalfOpen,
         }
     }
 }
@@ -105,6 +114,8 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PROBE: Duration = Duration::from_secs(10);
 
     const SPEC: BreakerSpec = BreakerSpec {
         failures: 3,
@@ -116,31 +127,35 @@ mod tests {
         let b = Breakers::default();
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert!(b.allow_at("p", t0));
+            assert!(b.allow_at("p", PROBE, t0));
             b.record_at("p", &SPEC, false, t0);
         }
         assert_eq!(b.status("p"), Status::Closed);
         b.record_at("p", &SPEC, true, t0);
         for _ in 0..3 {
-            assert!(b.allow_at("p", t0));
+            assert!(b.allow_at("p", PROBE, t0));
             b.record_at("p", &SPEC, false, t0);
         }
         assert_eq!(b.status("p"), Status::Open);
         assert!(
-            !b.allow_at("p", t0 + Duration::from_millis(999)),
+            !b.allow_at("p", PROBE, t0 + Duration::from_millis(999)),
             "fails fast while open"
         );
         let later = t0 + Duration::from_millis(1000);
         assert!(
-            b.allow_at("p", later),
+            b.allow_at("p", PROBE, later),
             "the first call after the open period probes"
         );
         assert_eq!(b.status("p"), Status::HalfOpen);
-        assert!(!b.allow_at("p", later), "one probe at a time");
+        assert!(!b.allow_at("p", PROBE, later), "one probe at a time");
+        assert!(
+            b.allow_at("p", PROBE, later + PROBE),
+            "a probe that never reported is replaced"
+        );
         b.record_at("p", &SPEC, false, later);
         assert_eq!(b.status("p"), Status::Open, "a failed probe opens it again");
         let later = later + Duration::from_millis(1000);
-        assert!(b.allow_at("p", later));
+        assert!(b.allow_at("p", PROBE, later));
         b.record_at("p", &SPEC, true, later);
         assert_eq!(b.status("p"), Status::Closed);
         assert_eq!(b.status("other"), Status::Closed, "breakers are per target");

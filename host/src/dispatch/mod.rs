@@ -1,30 +1,41 @@
 //! The one path for every call into a service, from the edge, from another service or
 //! from the bus: pin the active version for the whole call, invoke it, and commit the
-//! invocation's unit of work when it succeeded. Service-to-service calls also pass a
-//! circuit breaker per target.
+//! invocation's unit of work when it succeeded. HTTP calls, from the edge and from
+//! other services alike, first pass the service's policies ([`Dispatcher::serve`]):
+//! response cache, concurrency limit, circuit breaker, retries and fallback.
 
 pub mod breaker;
+pub mod policy;
 
 use crate::auth::Identity;
 use crate::bus::{Bus, Item};
 use crate::capability::outgoing::{CLAIMS_HEADER, HOPS_HEADER, SUBJECT_HEADER, ServiceCaller};
 use crate::gateway::problem::{problem_bytes, status_of};
+use crate::metrics::Metrics;
+use crate::registry::manifest::FallbackSpec;
 use crate::registry::{Registry, ServiceSlot};
 use crate::runtime::{InvokeError, Runtime};
 use crate::store::StoreError;
 use breaker::Breakers;
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderValue, Method, StatusCode, header};
+use policy::{Cache, CacheControl};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a request whose commit conflicted is run again before giving up.
 pub const MAX_CONFLICT_RETRIES: u32 = 8;
 
 /// The response header naming the service and version that answered.
 pub const SERVICE_HEADER: &str = "x-microhost-service";
+
+/// Response header of cacheable requests: `HIT`, `MISS`, or `STALE` (a fallback).
+pub const CACHE_HEADER: &str = "x-cache";
+
+/// Response header of fallback responses: `cached` or `static`.
+pub const FALLBACK_HEADER: &str = "x-microhost-fallback";
 
 /// The result of one HTTP call, with the version that handled it.
 pub struct Outcome {
@@ -33,6 +44,31 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Whether the call counts as a failure of the service for its circuit breaker:
+    /// its own faults (traps, timeouts, 500, 502, 504) do. A 503 it answers itself
+    /// (typically: a service it depends on is down) does not, so one broken service
+    /// does not open the breakers of its callers. `None` for refusals made by the host
+    /// before the service ran (unhealthy, shed, breaker open): no verdict on it.
+    pub fn breaker_verdict(&self) -> Option<bool> {
+        match &self.result {
+            Ok(response) => Some(matches!(response.status().as_u16(), 500 | 502 | 504)),
+            Err(
+                InvokeError::Unhealthy(_)
+                | InvokeError::Overloaded(_)
+                | InvokeError::BreakerOpen(_),
+            ) => None,
+            Err(_) => Some(true),
+        }
+    }
+
+    /// The status the response will have.
+    pub fn status(&self) -> StatusCode {
+        match &self.result {
+            Ok(response) => response.status(),
+            Err(error) => status_of(error),
+        }
+    }
+
     /// The response to send: the service's, or a problem body saying what failed;
     /// either way tagged `x-microhost-service: name@version`.
     pub fn into_response(self, service: &str) -> http::Response<Bytes> {
@@ -44,7 +80,19 @@ impl Outcome {
                 let mut extra = serde_json::Map::new();
                 extra.insert("service".into(), service.into());
                 extra.insert("version".into(), self.version.clone().into());
-                problem_bytes(status, format!("service {service:?}: {error}"), extra)
+                let mut response =
+                    problem_bytes(status, format!("service {service:?}: {error}"), extra);
+                let retry_after = match &error {
+                    InvokeError::BreakerOpen(open) => Some(open.as_secs().max(1)),
+                    InvokeError::Overloaded(_) | InvokeError::Unhealthy(_) => Some(1),
+                    _ => None,
+                };
+                if let Some(secs) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                response
             }
         };
         if let Ok(tag) = HeaderValue::from_str(&format!("{service}@{}", self.version)) {
@@ -74,7 +122,8 @@ struct Inner {
     runtime: Arc<Runtime>,
     bus: Arc<Bus>,
     registry: Arc<Registry>,
-    breakers: Breakers,
+    breakers: Arc<Breakers>,
+    metrics: Arc<Metrics>,
     /// This dispatcher as the server of guests' service-to-service calls.
     as_caller: OnceLock<Arc<dyn ServiceCaller>>,
 }
@@ -94,12 +143,16 @@ fn identity_of(headers: &http::HeaderMap) -> Option<Identity> {
 impl Dispatcher {
     pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>, registry: Arc<Registry>) -> Dispatcher {
         let health_caller = registry.clone();
+        let breakers = Arc::new(Breakers::default());
+        let mut metrics = Metrics::new();
+        metrics.observe(&breakers, &registry, &bus);
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
                 runtime,
                 bus,
                 registry,
-                breakers: Breakers::default(),
+                breakers,
+                metrics: Arc::new(metrics),
                 as_caller: OnceLock::new(),
             }),
         };
@@ -118,6 +171,10 @@ impl Dispatcher {
 
     pub fn breakers(&self) -> &Breakers {
         &self.inner.breakers
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Runs `request` on the version of `slot` that is active now. A deploy during the
@@ -140,6 +197,10 @@ impl Dispatcher {
         let mut cx = slot.invocation_context(&version);
         cx.traceparent = headers
             .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        cx.request_id = headers
+            .get(crate::gateway::trace::REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         cx.identity = identity_of(headers);
@@ -203,23 +264,196 @@ impl Dispatcher {
                 serde_json::Map::new(),
             );
         };
+        self.serve(&slot, request).await.0
+    }
+
+    /// Serves an HTTP request to `slot` through its policies: a fresh cached response
+    /// if there is one (`GET`); else a turn under the concurrency limit, the circuit
+    /// breaker, the call (retried for idempotent methods on 502/503/504, within the
+    /// retry budget), and the fallback if it still failed (`GET`/`HEAD`). Returns the
+    /// response (tagged with the service and version) and the version.
+    pub async fn serve(
+        &self,
+        slot: &ServiceSlot,
+        request: http::Request<Bytes>,
+    ) -> (http::Response<Bytes>, String) {
+        let started = Instant::now();
+        let name = slot.name.as_str();
+        let policy = &slot.policy;
+        let metrics = &self.inner.metrics;
         let breakers = &self.inner.breakers;
-        if !breakers.allow(target) {
-            let outcome = Outcome {
-                version: slot.active().label.clone(),
-                result: Err(InvokeError::BreakerOpen(Duration::from_millis(
-                    slot.breaker.open_ms,
-                ))),
-            };
-            return outcome.into_response(target);
-        }
-        let outcome = self.call(&slot, request).await;
-        let ok = outcome
-            .result
+        let _in_flight = metrics.in_flight(name);
+        let (parts, body) = request.into_parts();
+        let method = parts.method.clone();
+        let active = slot.active().label.clone();
+        let cache = policy
+            .cache
             .as_ref()
-            .is_ok_and(|r| !r.status().is_server_error());
-        breakers.record(target, &slot.breaker, ok);
-        outcome.into_response(target)
+            .filter(|_| method == Method::GET)
+            .map(|cache| {
+                let subject = identity_of(&parts.headers).map(|i| i.subject);
+                (cache, Cache::key(subject.as_deref(), &parts.uri))
+            });
+        let asked = CacheControl::parse(&parts.headers);
+        if let Some((cache, key)) = &cache
+            && !asked.no_cache
+            && !asked.no_store
+        {
+            if let Some((mut response, _)) = cache.get(&active, key, false) {
+                metrics.cache(name, "hit");
+                response
+                    .headers_mut()
+                    .insert(CACHE_HEADER, HeaderValue::from_static("HIT"));
+                let response = Outcome {
+                    version: active.clone(),
+                    result: Ok(response),
+                }
+                .into_response(name);
+                metrics.request(name, &active, response.status().as_u16(), started.elapsed());
+                return (response, active);
+            }
+            metrics.cache(name, "miss");
+        }
+
+        let outcome = 'call: {
+            let _permit = match &policy.concurrency {
+                None => None,
+                Some(shedder) => match shedder.enter().await {
+                    Ok(permit) => Some(permit),
+                    Err(shed) => {
+                        metrics.shed(name);
+                        let why = match shed {
+                            policy::Shed::QueueFull => format!(
+                                "{} requests running and {} waiting",
+                                shedder.spec.max, shedder.spec.queue
+                            ),
+                            policy::Shed::QueueTimeout => format!(
+                                "no turn within {} ms in the queue",
+                                shedder.spec.queue_timeout_ms
+                            ),
+                        };
+                        break 'call Outcome {
+                            version: active.clone(),
+                            result: Err(InvokeError::Overloaded(why)),
+                        };
+                    }
+                },
+            };
+            let probe_timeout = Duration::from_millis(slot.limits.timeout_ms);
+            if !breakers.allow(name, probe_timeout) {
+                break 'call Outcome {
+                    version: active.clone(),
+                    result: Err(InvokeError::BreakerOpen(Duration::from_millis(
+                        slot.breaker.open_ms,
+                    ))),
+                };
+            }
+            policy.budget.deposit();
+            let attempts = policy.attempts(&method);
+            let mut attempt = 1;
+            loop {
+                let mut request = http::Request::new(body.clone());
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = parts.uri.clone();
+                *request.version_mut() = parts.version;
+                *request.headers_mut() = parts.headers.clone();
+                let outcome = self.call(slot, request).await;
+                let status = outcome.status();
+                // A canary's failures are judged by its canary analysis (and rolled
+                // back), not held against the service's breaker.
+                match outcome.breaker_verdict() {
+                    Some(true) if outcome.version != slot.active().label => {}
+                    Some(failed) => breakers.record(name, &slot.breaker, !failed),
+                    None => {}
+                }
+                let retriable = matches!(status.as_u16(), 502..=504)
+                    && !matches!(
+                        outcome.result,
+                        Err(InvokeError::Unhealthy(_) | InvokeError::Overloaded(_))
+                    );
+                if !retriable
+                    || attempt >= attempts
+                    || !policy.budget.withdraw()
+                    || !breakers.allow(name, probe_timeout)
+                {
+                    break 'call outcome;
+                }
+                metrics.retried(name);
+                tracing::debug!(service = name, attempt, %status, "retrying");
+                tokio::time::sleep(policy.backoff(attempt)).await;
+                attempt += 1;
+            }
+        };
+
+        let version = outcome.version.clone();
+        let status = outcome.status();
+        let response = if status.is_server_error()
+            && (method == Method::GET || method == Method::HEAD)
+            && let Some(fallback) =
+                self.fallback(slot, &active, cache.as_ref().map(|(_, k)| k.as_str()))
+        {
+            fallback
+        } else {
+            let mut response = outcome.into_response(name);
+            if let Some((cache, key)) = &cache {
+                // Only the active version's answers are kept (not a canary's).
+                if !asked.no_store && version == slot.active().label {
+                    cache.store(&version, key, &response);
+                }
+                response
+                    .headers_mut()
+                    .insert(CACHE_HEADER, HeaderValue::from_static("MISS"));
+            }
+            response
+        };
+        metrics.request(
+            name,
+            &version,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        (response, version)
+    }
+
+    /// The route's fallback for a request that failed, if it has one to give.
+    fn fallback(
+        &self,
+        slot: &ServiceSlot,
+        active: &str,
+        cache_key: Option<&str>,
+    ) -> Option<http::Response<Bytes>> {
+        let name = slot.name.as_str();
+        let (mut response, kind) = match &slot.policy.fallback {
+            FallbackSpec::Problem => return None,
+            FallbackSpec::Cached => {
+                let (mut response, _) =
+                    slot.policy.cache.as_ref()?.get(active, cache_key?, true)?;
+                response
+                    .headers_mut()
+                    .insert(CACHE_HEADER, HeaderValue::from_static("STALE"));
+                (response, "cached")
+            }
+            FallbackSpec::Static {
+                status,
+                body,
+                content_type,
+            } => {
+                let mut response = http::Response::new(Bytes::from(body.clone()));
+                *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                if let Ok(v) = HeaderValue::from_str(content_type) {
+                    response.headers_mut().insert(header::CONTENT_TYPE, v);
+                }
+                (response, "static")
+            }
+        };
+        self.inner.metrics.fallback(name, kind);
+        response
+            .headers_mut()
+            .insert(FALLBACK_HEADER, HeaderValue::from_static(kind));
+        if let Ok(tag) = HeaderValue::from_str(&format!("{name}@{active}")) {
+            response.headers_mut().insert(SERVICE_HEADER, tag);
+        }
+        Some(response)
     }
 
     /// Delivers `item` to the active version of `slot`. On success the handler's

@@ -1,24 +1,32 @@
-//! The edge: routes each request to a service by path prefix, verifies the bearer token
-//! on protected routes (and strips identity headers a client might send), enforces the
-//! request body limit, invokes the service's active version and answers with its
-//! response (tagged `x-microhost-service: name@version`) or a problem body saying what
-//! went wrong.
+//! The edge: routes each request to a service by path prefix and applies the route's
+//! policies in order: request id and trace context; CORS preflight; bearer token on
+//! protected routes (identity headers a client sends are stripped); rate limit; body
+//! limit (413 before the body is read when the length is declared); path and header
+//! transformation; then [`Dispatcher::serve`] (cache, load shedding, circuit breaker,
+//! retries, fallback). Every answer carries `x-request-id` and is written to the access
+//! log (target `microhost::access`).
 
+pub mod cors;
 pub mod problem;
 pub mod router;
 pub mod server;
+pub mod trace;
+pub mod transform;
 
 use crate::auth::Auth;
 use crate::capability::outgoing::{set_identity_headers, strip_identity_headers};
 use crate::dispatch::Dispatcher;
+use crate::registry::manifest::RateLimitKey;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use problem::{problem, problem_with};
+use problem::problem_bytes;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 
 pub use crate::dispatch::SERVICE_HEADER;
 
@@ -27,6 +35,13 @@ pub struct Gateway {
     registry: Arc<Registry>,
     dispatcher: Dispatcher,
     auth: Arc<Auth>,
+}
+
+/// What the access log says about a request.
+struct Answer {
+    response: http::Response<Bytes>,
+    service: String,
+    version: String,
 }
 
 impl Gateway {
@@ -38,77 +53,121 @@ impl Gateway {
         }
     }
 
-    /// Serves one request. Never fails: every outcome is an HTTP response.
-    pub async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    /// Serves one request from `peer`. Never fails: every outcome is an HTTP response.
+    pub async fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> http::Response<Full<Bytes>> {
         let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let Some(slot) = self.registry.route(&path) else {
-            let response = problem(
-                StatusCode::NOT_FOUND,
-                format!("no service is routed at {path:?}"),
-            );
-            access_log(&method, &path, response.status(), "-", "-", started);
-            return response;
+        let (mut parts, body) = req.into_parts();
+        let request_id = trace::request_id(parts.headers.get(REQUEST_ID_HEADER));
+        let traceparent = trace::child_traceparent(parts.headers.get(TRACEPARENT_HEADER));
+        for (name, value) in [
+            (REQUEST_ID_HEADER, &request_id),
+            (TRACEPARENT_HEADER, &traceparent),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                parts.headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_string();
+        let answer = match self.registry.route(&path) {
+            Some(slot) => self.forward(&slot, parts, body, peer).await,
+            None => Answer {
+                response: problem_bytes(
+                    StatusCode::NOT_FOUND,
+                    format!("no service is routed at {path:?}"),
+                    serde_json::Map::new(),
+                ),
+                service: "-".to_string(),
+                version: "-".to_string(),
+            },
         };
-        let (response, version) = self.forward(&slot, req).await;
-        access_log(
-            &method,
-            &path,
-            response.status(),
-            &slot.name,
-            &version,
-            started,
+        let mut response = answer.response;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        tracing::info!(
+            target: "microhost::access",
+            %method,
+            path,
+            status = response.status().as_u16(),
+            service = answer.service,
+            version = answer.version,
+            latency_us = started.elapsed().as_micros() as u64,
+            request_id,
+            trace_id = trace::trace_id(&traceparent).unwrap_or("-"),
+            peer = %peer,
         );
-        response
+        response.map(Full::new)
     }
 
     async fn forward(
         &self,
         slot: &Arc<ServiceSlot>,
-        req: http::Request<Incoming>,
-    ) -> (http::Response<Full<Bytes>>, String) {
-        let max_body = slot.limits.max_body_kib.saturating_mul(1024);
-        let (mut parts, body) = req.into_parts();
+        mut parts: http::request::Parts,
+        body: Incoming,
+        peer: SocketAddr,
+    ) -> Answer {
+        let policy = &slot.policy;
+        let refused = |response: http::Response<Bytes>| Answer {
+            response,
+            service: slot.name.clone(),
+            version: "-".to_string(),
+        };
+        let origin = parts.headers.get(header::ORIGIN).cloned();
+        if let Some(cors) = &policy.spec.cors
+            && let Some(response) = cors::preflight(cors, &parts)
+        {
+            return refused(response);
+        }
         // Identity headers come from the host only.
         strip_identity_headers(&mut parts.headers);
-        match self.authenticate(slot, &parts) {
-            Ok(Some(identity)) => set_identity_headers(&mut parts.headers, &identity),
-            Ok(None) => {}
-            Err(response) => return (*response, "-".to_string()),
-        }
-        let too_large = || {
-            problem_with(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than the limit of {max_body} bytes for service {:?}",
-                    slot.name
-                ),
-                service_fields(&slot.name, None),
-            )
+        let identity = match self.authenticate(slot, &parts) {
+            Ok(identity) => identity,
+            Err(response) => return refused(self.finish(slot, *response, origin.as_ref())),
         };
-        // Refuse a declared oversized body before reading any of it.
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max_body) {
-            return (too_large(), "-".to_string());
+        if let Some(identity) = &identity {
+            set_identity_headers(&mut parts.headers, identity);
         }
-        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return (too_large(), "-".to_string());
-            }
-            Err(e) => {
-                let response = problem(
-                    StatusCode::BAD_REQUEST,
-                    format!("failed to read the request body: {e}"),
+        let mut rate_headers = None;
+        if let Some(limit) = &policy.rate_limit {
+            let ip = peer.ip().to_string();
+            let key = match (limit.spec.key, &identity) {
+                (RateLimitKey::Subject, Some(identity)) => format!("sub:{}", identity.subject),
+                _ => format!("ip:{ip}"),
+            };
+            let decision = limit.check(&key);
+            let reset = decision.reset.as_secs_f64().ceil() as u64;
+            let headers = [
+                ("ratelimit-limit", decision.limit.to_string()),
+                ("ratelimit-remaining", decision.remaining.to_string()),
+                ("ratelimit-reset", reset.to_string()),
+            ];
+            if !decision.allowed {
+                self.dispatcher.metrics().rate_limited(&slot.name);
+                let mut response = problem_bytes(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "rate limit of {} requests a second (burst {}) exceeded; retry in {reset} s",
+                        limit.spec.per_second,
+                        limit.spec.burst()
+                    ),
+                    service_fields(&slot.name),
                 );
-                return (response, "-".to_string());
+                set_headers(response.headers_mut(), &headers);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(reset.max(1)));
+                return refused(self.finish(slot, response, origin.as_ref()));
             }
+            rate_headers = Some(headers);
+        }
+        let body = match read_body(slot, &parts, body).await {
+            Ok(body) => body,
+            Err(response) => return refused(self.finish(slot, *response, origin.as_ref())),
         };
         // wasi:http needs an authority; HTTP/1.0 clients may send no Host.
         if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {
@@ -116,13 +175,37 @@ impl Gateway {
                 .headers
                 .insert(header::HOST, HeaderValue::from_static("localhost"));
         }
+        let transform = &policy.spec.transform;
+        parts.uri = transform::rewrite_uri(transform, &parts.uri);
+        transform::apply_headers(&transform.request_headers, &mut parts.headers);
 
-        let outcome = self
+        let (mut response, version) = self
             .dispatcher
-            .call(slot, http::Request::from_parts(parts, body))
+            .serve(slot, http::Request::from_parts(parts, body))
             .await;
-        let version = outcome.version.clone();
-        (outcome.into_response(&slot.name).map(Full::new), version)
+        if let Some(headers) = &rate_headers {
+            set_headers(response.headers_mut(), headers);
+        }
+        Answer {
+            response: self.finish(slot, response, origin.as_ref()),
+            service: slot.name.clone(),
+            version,
+        }
+    }
+
+    /// The route's response headers: transformation and CORS.
+    fn finish(
+        &self,
+        slot: &ServiceSlot,
+        mut response: http::Response<Bytes>,
+        origin: Option<&HeaderValue>,
+    ) -> http::Response<Bytes> {
+        let spec = &slot.policy.spec;
+        transform::apply_headers(&spec.transform.response_headers, response.headers_mut());
+        if let Some(cors) = &spec.cors {
+            cors::decorate(cors, origin, response.headers_mut());
+        }
+        response
     }
 
     /// Verifies the bearer token, if any. On a protected route (and not a `public`
@@ -133,14 +216,11 @@ impl Gateway {
         &self,
         slot: &ServiceSlot,
         parts: &http::request::Parts,
-    ) -> Result<Option<crate::auth::Identity>, Box<http::Response<Full<Bytes>>>> {
+    ) -> Result<Option<crate::auth::Identity>, Box<http::Response<Bytes>>> {
         let required = slot.requires_token(parts.method.as_str(), parts.uri.path());
         let unauthorized = |detail: String| {
-            let mut response = problem_with(
-                StatusCode::UNAUTHORIZED,
-                detail,
-                service_fields(&slot.name, None),
-            );
+            let mut response =
+                problem_bytes(StatusCode::UNAUTHORIZED, detail, service_fields(&slot.name));
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -167,33 +247,54 @@ impl Gateway {
     }
 }
 
-fn service_fields(
-    service: &str,
-    version: Option<&str>,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut extra = serde_json::Map::new();
-    extra.insert("service".into(), service.into());
-    if let Some(version) = version {
-        extra.insert("version".into(), version.into());
+/// The request body, up to the service's limit: a declared larger length is refused
+/// before any of the body is read, an undeclared one as soon as it passes the limit.
+async fn read_body(
+    slot: &ServiceSlot,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Bytes, Box<http::Response<Bytes>>> {
+    let max_body = slot.limits.max_body_kib.saturating_mul(1024);
+    let too_large = || {
+        Box::new(problem_bytes(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the limit of {max_body} bytes for service {:?}",
+                slot.name
+            ),
+            service_fields(&slot.name),
+        ))
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(too_large());
     }
-    extra
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Box::new(problem_bytes(
+            StatusCode::BAD_REQUEST,
+            format!("failed to read the request body: {e}"),
+            serde_json::Map::new(),
+        ))),
+    }
 }
 
-fn access_log(
-    method: &http::Method,
-    path: &str,
-    status: StatusCode,
-    service: &str,
-    version: &str,
-    started: Instant,
-) {
-    tracing::info!(
-        target: "microhost::access",
-        %method,
-        path,
-        status = status.as_u16(),
-        service,
-        version,
-        latency_us = started.elapsed().as_micros() as u64,
-    );
+fn set_headers(headers: &mut http::HeaderMap, values: &[(&'static str, String); 3]) {
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+fn service_fields(service: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut extra = serde_json::Map::new();
+    extra.insert("service".into(), service.into());
+    extra
 }

@@ -59,7 +59,8 @@ pub fn status_of(error: &InvokeError) -> StatusCode {
         InvokeError::Instantiate(_)
         | InvokeError::BreakerOpen(_)
         | InvokeError::Contention(_)
-        | InvokeError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        | InvokeError::Unhealthy(_)
+        | InvokeError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         InvokeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -1,24 +1,38 @@
-//! The HTTP server loop shared by the gateway and the admin API: HTTP/1.1 and h2c,
-//! header-read timeout (slowloris), graceful shutdown that lets in-flight requests end.
+//! The HTTP server loop shared by the gateway and the admin API: HTTP/1.1 and h2 (h2c
+//! in clear text, ALPN `h2` over TLS), optional TLS termination with rustls, limits on
+//! connections, header count and size, a header-read timeout (slowloris; it also closes
+//! idle keep-alive connections), and graceful shutdown that lets in-flight requests end.
+//! Malformed requests (bad framing, conflicting lengths, obfuscated
+//! `Transfer-Encoding`, `Transfer-Encoding` in HTTP/1.0) are answered 400 (431 for too
+//! many or too large headers) by hyper and never reach a service.
 
+use anyhow::Context as _;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
-    /// A client must send a request's whole header section within this time.
+    /// A client must send a request's whole header section within this time; an idle
+    /// keep-alive connection is closed after it too. Also bounds a TLS handshake.
     pub header_read_timeout: Duration,
-    /// Most headers in one request.
+    /// Most headers in one request (more: 431).
     pub max_headers: usize,
+    /// Largest request head (request line and headers), in bytes (more: 431).
+    pub max_header_bytes: usize,
+    /// Most open connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub shutdown_grace: Duration,
 }
@@ -28,19 +42,44 @@ impl Default for ServerLimits {
         ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
         }
     }
 }
 
+/// A TLS server configuration from PEM files: the certificate chain and its private key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("failed to read TLS certificate {cert:?}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{cert:?} is not a PEM certificate chain"))?;
+    anyhow::ensure!(!certs.is_empty(), "{cert:?} holds no PEM certificate");
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("failed to read a PEM private key from {key:?}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not fit together")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Accepts connections on `listener` until `shutdown` turns true, serving each with the
-/// service `make(peer)` returns; then stops accepting and waits (up to the grace period)
-/// for open connections to finish their requests.
+/// service `make(peer)` returns (over TLS if `tls` is set); then stops accepting and
+/// waits (up to the grace period) for open connections to finish their requests.
 pub async fn serve<M, S, B>(
     name: &'static str,
     listener: TcpListener,
     make: M,
     limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     M: Fn(SocketAddr) -> S + Send + 'static,
@@ -58,11 +97,15 @@ pub async fn serve<M, S, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers);
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
@@ -72,11 +115,46 @@ pub async fn serve<M, S, B>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        tracing::warn!(server = name, %peer, limit = limits.max_connections, "connection limit reached; closing the new connection");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let conn = builder.serve_connection(TokioIo::new(stream), make(peer)).into_owned();
-                    let conn = graceful.watch(conn);
+                    let service = make(peer);
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        let _permit = permit;
+                        let result = match tls {
+                            None => {
+                                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                                watcher.watch(conn.into_owned()).await
+                            }
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(
+                                    limits.header_read_timeout,
+                                    acceptor.accept(stream),
+                                )
+                                .await;
+                                match handshake {
+                                    Ok(Ok(stream)) => {
+                                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                                        watcher.watch(conn.into_owned()).await
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(server = name, %peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(server = name, %peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        if let Err(e) = result {
                             tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
                         }
                     });

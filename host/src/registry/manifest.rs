@@ -2,6 +2,10 @@
 //! service. Parsed strictly (unknown fields are errors) and validated before the host
 //! starts; every error names the file, the service and the field.
 
+pub use super::policy::{
+    CacheSpec, ConcurrencySpec, CorsSpec, FallbackSpec, HeaderOps, PolicySpec, RateLimitKey,
+    RateLimitSpec, RetrySpec, TransformSpec,
+};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -69,6 +73,10 @@ pub struct ServiceSpec {
     /// When a canary version is rolled back automatically.
     #[serde(default)]
     pub canary: CanarySpec,
+    /// The route's gateway policies (`[service.policy]`): rate limit, load shedding,
+    /// retries, cache, fallback, CORS, transformation.
+    #[serde(default)]
+    pub policy: PolicySpec,
 }
 
 /// Health checks of a service's versions. A new version must pass one (its
@@ -520,6 +528,14 @@ impl Manifest {
                         "min_requests must be at least 1 and error_margin_pct at most 100, got {canary:?}"
                     ),
                 ));
+            }
+            if let Err((field, reason)) = service.policy.validate() {
+                return Err(ManifestError::Field {
+                    path: path.to_path_buf(),
+                    service: service.name.clone(),
+                    field,
+                    reason,
+                });
             }
             let limits = &service.limits;
             if !(1..=MAX_MEMORY_MIB).contains(&limits.memory_mib) {

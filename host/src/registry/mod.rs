@@ -9,6 +9,7 @@
 //! ([`ServiceSlot::pin`]), so a switch drops nothing.
 
 pub mod manifest;
+pub mod policy;
 pub mod record;
 mod slot;
 mod supervisor;
@@ -441,6 +442,7 @@ impl Registry {
             breaker: spec.breaker,
             health_spec: spec.health.clone(),
             canary_spec: spec.canary,
+            policy: Arc::new(crate::dispatch::policy::Policy::new(&spec.policy)),
             config: Arc::new(spec.config.iter().collect()),
             storage: self.storage.clone(),
             auth: self.auth.clone(),

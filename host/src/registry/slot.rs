@@ -7,6 +7,7 @@
 //! bounded by the service's timeout, which bounds the drain).
 
 use super::manifest::{BreakerSpec, CanarySpec, HealthSpec, Limits, PublicRule, SubscriptionSpec};
+use crate::dispatch::policy::Policy;
 use crate::runtime::{InvocationContext, Prepared};
 use crate::store::Storage;
 use rand::Rng as _;
@@ -161,6 +162,8 @@ pub struct ServiceSlot {
     pub breaker: BreakerSpec,
     pub health_spec: HealthSpec,
     pub canary_spec: CanarySpec,
+    /// The route's gateway policies and their state (buckets, queue, cache).
+    pub policy: Arc<Policy>,
     pub(super) config: Arc<WasiConfigVariables>,
     pub(super) storage: Arc<dyn Storage>,
     pub(super) auth: Arc<crate::auth::Auth>,
@@ -191,6 +194,7 @@ pub struct SlotSettings {
     pub breaker: BreakerSpec,
     pub health_spec: HealthSpec,
     pub canary_spec: CanarySpec,
+    pub policy: Arc<Policy>,
     pub config: Arc<WasiConfigVariables>,
     pub storage: Arc<dyn Storage>,
     pub auth: Arc<crate::auth::Auth>,
@@ -211,6 +215,7 @@ impl ServiceSlot {
             breaker,
             health_spec,
             canary_spec,
+            policy,
             config,
             storage,
             auth,
@@ -228,6 +233,7 @@ impl ServiceSlot {
             breaker,
             health_spec,
             canary_spec,
+            policy,
             config,
             storage,
             auth,
@@ -376,6 +382,7 @@ impl ServiceSlot {
             config: self.config.clone(),
             publishes: self.publishes.clone(),
             traceparent: None,
+            request_id: None,
             auth: self.auth.clone(),
             calls: self.calls.clone(),
             caller: None,

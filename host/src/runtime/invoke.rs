@@ -43,8 +43,10 @@ pub struct InvocationContext {
     pub publishes: Arc<BTreeSet<String>>,
     pub memory_bytes: usize,
     pub timeout: Duration,
-    /// W3C trace context to stamp on published events.
+    /// W3C trace context to stamp on published events and pass on with outgoing calls.
     pub traceparent: Option<String>,
+    /// The edge request's `x-request-id`, passed on with outgoing calls.
+    pub request_id: Option<String>,
     pub auth: Arc<crate::auth::Auth>,
     /// Services the guest may call (manifest `calls`), and who serves those calls.
     pub calls: Arc<BTreeSet<String>>,
@@ -86,6 +88,8 @@ pub enum InvokeError {
     Contention(String),
     #[error("the service is out of routing: its health checks fail ({0})")]
     Unhealthy(String),
+    #[error("the service is at its concurrency limit: {0}")]
+    Overloaded(String),
 }
 
 /// How a guest call ended, and the store (with the unit of work and the limiter's
@@ -113,6 +117,8 @@ fn grants(cx: InvocationContext) -> Grants {
             hosts: cx.allowed_hosts,
             identity: cx.identity,
             hops: cx.hops,
+            traceparent: cx.traceparent.clone(),
+            request_id: cx.request_id,
         },
         publisher: Publisher {
             source: format!("{}@{}", cx.service, cx.version),

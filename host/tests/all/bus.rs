@@ -113,10 +113,14 @@ async fn every_subscriber_gets_every_event_in_order() -> anyhow::Result<()> {
     assert_eq!(event["offset"], 10);
     assert_eq!(event["key"], "k-42");
     assert_eq!(event["content_type"], "text/plain");
+    // The gateway continues the trace with its own span as the parent.
+    let delivered = event["traceparent"].as_str().unwrap_or_default();
     assert_eq!(
-        event["traceparent"], traceparent,
-        "trace context reaches the subscriber"
+        delivered.split('-').nth(1),
+        traceparent.split('-').nth(1),
+        "the trace id reaches the subscriber: {delivered}"
     );
+    assert_ne!(delivered, traceparent, "with the gateway's span as parent");
     assert_eq!(event["attempt"], 1);
 
     let sub = subscription(&host, "orders.created", "sub-b").await?;

@@ -6,6 +6,7 @@ mod bus;
 mod deploy;
 mod failures;
 mod gateway;
+mod policies;
 mod process;
 mod registry;
 mod seed;

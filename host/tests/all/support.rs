@@ -303,6 +303,51 @@ impl Host {
         send(&self.client, method, url, body, token).await
     }
 
+    /// A gateway request with extra headers.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Resp> {
+        let mut request = http::Request::builder().method(method).uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read(
+            self.client
+                .request(request.body(Full::new(body.into()))?)
+                .await?,
+        )
+        .await
+    }
+
+    /// Requests the active version of `service` has served (attempts included).
+    pub async fn served(&self, service: &str) -> anyhow::Result<u64> {
+        let status = self
+            .admin_get(&format!("/admin/services/{service}"))
+            .await?;
+        status["active"]["served"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no served count in {status}"))
+    }
+
+    /// The `/metrics` text, with the admin token.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let token = self.running.admin_token.clone();
+        let r = self
+            .send(
+                http::Method::GET,
+                &self.admin_url("/metrics"),
+                Bytes::new(),
+                Some(&token),
+            )
+            .await?;
+        anyhow::ensure!(r.status == 200, "GET /metrics: {} {}", r.status, r.text());
+        Ok(r.text())
+    }
+
     /// Runs the real `microhost` binary against this host's admin API (with its token).
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         Ok(
@@ -332,7 +377,10 @@ pub async fn send(
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = client.request(request.body(Full::new(body))?).await?;
+    read(client.request(request.body(Full::new(body))?).await?).await
+}
+
+async fn read(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Resp> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
     Ok(Resp {
@@ -357,4 +405,22 @@ macro_rules! assert_eventually {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }};
+}
+
+/// The sum of the samples named `name` whose labels include `labels`, from a `/metrics`
+/// text (which must parse as Prometheus text).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"));
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }

@@ -1,0 +1,272 @@
+//! Prometheus metrics, served as text on the admin listener's `GET /metrics`: requests
+//! and latency per service, version and status; in-flight requests; rate-limit,
+//! load-shedding, retry, cache and fallback counters; breaker states; bus counters.
+
+use crate::bus::Bus;
+use crate::dispatch::breaker::{Breakers, Status};
+use crate::registry::Registry;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn histogram() -> Histogram {
+    // 100 µs to ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// Every metric of the host.
+pub struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    in_flight: Family<Labels, Gauge>,
+    rate_limited: Family<Labels, Counter>,
+    shed: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    cache: Family<Labels, Counter>,
+    fallbacks: Family<Labels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Reads the states that live elsewhere (breakers, bus) when scraped.
+struct Live {
+    breakers: Weak<Breakers>,
+    registry: Weak<Registry>,
+    bus: Weak<Bus>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+impl prometheus_client::collector::Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let (Some(breakers), Some(registry)) = (self.breakers.upgrade(), self.registry.upgrade())
+        {
+            let mut e = encoder.encode_descriptor(
+                "microhost_breaker_state",
+                "Circuit breaker of each service: 0 closed, 1 half-open, 2 open",
+                None,
+                MetricType::Gauge,
+            )?;
+            for slot in registry.services() {
+                let value: i64 = match breakers.status(&slot.name) {
+                    Status::Closed => 0,
+                    Status::HalfOpen => 1,
+                    Status::Open => 2,
+                };
+                let labels: Labels = vec![("service", slot.name.clone())];
+                ConstGauge::new(value).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(bus) = self.bus.upgrade() {
+            let published = bus.metrics.published_all();
+            let mut e = encoder.encode_descriptor(
+                "microhost_bus_published",
+                "Events published, per topic",
+                None,
+                MetricType::Counter,
+            )?;
+            for (topic, n) in &published {
+                let labels: Labels = vec![("topic", topic.clone())];
+                ConstCounter::new(*n).encode(e.encode_family(&labels)?)?;
+            }
+            let subs = bus.metrics.subscriptions_all();
+            for (name, help, pick) in [
+                (
+                    "microhost_bus_delivered",
+                    "Events delivered and acknowledged, per subscription",
+                    0,
+                ),
+                (
+                    "microhost_bus_retried",
+                    "Delivery attempts that failed and were retried, per subscription",
+                    1,
+                ),
+                (
+                    "microhost_bus_dead_lettered",
+                    "Events moved to the dead-letter topic, per subscription",
+                    2,
+                ),
+            ] {
+                let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for ((topic, service), c) in &subs {
+                    let n = [c.delivered, c.retried, c.dead_lettered][pick];
+                    let labels: Labels =
+                        vec![("topic", topic.clone()), ("service", service.clone())];
+                    ConstCounter::new(n).encode(e.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            histogram as fn() -> Histogram,
+        );
+        let in_flight = Family::<Labels, Gauge>::default();
+        let rate_limited = Family::<Labels, Counter>::default();
+        let shed = Family::<Labels, Counter>::default();
+        let retries = Family::<Labels, Counter>::default();
+        let cache = Family::<Labels, Counter>::default();
+        let fallbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            "microhost_requests",
+            "Requests answered, per service, version and status",
+            requests.clone(),
+        );
+        registry.register(
+            "microhost_request_duration_seconds",
+            "Time to answer a request, per service, version and status",
+            latency.clone(),
+        );
+        registry.register(
+            "microhost_in_flight",
+            "Requests being served now, per service",
+            in_flight.clone(),
+        );
+        registry.register(
+            "microhost_rate_limited",
+            "Requests refused with 429 by a route's rate limit, per service",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "microhost_shed",
+            "Requests refused with 503 by a service's concurrency limit, per service",
+            shed.clone(),
+        );
+        registry.register(
+            "microhost_retries",
+            "Retries of failed idempotent requests, per service",
+            retries.clone(),
+        );
+        registry.register(
+            "microhost_cache",
+            "Response cache lookups, per service and result (hit, miss, stale)",
+            cache.clone(),
+        );
+        registry.register(
+            "microhost_fallbacks",
+            "Fallback responses served, per service and kind",
+            fallbacks.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            rate_limited,
+            shed,
+            retries,
+            cache,
+            fallbacks,
+        }
+    }
+
+    /// Adds the breaker and bus states, read at each scrape.
+    pub fn observe(&mut self, breakers: &Arc<Breakers>, registry: &Arc<Registry>, bus: &Arc<Bus>) {
+        self.registry.register_collector(Box::new(Live {
+            breakers: Arc::downgrade(breakers),
+            registry: Arc::downgrade(registry),
+            bus: Arc::downgrade(bus),
+        }));
+    }
+
+    pub fn request(&self, service: &str, version: &str, status: u16, elapsed: Duration) {
+        let labels: Labels = vec![
+            ("service", service.to_string()),
+            ("version", version.to_string()),
+            ("status", status.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn in_flight(&self, service: &str) -> InFlightGuard {
+        let gauge = self
+            .in_flight
+            .get_or_create(&vec![("service", service.to_string())])
+            .clone();
+        gauge.inc();
+        InFlightGuard(gauge)
+    }
+
+    fn count(family: &Family<Labels, Counter>, labels: Labels) {
+        family.get_or_create(&labels).inc();
+    }
+
+    pub fn rate_limited(&self, service: &str) {
+        Self::count(&self.rate_limited, vec![("service", service.to_string())]);
+    }
+
+    pub fn shed(&self, service: &str) {
+        Self::count(&self.shed, vec![("service", service.to_string())]);
+    }
+
+    pub fn retried(&self, service: &str) {
+        Self::count(&self.retries, vec![("service", service.to_string())]);
+    }
+
+    pub fn cache(&self, service: &str, result: &'static str) {
+        Self::count(
+            &self.cache,
+            vec![
+                ("service", service.to_string()),
+                ("result", result.to_string()),
+            ],
+        );
+    }
+
+    pub fn fallback(&self, service: &str, kind: &'static str) {
+        Self::count(
+            &self.fallbacks,
+            vec![("service", service.to_string()), ("kind", kind.to_string())],
+        );
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlightGuard(Gauge);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
