@@ -4,6 +4,7 @@
 
 mod bus;
 mod deploy;
+mod edge;
 mod failures;
 mod gateway;
 mod policies;

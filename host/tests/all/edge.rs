@@ -1,0 +1,401 @@
+//! Edge hardening over raw TCP: a request-smuggling corpus, slowloris, 413 before the
+//! body is read, header limits (431), the connection limit; TLS termination; `/metrics`.
+
+use crate::support::{Host, Svc, config, data_dir, metric};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Writes `raw`, then reads until the server closes the connection or goes quiet for
+/// `quiet`; returns what it sent back.
+async fn exchange(host: &Host, raw: &[u8], quiet: Duration) -> anyhow::Result<(String, bool)> {
+    let mut stream = TcpStream::connect(host.running.gateway_addr).await?;
+    stream.write_all(raw).await?;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(quiet, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    Ok((String::from_utf8_lossy(&received).into_owned(), closed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_corpus_is_refused_or_closed() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(&[Svc::new("echo", "/", "test-echo")], dir.path()).await?;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "CL then TE",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "TE then CL",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "duplicate CL",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 37\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "CL list",
+            format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 37\r\n\r\n{smuggled}"),
+        ),
+        (
+            "signed CL",
+            format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +37\r\n\r\n{smuggled}"),
+        ),
+        (
+            "TE not chunked",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "TE chunked then identity",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "TE list not ending in chunked",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "space before colon",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "TE with a vertical tab",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\x0bchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "HTTP/1.0 with TE",
+            format!(
+                "POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "bad chunk size",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "header folding",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nX-A: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n{smuggled}"
+            ),
+        ),
+    ];
+    for (name, raw) in cases {
+        let before = host.served("echo").await?;
+        let (answer, closed) = exchange(&host, raw.as_bytes(), Duration::from_secs(3)).await?;
+        let statuses: Vec<&str> = answer
+            .match_indices("HTTP/1.")
+            .filter_map(|(i, _)| answer.get(i + 9..i + 12))
+            .collect();
+        let served = host.served("echo").await? - before;
+        assert!(
+            statuses.first() == Some(&"400") || closed,
+            "{name}: neither 400 nor closed: {answer}"
+        );
+        assert!(
+            statuses.len() <= 1,
+            "{name}: more than one response: {answer}"
+        );
+        assert!(served <= 1, "{name}: the service was called {served} times");
+        assert!(
+            !answer.contains("/smuggled"),
+            "{name}: the smuggled request was served"
+        );
+        println!("{name}: {statuses:?}, closed = {closed}, reached the service {served} times");
+    }
+    // The host is fine afterwards.
+    assert_eq!(host.get("/after").await?.status, 200);
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_off_while_others_are_served() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Arc::new(Host::start(&[Svc::new("echo", "/", "test-echo")], dir.path()).await?);
+    // One header byte every 100 ms: progress does not extend the 1 s deadline.
+    let addr = host.running.gateway_addr;
+    let slow = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await?;
+        let started = Instant::now();
+        let request = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for byte in request.iter() {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return anyhow::Ok(Some(started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut buf = [0u8; 64];
+        Ok(match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => Some(started.elapsed()),
+            Ok(_) => None,
+        })
+    });
+    let mut served = 0;
+    while !slow.is_finished() {
+        assert_eq!(host.get("/ok").await?.status, 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut = slow.await??;
+    let cut = cut.ok_or_else(|| anyhow::anyhow!("the slow client was answered"))?;
+    assert!(cut < Duration::from_secs(3), "cut off after {cut:?}");
+    assert!(
+        served >= 5,
+        "only {served} normal requests during the attack"
+    );
+    if let Ok(host) = Arc::try_unwrap(host) {
+        host.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_413_before_it_is_sent() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[Svc::new("echo", "/", "test-echo").max_body_kib(1)],
+        dir.path(),
+    )
+    .await?;
+    // 10 MB announced, 10 bytes sent: the answer comes without waiting for the rest.
+    let mut stream = TcpStream::connect(host.running.gateway_addr).await?;
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n0123456789",
+        )
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    // Chunked: refused once past the limit, while the client is still sending.
+    let mut stream = TcpStream::connect(host.running.gateway_addr).await?;
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await?;
+    let chunk = [b"800\r\n".as_slice(), &[b'z'; 0x800], b"\r\n"].concat();
+    stream.write_all(&chunk).await?;
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(host.served("echo").await?, 0);
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_get_431_and_connections_are_limited() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let mut cfg = config(&[Svc::new("echo", "/", "test-echo")], dir.path())?;
+    cfg.limits.max_connections = 3;
+    cfg.limits.header_read_timeout = Duration::from_secs(2);
+    let host = Host::start_with(cfg).await?;
+
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let raw = format!("GET /a HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let (answer, _) = exchange(&host, raw.as_bytes(), Duration::from_secs(3)).await?;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let big = "b".repeat(100 * 1024);
+    let raw = format!("GET /a HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let (answer, _) = exchange(&host, raw.as_bytes(), Duration::from_secs(3)).await?;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(host.served("echo").await?, 0);
+
+    // Three idle connections fill the limit; a fourth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(host.running.gateway_addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = TcpStream::connect(host.running.gateway_addr).await?;
+    fourth
+        .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(1), fourth.read(&mut buf))
+        .await?
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection over the limit was served");
+    drop(idle);
+    crate::assert_eventually!(
+        Duration::from_secs(5),
+        host.get("/a").await.is_ok_and(|r| r.status == 200),
+        "connections were not freed"
+    );
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_terminates_at_the_gateway() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem())?;
+    std::fs::write(&key_path, certified.signing_key.serialize_pem())?;
+    let mut cfg = config(&[Svc::new("echo", "/", "test-echo")], dir.path())?;
+    cfg.tls = Some(microhost::TlsFiles {
+        cert: cert_path.clone(),
+        key: key_path,
+    });
+    let host = Host::start_with(cfg).await?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = TcpStream::connect(host.running.gateway_addr).await?;
+    let tls = connector
+        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let request = http::Request::builder()
+        .uri("/secure")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-microhost-service")
+            .and_then(|v| v.to_str().ok()),
+        Some("echo@v1")
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(echo["path"], "/secure");
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let (answer, _) = exchange(
+        &host,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    host.shutdown().await;
+
+    // A key that does not exist: a clear start-up error.
+    let mut cfg = config(&[Svc::new("echo", "/", "test-echo")], dir.path())?;
+    cfg.tls = Some(microhost::TlsFiles {
+        cert: cert_path,
+        key: dir.path().join("missing.pem"),
+    });
+    let err = microhost::start(cfg)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(err.contains("missing.pem"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move_with_traffic() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("echo", "/", "test-echo"),
+            Svc::new("pub", "/pub", "test-publish").publishes("orders.created"),
+        ],
+        dir.path(),
+    )
+    .await?;
+    // Behind the admin token.
+    let r = host
+        .send(
+            http::Method::GET,
+            &host.admin_url("/metrics"),
+            Bytes::new(),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, 401);
+
+    let ok = [("service", "echo"), ("version", "v1"), ("status", "200")];
+    let before = host.metrics().await?;
+    let base = metric(&before, "microhost_requests_total", &ok);
+    for _ in 0..5 {
+        assert_eq!(host.get("/m").await?.status, 200);
+    }
+    assert_eq!(host.get("/m?status=404").await?.status, 404);
+    let after = host.metrics().await?;
+    assert_eq!(metric(&after, "microhost_requests_total", &ok), base + 5.0);
+    assert_eq!(
+        metric(
+            &after,
+            "microhost_requests_total",
+            &[("service", "echo"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&after, "microhost_request_duration_seconds_count", &ok),
+        base + 5.0
+    );
+    assert!(
+        after.contains("microhost_request_duration_seconds_bucket{"),
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "microhost_breaker_state", &[("service", "echo")]),
+        0.0
+    );
+    assert!(
+        after.contains("microhost_in_flight{service=\"echo\"} 0"),
+        "{after}"
+    );
+
+    // Bus counters.
+    let r = host.post("/pub/pub/orders.created", "one").await?;
+    assert!(r.status < 300, "{}", r.text());
+    let text = host.metrics().await?;
+    assert_eq!(
+        metric(
+            &text,
+            "microhost_bus_published_total",
+            &[("topic", "orders.created")]
+        ),
+        1.0
+    );
+    host.shutdown().await;
+    Ok(())
+}
