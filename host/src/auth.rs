@@ -2,16 +2,148 @@
 //! never enters a guest; passwords are hashed with argon2id on blocking threads behind a
 //! concurrency limit. Used by the gateway (verifying tokens on protected routes) and by
 //! the `microhost:platform/auth` capability (issuing tokens, hashing passwords).
+//!
+//! The host signs its own tokens with HS256 (`kid` = [`HOST_KID`]). Tokens of other
+//! issuers verify with keys from the manifest (`[[auth.key]]`: RSA, EC or Ed25519 PEM
+//! public keys, or HMAC secrets from the environment) or a JWKS file, selected by the
+//! token's `kid`. Each key pins its algorithm: a token whose header names another one is
+//! refused, so an RSA public key can never be used as an HMAC secret.
 
+use crate::registry::manifest::AuthSpec;
 use anyhow::Context as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::path::Path;
+use std::str::FromStr as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 /// Name of the file in the data directory holding a generated signing secret.
 pub const JWT_SECRET_FILE: &str = "jwt-secret";
+
+/// The `kid` of the tokens the host signs (tokens without a `kid` are the host's too).
+pub const HOST_KID: &str = "microhost";
+
+/// A key that verifies other issuers' tokens.
+pub struct VerifyKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    key: DecodingKey,
+    issuer: String,
+    audience: String,
+}
+
+/// The verification keys `[auth]` names: `[[auth.key]]` entries and the JWKS file, read
+/// relative to `base_dir`. Errors name the file and the key.
+pub fn load_keys(spec: &AuthSpec, base_dir: &Path) -> anyhow::Result<Vec<VerifyKey>> {
+    let mut keys = Vec::new();
+    for k in &spec.keys {
+        let alg = Algorithm::from_str(&k.alg)
+            .map_err(|_| anyhow::anyhow!("[auth] key {:?}: unknown alg {:?}", k.kid, k.alg))?;
+        let key = match (&k.public_key, &k.secret_env) {
+            (Some(file), _) => {
+                let path = base_dir.join(file);
+                let pem = std::fs::read(&path)
+                    .with_context(|| format!("[auth] key {:?}: failed to read {path:?}", k.kid))?;
+                let parsed = match alg {
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                    _ => DecodingKey::from_rsa_pem(&pem),
+                };
+                parsed.map_err(|e| {
+                    anyhow::anyhow!(
+                        "[auth] key {:?}: {path:?} is not a PEM public key for {}: {e}",
+                        k.kid,
+                        k.alg
+                    )
+                })?
+            }
+            (None, Some(var)) => {
+                let secret = std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!(
+                        "[auth] key {:?}: environment variable {var:?} is not set",
+                        k.kid
+                    )
+                })?;
+                anyhow::ensure!(
+                    secret.len() >= 32,
+                    "[auth] key {:?}: the secret in {var:?} must be at least 32 bytes, got {}",
+                    k.kid,
+                    secret.len()
+                );
+                DecodingKey::from_secret(secret.as_bytes())
+            }
+            (None, None) => anyhow::bail!("[auth] key {:?}: no public_key or secret_env", k.kid),
+        };
+        keys.push(VerifyKey {
+            kid: k.kid.clone(),
+            alg,
+            key,
+            issuer: k.issuer.clone().unwrap_or_else(|| spec.issuer.clone()),
+            audience: k.audience.clone().unwrap_or_else(|| spec.audience.clone()),
+        });
+    }
+    if let Some(file) = &spec.jwks {
+        let path = base_dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("[auth] jwks: failed to read {path:?}"))?;
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+            .with_context(|| format!("[auth] jwks: {path:?} is not a JWKS document"))?;
+        for jwk in &set.keys {
+            keys.push(jwks_key(jwk, spec).with_context(|| format!("[auth] jwks: {path:?}"))?);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for key in &keys {
+        anyhow::ensure!(
+            seen.insert(key.kid.as_str()),
+            "[auth]: key id {:?} is used twice",
+            key.kid
+        );
+    }
+    Ok(keys)
+}
+
+/// A JWKS entry: `kid` required; `alg` as given, else inferred from the key type
+/// (RSA: RS256, P-256: ES256, P-384: ES384, Ed25519: EdDSA).
+fn jwks_key(jwk: &jsonwebtoken::jwk::Jwk, spec: &AuthSpec) -> anyhow::Result<VerifyKey> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let kid = jwk
+        .common
+        .key_id
+        .clone()
+        .filter(|k| !k.is_empty() && k != HOST_KID)
+        .ok_or_else(|| anyhow::anyhow!("every key needs a `kid` (other than {HOST_KID:?})"))?;
+    let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+        (Some(given), _) => {
+            let name = serde_json::to_value(given)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Algorithm::from_str(&name)
+                .map_err(|_| anyhow::anyhow!("key {kid:?}: {name:?} is not a signing algorithm"))?
+        }
+        (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+        (None, AlgorithmParameters::EllipticCurve(p)) => match p.curve {
+            EllipticCurve::P256 => Algorithm::ES256,
+            EllipticCurve::P384 => Algorithm::ES384,
+            _ => anyhow::bail!("key {kid:?}: unsupported curve"),
+        },
+        (None, AlgorithmParameters::OctetKeyPair(_)) => Algorithm::EdDSA,
+        (None, AlgorithmParameters::OctetKey(_)) => {
+            anyhow::bail!("key {kid:?}: a symmetric key must name its `alg`")
+        }
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| anyhow::anyhow!("key {kid:?}: {e}"))?;
+    Ok(VerifyKey {
+        kid,
+        alg,
+        key,
+        issuer: spec.issuer.clone(),
+        audience: spec.audience.clone(),
+    })
+}
 
 /// Claims the host sets itself; a guest may not pass them in `claims`.
 const RESERVED: [&str; 6] = ["sub", "iss", "aud", "exp", "iat", "nbf"];
@@ -32,6 +164,8 @@ pub struct Auth {
     leeway_secs: u64,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Other issuers' keys, by `kid`.
+    keys: HashMap<String, VerifyKey>,
     /// Bounds concurrent argon2 hashes (each uses ~19 MiB and a core for ~tens of ms).
     hashing: Semaphore,
 }
@@ -47,8 +181,16 @@ impl Auth {
             leeway_secs,
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            keys: HashMap::new(),
             hashing: Semaphore::new(cores),
         }
+    }
+
+    /// Adds keys that verify other issuers' tokens.
+    pub fn with_keys(mut self, keys: Vec<VerifyKey>) -> Auth {
+        self.keys
+            .extend(keys.into_iter().map(|key| (key.kid.clone(), key)));
+        self
     }
 
     /// The signing secret: `configured` if given, else `<data_dir>/jwt-secret`, which is
@@ -104,20 +246,43 @@ impl Auth {
         claims.insert("aud".into(), self.audience.clone().into());
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), (now + ttl_secs).into());
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(HOST_KID.to_string());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| format!("signing the token failed: {e}"))
     }
 
-    /// Verifies a token: signature (HS256 only, whatever the header says), `exp`
-    /// (required), `nbf`, `iss` and `aud`.
+    /// Verifies a token: the key its `kid` names (the host's own without one), with
+    /// that key's algorithm only, whatever the header says; `exp` (required), `nbf`,
+    /// `iss` and `aud`, within the leeway.
     pub fn verify(&self, token: &str) -> Result<Identity, String> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("invalid token: {e}"))?;
+        let (key, alg, issuer, audience) = match header.kid.as_deref() {
+            None | Some(HOST_KID) => (
+                &self.decoding,
+                Algorithm::HS256,
+                &self.issuer,
+                &self.audience,
+            ),
+            Some(kid) => match self.keys.get(kid) {
+                Some(k) => (&k.key, k.alg, &k.issuer, &k.audience),
+                None => return Err(format!("invalid token: unknown key id {kid:?}")),
+            },
+        };
+        if header.alg != alg {
+            return Err(format!(
+                "invalid token: signed with {:?}, but its key only verifies {alg:?}",
+                header.alg
+            ));
+        }
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway_secs;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &validation)
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| format!("invalid token: {e}"))?;
         let subject = data
             .claims

@@ -154,12 +154,15 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         ),
     })?);
     let auth_spec = &config.manifest.auth;
-    let auth = Arc::new(auth::Auth::new(
-        &auth::Auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?,
-        &auth_spec.issuer,
-        &auth_spec.audience,
-        auth_spec.leeway_secs,
-    ));
+    let auth = Arc::new(
+        auth::Auth::new(
+            &auth::Auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?,
+            &auth_spec.issuer,
+            &auth_spec.audience,
+            auth_spec.leeway_secs,
+        )
+        .with_keys(auth::load_keys(auth_spec, &config.manifest.base_dir)?),
+    );
     let registry = Arc::new(
         registry::Registry::load(
             &config.manifest,

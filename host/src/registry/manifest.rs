@@ -155,6 +155,11 @@ pub struct AuthSpec {
     pub audience: String,
     /// Accepted clock difference for `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// A JWKS file (`{"keys": [...]}`) of more verification keys, selected by `kid`.
+    pub jwks: Option<PathBuf>,
+    /// More verification keys (`[[auth.key]]`), selected by the token's `kid`.
+    #[serde(rename = "key")]
+    pub keys: Vec<KeySpec>,
 }
 
 impl Default for AuthSpec {
@@ -163,8 +168,29 @@ impl Default for AuthSpec {
             issuer: "microhost".to_string(),
             audience: "microhost".to_string(),
             leeway_secs: 30,
+            jwks: None,
+            keys: Vec::new(),
         }
     }
+}
+
+/// A key that verifies tokens of another issuer (or of a legacy secret). Tokens name it
+/// by `kid`, and must be signed with its `alg`: the algorithm is pinned per key.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub kid: String,
+    /// `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`
+    /// (with `public_key`) or `HS256`, `HS384`, `HS512` (with `secret_env`).
+    pub alg: String,
+    /// A PEM public key file, relative to the manifest.
+    pub public_key: Option<PathBuf>,
+    /// The environment variable holding an HMAC secret (never the secret itself).
+    pub secret_env: Option<String>,
+    /// Required `iss` of its tokens [default: `[auth] issuer`].
+    pub issuer: Option<String>,
+    /// Required `aud` of its tokens [default: `[auth] audience`].
+    pub audience: Option<String>,
 }
 
 /// A parsed `public` entry.
@@ -316,6 +342,12 @@ pub enum ManifestError {
     },
     #[error("invalid manifest {path:?}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("invalid manifest {path:?}: [auth] field `{field}`: {reason}")]
+    Auth {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
     #[error("invalid manifest {path:?}: service {service:?}: field `{field}`: {reason}")]
     Field {
         path: PathBuf,
@@ -380,6 +412,62 @@ impl Manifest {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ManifestError> {
+        let mut kids = HashSet::new();
+        for key in &self.auth.keys {
+            let fail = |field: &'static str, reason: String| ManifestError::Auth {
+                path: path.to_path_buf(),
+                field,
+                reason,
+            };
+            if key.kid.is_empty() || key.kid == crate::auth::HOST_KID {
+                return Err(fail(
+                    "key.kid",
+                    format!(
+                        "{:?} cannot be used: give each key a non-empty id other than {:?}",
+                        key.kid,
+                        crate::auth::HOST_KID
+                    ),
+                ));
+            }
+            if !kids.insert(key.kid.as_str()) {
+                return Err(fail("key.kid", format!("{:?} is listed twice", key.kid)));
+            }
+            let hmac = match key.alg.as_str() {
+                "HS256" | "HS384" | "HS512" => true,
+                "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384"
+                | "EdDSA" => false,
+                other => {
+                    return Err(fail(
+                        "key.alg",
+                        format!(
+                            "key {:?}: {other:?} is not a supported signing algorithm",
+                            key.kid
+                        ),
+                    ));
+                }
+            };
+            match (hmac, &key.public_key, &key.secret_env) {
+                (true, None, Some(_)) | (false, Some(_), None) => {}
+                (true, _, _) => {
+                    return Err(fail(
+                        "key.secret_env",
+                        format!(
+                            "key {:?}: {} needs `secret_env` (the variable holding the secret) and no `public_key`",
+                            key.kid, key.alg
+                        ),
+                    ));
+                }
+                (false, _, _) => {
+                    return Err(fail(
+                        "key.public_key",
+                        format!(
+                            "key {:?}: {} needs `public_key` (a PEM file) and no `secret_env`",
+                            key.kid, key.alg
+                        ),
+                    ));
+                }
+            }
+        }
         let mut names = HashSet::new();
         let mut routes = HashSet::new();
         for service in &self.services {
@@ -799,6 +887,58 @@ mod tests {
             m.services[0].component.path,
             Path::new("/tmp/with \"quote\".wasm")
         );
+        Ok(())
+    }
+
+    #[test]
+    fn policies_parse_and_bad_ones_name_their_field() -> anyhow::Result<()> {
+        let with = |policy: &str| parse(&format!("{GOOD}policy = {{ {policy} }}\n"));
+        let m = with(
+            r#"rate_limit = { per_second = 5 }, cache = { ttl_ms = 1000 }, fallback = { kind = "cached" }, cors = { allow_origins = ["*"] }"#,
+        )?;
+        let p = &m.services[0].policy;
+        assert_eq!(p.rate_limit.as_ref().map(RateLimitSpec::burst), Some(5));
+        assert_eq!(p.retry.attempts, 1, "no retries unless asked");
+        assert_eq!(p.fallback, FallbackSpec::Cached);
+        let cases = [
+            ("rate_limit = { per_second = 0 }", "`policy.rate_limit`"),
+            ("concurrency = { max = 0 }", "`policy.concurrency`"),
+            ("retry = { attempts = 11 }", "`policy.retry.attempts`"),
+            (r#"fallback = { kind = "cached" }"#, "`policy.fallback`"),
+            (
+                r#"fallback = { kind = "static", status = 99 }"#,
+                "`policy.fallback.status`",
+            ),
+            (
+                r#"cors = { allow_origins = ["*"], allow_credentials = true }"#,
+                "`policy.cors.allow_credentials`",
+            ),
+            (
+                r#"cors = { allow_origins = ["shop.example"] }"#,
+                "`policy.cors.allow_origins`",
+            ),
+            (
+                r#"transform = { strip_prefix = "api" }"#,
+                "`policy.transform.strip_prefix`",
+            ),
+            (
+                r#"transform = { request_headers = { set = { "x-microhost-subject" = "admin" } } }"#,
+                "`policy.transform.request_headers`",
+            ),
+            (
+                r#"transform = { response_headers = { remove = ["transfer-encoding"] } }"#,
+                "`policy.transform.response_headers`",
+            ),
+        ];
+        for (policy, field) in cases {
+            let msg = with(policy).expect_err(policy).to_string();
+            assert!(msg.contains(field), "{policy}: {msg}");
+            assert!(msg.contains("\"product\""), "{policy}: {msg}");
+        }
+        let msg = with(r#"cache = { ttl = 5 }"#)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(msg.contains("ttl"), "{msg}");
         Ok(())
     }
 

@@ -13,3 +13,4 @@ mod registry;
 mod seed;
 mod state;
 mod support;
+mod tokens;
