@@ -1,6 +1,7 @@
 //! Calling other services (and allowed outside hosts) with `wasi:http/outgoing-handler`.
 //! A service is addressed as `http://<service>.internal/<path>`; the host serves the call
-//! in-process, through the target's circuit breaker, and passes on the caller's identity.
+//! in-process, through the target's policies (cache, concurrency limit, circuit breaker,
+//! retries, fallback), and passes on the caller's identity, request id and trace context.
 
 use crate::bindings::wasi::http::outgoing_handler;
 use crate::bindings::wasi::http::types::{

@@ -1,6 +1,8 @@
 //! Test guest: answers with what it received (method, path, query, headers, body) and
 //! the `greeting` config value, as JSON. `?status=N` sets the status; `?max_age=S`
 //! sends `Cache-Control: max-age=S`, `?no_store=1` sends `Cache-Control: no-store`.
+//! `?call=S` first calls `GET http://S.internal/from-echo` and adds its answer as
+//! `called: {status, body}`.
 use microhost_guest::{Request, Response, Service};
 
 struct Echo;
@@ -21,6 +23,15 @@ impl Service for Echo {
             (Some(secs), None) => Some(format!("max-age={secs}")),
             (None, None) => None,
         };
+        let called = req.query_param("call").map(|service| {
+            match microhost_guest::client::get(&format!("http://{service}.internal/from-echo")) {
+                Ok(reply) => serde_json::json!({
+                    "status": reply.status,
+                    "body": reply.json::<serde_json::Value>().unwrap_or_default(),
+                }),
+                Err(e) => serde_json::json!({ "error": e }),
+            }
+        });
         let response = Response::json(
             status,
             &serde_json::json!({
@@ -30,6 +41,7 @@ impl Service for Echo {
                 "headers": headers,
                 "body": String::from_utf8_lossy(&req.body),
                 "greeting": microhost_guest::config("greeting"),
+                "called": called,
             }),
         );
         match cache_control {

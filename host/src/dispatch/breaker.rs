@@ -1,4 +1,5 @@
-//! Circuit breakers, one per called service: closed → (N consecutive failures) → open
+//! Circuit breakers, one per service, for edge requests and service-to-service calls
+//! alike: closed → (N consecutive failures, or an error rate over a window) → open
 //! (calls fail fast) → (after the open period) half-open (one probe) → closed or open.
 
 use crate::registry::manifest::BreakerSpec;
@@ -9,7 +10,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Closed {
+        /// Consecutive failures.
         failures: u32,
+        /// The error-rate window: when it began, calls and failures in it.
+        since: Instant,
+        calls: u32,
+        failed: u32,
     },
     Open {
         until: Instant,
@@ -20,6 +26,15 @@ enum State {
     HalfOpen {
         since: Instant,
     },
+}
+
+fn closed(now: Instant) -> State {
+    State::Closed {
+        failures: 0,
+        since: now,
+        calls: 0,
+        failed: 0,
+    }
 }
 
 /// The breakers of every target service.
@@ -55,7 +70,7 @@ impl Breakers {
         let mut states = self.lock();
         let state = states
             .entry(target.to_string())
-            .or_insert(State::Closed { failures: 0 });
+            .or_insert_with(|| closed(now));
         match *state {
             State::Closed { .. } => true,
             State::Open { until } if now >= until => {
@@ -79,16 +94,44 @@ impl Breakers {
         let mut states = self.lock();
         let state = states
             .entry(target.to_string())
-            .or_insert(State::Closed { failures: 0 });
+            .or_insert_with(|| closed(now));
         let open = State::Open {
             until: now + Duration::from_millis(spec.open_ms),
         };
         let next = match (*state, ok) {
-            (_, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, false) if failures + 1 >= spec.failures => open,
-            (State::Closed { failures }, false) => State::Closed {
-                failures: failures + 1,
-            },
+            (
+                State::Closed {
+                    failures,
+                    since,
+                    calls,
+                    failed,
+                },
+                _,
+            ) => {
+                let (since, calls, failed) = if now >= since + Duration::from_millis(spec.window_ms)
+                {
+                    (now, 0, 0)
+                } else {
+                    (since, calls, failed)
+                };
+                let calls = calls + 1;
+                let failed = failed + u32::from(!ok);
+                let failures = if ok { 0 } else { failures + 1 };
+                let rate_exceeded = spec.error_rate_pct > 0
+                    && calls >= spec.min_requests
+                    && u64::from(failed) * 100 >= u64::from(spec.error_rate_pct) * u64::from(calls);
+                if !ok && (failures >= spec.failures || rate_exceeded) {
+                    open
+                } else {
+                    State::Closed {
+                        failures,
+                        since,
+                        calls,
+                        failed,
+                    }
+                }
+            }
+            (_, true) => closed(now),
             (State::HalfOpen { .. }, false) => open,
             // A call allowed before the breaker opened: it is already open.
             (State::Open { .. }, false) => *state,
@@ -120,7 +163,38 @@ mod tests {
     const SPEC: BreakerSpec = BreakerSpec {
         failures: 3,
         open_ms: 1000,
+        error_rate_pct: 0,
+        min_requests: 20,
+        window_ms: 10_000,
     };
+
+    #[test]
+    fn opens_on_an_error_rate_over_the_window() {
+        let spec = BreakerSpec {
+            failures: 100,
+            error_rate_pct: 50,
+            min_requests: 10,
+            window_ms: 1000,
+            ..SPEC
+        };
+        let b = Breakers::default();
+        let t0 = Instant::now();
+        // Alternating: never 100 in a row, but half of all calls fail.
+        for i in 0..9 {
+            b.record_at("p", &spec, i % 2 == 0, t0);
+        }
+        assert_eq!(b.status("p"), Status::Closed, "fewer than min_requests");
+        b.record_at("p", &spec, false, t0);
+        assert_eq!(b.status("p"), Status::Open, "5 of 10 failed");
+        // A new window forgets old calls.
+        let b = Breakers::default();
+        for i in 0..9 {
+            b.record_at("p", &spec, i % 2 == 0, t0);
+        }
+        let later = t0 + Duration::from_millis(1000);
+        b.record_at("p", &spec, false, later);
+        assert_eq!(b.status("p"), Status::Closed, "the window started over");
+    }
 
     #[test]
     fn opens_after_consecutive_failures_then_probes_and_closes() {

@@ -47,6 +47,34 @@ impl Policy {
         }
     }
 
+    /// The policies and their state now, for the admin API.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rate_limit": self.rate_limit.as_ref().map(|r| serde_json::json!({
+                "per_second": r.spec.per_second,
+                "burst": r.spec.burst(),
+                "key": format!("{:?}", r.spec.key).to_lowercase(),
+            })),
+            "concurrency": self.concurrency.as_ref().map(|s| serde_json::json!({
+                "max": s.spec.max,
+                "queue": s.spec.queue,
+                "running": s.running(),
+                "queued": s.queued(),
+            })),
+            "retry": { "attempts": self.retry.attempts, "budget_pct": self.retry.budget_pct },
+            "cache": self.cache.as_ref().map(|c| serde_json::json!({
+                "ttl_ms": c.spec.ttl_ms,
+                "entries": c.len(),
+            })),
+            "fallback": match &self.fallback {
+                FallbackSpec::Problem => "problem",
+                FallbackSpec::Cached => "cached",
+                FallbackSpec::Static { .. } => "static",
+            },
+            "cors": self.spec.cors.is_some(),
+        })
+    }
+
     /// Tries a request may get: `retry.attempts` for idempotent methods, else one.
     pub fn attempts(&self, method: &Method) -> u32 {
         let idempotent = matches!(

@@ -126,14 +126,21 @@ impl Default for CanarySpec {
     }
 }
 
-/// Circuit breaking of calls to a service: after `failures` consecutive failed calls
-/// (5xx, trap, timeout) the breaker opens and calls fail fast with 503 for `open_ms`;
-/// then one probe call is let through: success closes it, failure opens it again.
+/// Circuit breaking of requests to a service (from the edge and from other services):
+/// after `failures` consecutive failed calls (trap, timeout, 500, 502, 504), or when
+/// `error_rate_pct` % or more of at least `min_requests` calls in a `window_ms` window
+/// failed, the breaker opens and calls fail fast with 503 (or the route's fallback) for
+/// `open_ms`; then one probe call is let through: success closes it, failure opens it
+/// again.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSpec {
     pub failures: u32,
     pub open_ms: u64,
+    /// 0 (the default) turns the error-rate rule off.
+    pub error_rate_pct: u32,
+    pub min_requests: u32,
+    pub window_ms: u64,
 }
 
 impl Default for BreakerSpec {
@@ -141,6 +148,9 @@ impl Default for BreakerSpec {
         BreakerSpec {
             failures: 5,
             open_ms: 5_000,
+            error_rate_pct: 0,
+            min_requests: 20,
+            window_ms: 10_000,
         }
     }
 }
@@ -567,14 +577,17 @@ impl Manifest {
                     ));
                 }
             }
-            if service.breaker.failures == 0
-                || !(1..=MAX_TIMEOUT_MS).contains(&service.breaker.open_ms)
+            let breaker = &service.breaker;
+            if breaker.failures == 0
+                || !(1..=MAX_TIMEOUT_MS).contains(&breaker.open_ms)
+                || breaker.error_rate_pct > 100
+                || breaker.min_requests == 0
+                || !(100..=MAX_TIMEOUT_MS).contains(&breaker.window_ms)
             {
                 return Err(fail(
                     "breaker",
                     format!(
-                        "failures must be at least 1 and open_ms from 1 to {MAX_TIMEOUT_MS}, got {:?}",
-                        service.breaker
+                        "failures and min_requests must be at least 1, open_ms from 1 and window_ms from 100 to {MAX_TIMEOUT_MS}, error_rate_pct at most 100; got {breaker:?}"
                     ),
                 ));
             }

@@ -1113,5 +1113,6 @@ fn status_json(slot: &ServiceSlot, record: &ServiceRecord) -> serde_json::Value 
             .map(|(version, in_flight)| json!({ "version": version, "in_flight": in_flight }))
             .collect::<Vec<_>>(),
         "health": slot.health(),
+        "policy": slot.policy.status(),
     })
 }

@@ -260,6 +260,11 @@ async fn concurrency_limit_queues_then_sheds_with_503() -> anyhow::Result<()> {
         metric(&text, "microhost_in_flight", &[("service", "slow")]),
         0.0
     );
+    let status = host.admin_get("/admin/services/slow").await?;
+    assert_eq!(
+        status["policy"]["concurrency"],
+        serde_json::json!({ "max": 2, "queue": 2, "running": 0, "queued": 0 })
+    );
     if let Ok(host) = std::sync::Arc::try_unwrap(host) {
         host.shutdown().await;
     }
@@ -322,6 +327,11 @@ async fn get_responses_are_cached_and_dropped_when_the_version_changes() -> anyh
     );
     let served = host.served("echo").await?;
     assert_eq!(served, 10);
+    let status = host.admin_get("/admin/services/echo").await?;
+    assert_eq!(
+        status["policy"]["cache"]["entries"], 2,
+        "/items and /items?page=2"
+    );
 
     // A new version: nothing of the old one is served.
     let r = host
@@ -536,6 +546,47 @@ async fn transforms_rewrite_paths_and_headers() -> anyhow::Result<()> {
     assert!(echo["headers"].get("x-debug").is_none());
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert_eq!(r.header("content-type"), None);
+    host.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_calls_carry_the_trace_and_pass_the_callees_policies() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("front", "/front", "test-echo").set(r#"calls = ["back"]"#),
+            Svc::new("back", "/back", "test-echo").set("policy = { cache = { ttl_ms = 60000 } }"),
+        ],
+        dir.path(),
+    )
+    .await?;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for _ in 0..2 {
+        let r = host
+            .request(
+                Method::GET,
+                "/front?call=back",
+                &[("x-request-id", "chain-1"), ("traceparent", incoming)],
+                "",
+            )
+            .await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let called = &r.json()["called"];
+        assert_eq!(called["status"], 200, "{called}");
+        let seen = &called["body"]["headers"];
+        assert_eq!(seen["x-request-id"], "chain-1", "{seen}");
+        assert_eq!(seen["x-microhost-caller"], "front");
+        let traceparent = seen["traceparent"].as_str().unwrap_or_default();
+        assert_eq!(
+            traceparent.split('-').nth(1),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{traceparent}"
+        );
+    }
+    // The second call was answered from the callee's cache.
+    assert_eq!(host.served("front").await?, 2);
+    assert_eq!(host.served("back").await?, 1);
     host.shutdown().await;
     Ok(())
 }
