@@ -88,10 +88,18 @@ pub fn load_keys(spec: &AuthSpec, base_dir: &Path) -> anyhow::Result<Vec<VerifyK
         let path = base_dir.join(file);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("[auth] jwks: failed to read {path:?}"))?;
-        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
-            .with_context(|| format!("[auth] jwks: {path:?} is not a JWKS document"))?;
-        for jwk in &set.keys {
-            keys.push(jwks_key(jwk, spec).with_context(|| format!("[auth] jwks: {path:?}"))?);
+        let set: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("[auth] jwks: {path:?} is not JSON"))?;
+        let entries = set
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow::anyhow!("[auth] jwks: {path:?} has no `keys` array"))?;
+        for jwk in entries {
+            match jwks_key(jwk, spec) {
+                Ok(Some(key)) => keys.push(key),
+                Ok(None) => {}
+                Err(why) => tracing::warn!(path = %path.display(), "JWKS: {why}"),
+            }
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -105,44 +113,87 @@ pub fn load_keys(spec: &AuthSpec, base_dir: &Path) -> anyhow::Result<Vec<VerifyK
     Ok(keys)
 }
 
-/// A JWKS entry: `kid` required; `alg` as given, else inferred from the key type
-/// (RSA: RS256, P-256: ES256, P-384: ES384, Ed25519: EdDSA).
-fn jwks_key(jwk: &jsonwebtoken::jwk::Jwk, spec: &AuthSpec) -> anyhow::Result<VerifyKey> {
-    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
-    let kid = jwk
+/// A JWKS entry as a verification key: `alg` as given, else inferred from the key type
+/// (RSA: RS256, P-256: ES256, P-384: ES384, Ed25519: EdDSA). `Ok(None)` for keys that
+/// cannot verify tokens here (encryption keys, no `kid`, unsupported algorithms or
+/// curves, short secrets): identity providers publish those too, so they are skipped.
+fn jwks_key(jwk: &serde_json::Value, spec: &AuthSpec) -> Result<Option<VerifyKey>, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+    let jwk: Jwk = match serde_json::from_value(jwk.clone()) {
+        Ok(jwk) => jwk,
+        Err(e) => return Err(format!("skipped a key that is not a usable JWK: {e}")),
+    };
+    let Some(kid) = jwk
         .common
         .key_id
         .clone()
         .filter(|k| !k.is_empty() && k != HOST_KID)
-        .ok_or_else(|| anyhow::anyhow!("every key needs a `kid` (other than {HOST_KID:?})"))?;
+    else {
+        return Err(format!(
+            "skipped a key without a `kid` (or with {HOST_KID:?})"
+        ));
+    };
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Ok(None);
+    }
     let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
         (Some(given), _) => {
-            let name = serde_json::to_value(given)?
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            Algorithm::from_str(&name)
-                .map_err(|_| anyhow::anyhow!("key {kid:?}: {name:?} is not a signing algorithm"))?
+            let name = serde_json::to_value(given)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            match Algorithm::from_str(&name) {
+                Ok(alg) => alg,
+                Err(_) => return Ok(None),
+            }
         }
         (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
         (None, AlgorithmParameters::EllipticCurve(p)) => match p.curve {
             EllipticCurve::P256 => Algorithm::ES256,
             EllipticCurve::P384 => Algorithm::ES384,
-            _ => anyhow::bail!("key {kid:?}: unsupported curve"),
+            _ => return Err(format!("skipped key {kid:?}: its curve is not supported")),
         },
         (None, AlgorithmParameters::OctetKeyPair(_)) => Algorithm::EdDSA,
         (None, AlgorithmParameters::OctetKey(_)) => {
-            anyhow::bail!("key {kid:?}: a symmetric key must name its `alg`")
+            return Err(format!(
+                "skipped key {kid:?}: a symmetric key must name its `alg`"
+            ));
         }
     };
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| anyhow::anyhow!("key {kid:?}: {e}"))?;
-    Ok(VerifyKey {
+    if let AlgorithmParameters::OctetKey(p) = &jwk.algorithm {
+        use base64::Engine as _;
+        let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p.value.trim_end_matches('='))
+            .map_or(0, |k| k.len());
+        if len < 32 {
+            return Err(format!(
+                "skipped key {kid:?}: a secret must be at least 32 bytes"
+            ));
+        }
+    }
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("skipped key {kid:?}: {e}"))?;
+    Ok(Some(VerifyKey {
         kid,
         alg,
         key,
-        issuer: spec.issuer.clone(),
-        audience: spec.audience.clone(),
-    })
+        issuer: spec
+            .jwks_issuer
+            .clone()
+            .unwrap_or_else(|| spec.issuer.clone()),
+        audience: spec
+            .jwks_audience
+            .clone()
+            .unwrap_or_else(|| spec.audience.clone()),
+    }))
+}
+
+/// The bearer token of `Authorization` (the scheme is case-insensitive).
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// Claims the host sets itself; a guest may not pass them in `claims`.

@@ -131,10 +131,11 @@ impl Breakers {
                     }
                 }
             }
-            (_, true) => closed(now),
+            (State::HalfOpen { .. }, true) => closed(now),
             (State::HalfOpen { .. }, false) => open,
-            // A call allowed before the breaker opened: it is already open.
-            (State::Open { .. }, false) => *state,
+            // A call allowed before the breaker opened: it stays open for its period
+            // whatever that call's outcome.
+            (State::Open { .. }, _) => *state,
         };
         if matches!(next, State::Open { .. }) && !matches!(*state, State::Open { .. }) {
             tracing::warn!(target, "circuit breaker opened");

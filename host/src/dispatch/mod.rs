@@ -9,7 +9,9 @@ pub mod policy;
 
 use crate::auth::Identity;
 use crate::bus::{Bus, Item};
-use crate::capability::outgoing::{CLAIMS_HEADER, HOPS_HEADER, SUBJECT_HEADER, ServiceCaller};
+use crate::capability::outgoing::{
+    CALLER_HEADER, CLAIMS_HEADER, HOPS_HEADER, SUBJECT_HEADER, ServiceCaller,
+};
 use crate::gateway::problem::{problem_bytes, status_of};
 use crate::metrics::Metrics;
 use crate::registry::manifest::FallbackSpec;
@@ -45,19 +47,35 @@ pub struct Outcome {
 
 impl Outcome {
     /// Whether the call counts as a failure of the service for its circuit breaker:
-    /// its own faults (traps, timeouts, 500, 502, 504) do. A 503 it answers itself
-    /// (typically: a service it depends on is down) does not, so one broken service
-    /// does not open the breakers of its callers. `None` for refusals made by the host
-    /// before the service ran (unhealthy, shed, breaker open): no verdict on it.
+    /// its own faults (traps, timeouts, 500, 502, 504) do. `None` (no verdict) for a 503
+    /// it answers itself (typically: a service it depends on is down, so one broken
+    /// service does not open the breakers of its callers) and for the host's refusals
+    /// and faults (unhealthy, shed, breaker open, no instance, contention, storage).
     pub fn breaker_verdict(&self) -> Option<bool> {
         match &self.result {
-            Ok(response) => Some(matches!(response.status().as_u16(), 500 | 502 | 504)),
+            Ok(response) => match response.status().as_u16() {
+                500 | 502 | 504 => Some(true),
+                503 => None,
+                _ => Some(false),
+            },
+            Err(
+                InvokeError::Trap(_)
+                | InvokeError::Timeout(_)
+                | InvokeError::MemoryLimit(_)
+                | InvokeError::NoResponse
+                | InvokeError::ErrorResponse(_)
+                | InvokeError::ResponseTooLarge
+                | InvokeError::NotASubscriber,
+            ) => Some(true),
+            // The host's own refusals and faults (no capacity, contention, storage).
             Err(
                 InvokeError::Unhealthy(_)
                 | InvokeError::Overloaded(_)
-                | InvokeError::BreakerOpen(_),
+                | InvokeError::BreakerOpen(_)
+                | InvokeError::Instantiate(_)
+                | InvokeError::Contention(_)
+                | InvokeError::Storage(_),
             ) => None,
-            Err(_) => Some(true),
         }
     }
 
@@ -131,13 +149,45 @@ struct Inner {
 /// The identity the gateway (or a calling service's host side) put on the request.
 /// Only the host sets these headers: the gateway strips them from edge requests.
 fn identity_of(headers: &http::HeaderMap) -> Option<Identity> {
-    let subject = headers.get(SUBJECT_HEADER)?.to_str().ok()?.to_string();
-    let claims = headers
-        .get(CLAIMS_HEADER)
-        .and_then(|v| v.to_str().ok())
+    // UTF-8, not only visible ASCII: subjects and claims may be any text.
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+    };
+    let subject = text(SUBJECT_HEADER)?.to_string();
+    let claims = text(CLAIMS_HEADER)
         .and_then(|v| serde_json::from_str(v).ok())
         .unwrap_or_default();
     Some(Identity { subject, claims })
+}
+
+/// Whose cached answers a request may share: the verified token's issuer and subject,
+/// and the calling service. `None` when the shared cache must not be used: the request
+/// carries credentials the host did not verify (cookies, another `Authorization`).
+fn cache_owner(headers: &http::HeaderMap) -> Option<String> {
+    let identity = identity_of(headers);
+    if headers.contains_key(header::COOKIE)
+        || (headers.contains_key(header::AUTHORIZATION) && identity.is_none())
+    {
+        return None;
+    }
+    let caller = headers
+        .get(CALLER_HEADER)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .unwrap_or("");
+    Some(match identity {
+        Some(identity) => format!(
+            "{caller}\n{}\n{}",
+            identity
+                .claims
+                .get("iss")
+                .and_then(|v| v.as_str())
+                .unwrap_or(""),
+            identity.subject
+        ),
+        None => format!("{caller}\n\n"),
+    })
 }
 
 impl Dispatcher {
@@ -290,10 +340,7 @@ impl Dispatcher {
             .cache
             .as_ref()
             .filter(|_| method == Method::GET)
-            .map(|cache| {
-                let subject = identity_of(&parts.headers).map(|i| i.subject);
-                (cache, Cache::key(subject.as_deref(), &parts.uri))
-            });
+            .and_then(|cache| Some((cache, Cache::key(&cache_owner(&parts.headers)?, &parts.uri))));
         let asked = CacheControl::parse(&parts.headers);
         if let Some((cache, key)) = &cache
             && !asked.no_cache
@@ -373,8 +420,8 @@ impl Dispatcher {
                     );
                 if !retriable
                     || attempt >= attempts
-                    || !policy.budget.withdraw()
                     || !breakers.allow(name, probe_timeout)
+                    || !policy.budget.withdraw()
                 {
                     break 'call outcome;
                 }
@@ -398,11 +445,21 @@ impl Dispatcher {
             if let Some((cache, key)) = &cache {
                 // Only the active version's answers are kept (not a canary's).
                 if !asked.no_store && version == slot.active().label {
-                    cache.store(&version, key, &response);
+                    cache.store(&version, key, parts.uri.path(), &response);
                 }
                 response
                     .headers_mut()
                     .insert(CACHE_HEADER, HeaderValue::from_static("MISS"));
+            }
+            // A write through the route makes what was cached for its path stale.
+            if let Some(cache) = &policy.cache
+                && matches!(
+                    method,
+                    Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+                )
+                && !response.status().is_server_error()
+            {
+                cache.invalidate_path(parts.uri.path());
             }
             response
         };
@@ -431,6 +488,7 @@ impl Dispatcher {
                 response
                     .headers_mut()
                     .insert(CACHE_HEADER, HeaderValue::from_static("STALE"));
+                self.inner.metrics.cache(name, "stale");
                 (response, "cached")
             }
             FallbackSpec::Static {

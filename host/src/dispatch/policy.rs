@@ -131,12 +131,19 @@ impl RateLimit {
         let limit = self.spec.burst();
         let key = key.to_string();
         match self.limiter.check_key(&key) {
-            Ok(snapshot) => RateDecision {
-                allowed: true,
-                limit,
-                remaining: snapshot.remaining_burst_capacity(),
-                reset: Duration::ZERO,
-            },
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                // Until the bucket is full again.
+                let missing = f64::from(limit.saturating_sub(remaining));
+                RateDecision {
+                    allowed: true,
+                    limit,
+                    remaining,
+                    reset: Duration::from_secs_f64(
+                        missing / f64::from(self.spec.per_second.max(1)),
+                    ),
+                }
+            }
             Err(not_until) => RateDecision {
                 allowed: false,
                 limit,
@@ -181,12 +188,20 @@ impl Shedder {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Shed::QueueFull);
         }
+        // Leaves the queue however the wait ends, a dropped request included.
+        struct Queued<'a>(&'a AtomicU32);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let queued = Queued(&self.queued);
         let waited = tokio::time::timeout(
             Duration::from_millis(self.spec.queue_timeout_ms),
             self.permits.clone().acquire_owned(),
         )
         .await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        drop(queued);
         match waited {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(Shed::QueueTimeout),
@@ -255,6 +270,8 @@ impl RetryBudget {
 /// A cached response.
 #[derive(Clone)]
 struct Entry {
+    /// The request path, for invalidation by writes.
+    path: String,
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -335,10 +352,19 @@ impl Cache {
         }
     }
 
-    /// The cache key of a request: who asks (entries are per token subject) and what.
-    pub fn key(subject: Option<&str>, uri: &http::Uri) -> String {
+    /// The cache key of a request: whose answers it may share (see `cache_owner`) and
+    /// what it asks for.
+    pub fn key(owner: &str, uri: &http::Uri) -> String {
         let what = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{}\n{what}", subject.unwrap_or(""))
+        format!("{owner}\n{what}")
+    }
+
+    /// Drops every entry for `path` (any query, anyone's).
+    pub fn invalidate_path(&self, path: &str) {
+        let mut state = lock(&self.state);
+        let CacheState { entries, order, .. } = &mut *state;
+        entries.retain(|_, entry| entry.path != path);
+        order.retain(|key| entries.contains_key(key));
     }
 
     fn state_for(&self, version: &str) -> std::sync::MutexGuard<'_, CacheState> {
@@ -378,10 +404,11 @@ impl Cache {
     }
 
     /// Keeps `response` (answered by `version`) if it may be cached.
-    pub fn store(&self, version: &str, key: &str, response: &http::Response<Bytes>) {
+    pub fn store(&self, version: &str, key: &str, path: &str, response: &http::Response<Bytes>) {
         if response.status() != StatusCode::OK
             || response.headers().contains_key(header::SET_COOKIE)
-            || response.body().len() as u64 > self.spec.max_entry_kib * 1024
+            || response.headers().contains_key(header::VARY)
+            || response.body().len() as u64 > self.spec.max_entry_kib.saturating_mul(1024)
         {
             return;
         }
@@ -395,6 +422,7 @@ impl Cache {
             None => Duration::from_millis(self.spec.ttl_ms),
         };
         let entry = Entry {
+            path: path.to_string(),
             status: response.status(),
             headers: response.headers().clone(),
             body: response.body().clone(),
@@ -456,18 +484,18 @@ mod tests {
             max_entries: 2,
             max_entry_kib: 1,
         });
-        cache.store("v1", "a", &ok("a", None));
+        cache.store("v1", "a", "/a", &ok("a", None));
         assert!(cache.get("v1", "a", false).is_some());
-        cache.store("v1", "b", &ok("b", Some("no-store")));
-        cache.store("v1", "c", &ok("c", Some("private")));
-        cache.store("v1", "d", &ok("d", Some("max-age=0")));
+        cache.store("v1", "b", "/b", &ok("b", Some("no-store")));
+        cache.store("v1", "c", "/c", &ok("c", Some("private")));
+        cache.store("v1", "d", "/d", &ok("d", Some("max-age=0")));
         assert_eq!(
             cache.len(),
             1,
             "no-store, private and max-age=0 are not kept"
         );
-        cache.store("v1", "e", &ok("e", None));
-        cache.store("v1", "f", &ok("f", None));
+        cache.store("v1", "e", "/e", &ok("e", None));
+        cache.store("v1", "f", "/f", &ok("f", None));
         assert!(cache.get("v1", "a", true).is_none(), "oldest evicted");
         assert!(
             cache.get("v2", "f", true).is_none(),
@@ -475,8 +503,13 @@ mod tests {
         );
         assert!(cache.is_empty());
         let big = ok(Box::leak("x".repeat(2048).into_boxed_str()), None);
-        cache.store("v2", "big", &big);
+        cache.store("v2", "big", "/big", &big);
         assert!(cache.is_empty(), "too large to keep");
+        cache.store("v2", "x\n/p?q=1", "/p", &ok("p", None));
+        cache.store("v2", "y\n/p", "/p", &ok("p", None));
+        cache.store("v2", "y\n/other", "/other", &ok("o", None));
+        cache.invalidate_path("/p");
+        assert_eq!(cache.len(), 1, "a write to /p drops its entries, whoever's");
     }
 
     #[test]

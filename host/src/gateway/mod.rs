@@ -136,7 +136,15 @@ impl Gateway {
         if let Some(limit) = &policy.rate_limit {
             let ip = peer.ip().to_string();
             let key = match (limit.spec.key, &identity) {
-                (RateLimitKey::Subject, Some(identity)) => format!("sub:{}", identity.subject),
+                (RateLimitKey::Subject, Some(identity)) => format!(
+                    "sub:{}\n{}",
+                    identity
+                        .claims
+                        .get("iss")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or(""),
+                    identity.subject
+                ),
                 _ => format!("ip:{ip}"),
             };
             let decision = limit.check(&key);
@@ -226,12 +234,7 @@ impl Gateway {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             Box::new(response)
         };
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let token = match bearer {
+        let token = match crate::auth::bearer(&parts.headers) {
             Some(token) => token,
             None if required => {
                 return Err(unauthorized(
@@ -240,10 +243,7 @@ impl Gateway {
             }
             None => return Ok(None),
         };
-        self.auth
-            .verify(token.trim())
-            .map(Some)
-            .map_err(unauthorized)
+        self.auth.verify(token).map(Some).map_err(unauthorized)
     }
 }
 

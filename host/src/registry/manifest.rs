@@ -167,6 +167,10 @@ pub struct AuthSpec {
     pub leeway_secs: u64,
     /// A JWKS file (`{"keys": [...]}`) of more verification keys, selected by `kid`.
     pub jwks: Option<PathBuf>,
+    /// Required `iss` of tokens signed by JWKS keys [default: `issuer`].
+    pub jwks_issuer: Option<String>,
+    /// Required `aud` of tokens signed by JWKS keys [default: `audience`].
+    pub jwks_audience: Option<String>,
     /// More verification keys (`[[auth.key]]`), selected by the token's `kid`.
     #[serde(rename = "key")]
     pub keys: Vec<KeySpec>,
@@ -179,6 +183,8 @@ impl Default for AuthSpec {
             audience: "microhost".to_string(),
             leeway_secs: 30,
             jwks: None,
+            jwks_issuer: None,
+            jwks_audience: None,
             keys: Vec::new(),
         }
     }

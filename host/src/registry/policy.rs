@@ -259,11 +259,15 @@ impl PolicySpec {
             ));
         }
         if let Some(c) = &self.cache
-            && (c.ttl_ms == 0 || c.max_entries == 0 || c.max_entry_kib == 0)
+            && (c.ttl_ms == 0
+                || !(1..=1_000_000).contains(&c.max_entries)
+                || !(1..=1024 * 1024).contains(&c.max_entry_kib))
         {
             return Err((
                 "policy.cache",
-                format!("ttl_ms, max_entries and max_entry_kib must be at least 1, got {c:?}"),
+                format!(
+                    "ttl_ms must be at least 1, max_entries from 1 to 1000000 and max_entry_kib from 1 to 1048576, got {c:?}"
+                ),
             ));
         }
         if self.fallback == FallbackSpec::Cached && self.cache.is_none() {

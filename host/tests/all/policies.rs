@@ -329,8 +329,8 @@ async fn get_responses_are_cached_and_dropped_when_the_version_changes() -> anyh
     assert_eq!(served, 10);
     let status = host.admin_get("/admin/services/echo").await?;
     assert_eq!(
-        status["policy"]["cache"]["entries"], 2,
-        "/items and /items?page=2"
+        status["policy"]["cache"]["entries"], 0,
+        "the POST to /items dropped /items and /items?page=2"
     );
 
     // A new version: nothing of the old one is served.
@@ -342,6 +342,20 @@ async fn get_responses_are_cached_and_dropped_when_the_version_changes() -> anyh
     assert_eq!(after.header("x-cache"), Some("MISS"));
     assert_eq!(after.served_by(), Some("echo@v2"));
     assert_eq!(host.get("/items").await?.header("x-cache"), Some("HIT"));
+    // Credentials the host did not verify keep the shared cache out of it.
+    for (name, value) in [
+        ("cookie", "sid=alice"),
+        ("authorization", "Basic YWxpY2U6cHc="),
+    ] {
+        let r = host
+            .request(Method::GET, "/items", &[(name, value)], "")
+            .await?;
+        assert_eq!(r.header("x-cache"), None, "{name}");
+        assert_eq!(r.served_by(), Some("echo@v2"));
+    }
+    // A write to the path makes its cached answers stale.
+    assert_eq!(host.put("/items", "new").await?.status, 200);
+    assert_eq!(host.get("/items").await?.header("x-cache"), Some("MISS"));
     let text = host.metrics().await?;
     assert_eq!(
         metric(

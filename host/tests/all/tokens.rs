@@ -183,6 +183,15 @@ async fn tokens_of_every_configured_key_verify_and_a_negative_corpus_is_refused(
             "{name}: the subject reaches the service"
         );
     }
+    let r = host
+        .request(
+            Method::GET,
+            "/me",
+            &[("authorization", &format!("bearer {}", good[2].1))],
+            "",
+        )
+        .await?;
+    assert_eq!(r.status, 200, "the scheme is case-insensitive");
     let r = get_with(&host, "/me", &good[2].1).await?;
     let seen = r.json()["headers"].clone();
     assert_eq!(seen["x-microhost-subject"], "r");
@@ -300,7 +309,7 @@ async fn tokens_of_every_configured_key_verify_and_a_negative_corpus_is_refused(
     }
     assert_eq!(
         host.served("echo").await?,
-        good.len() as u64 + 1,
+        good.len() as u64 + 2,
         "no bad token got through"
     );
 
