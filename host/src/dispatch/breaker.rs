@@ -28,6 +28,22 @@ enum State {
     },
 }
 
+/// Runs `f` on `target`'s state, closed on first use (no allocation once it exists).
+fn with_state<R>(
+    states: &mut HashMap<String, State>,
+    target: &str,
+    now: Instant,
+    f: impl FnOnce(&mut State) -> R,
+) -> R {
+    if let Some(state) = states.get_mut(target) {
+        return f(state);
+    }
+    let mut state = closed(now);
+    let result = f(&mut state);
+    states.insert(target.to_string(), state);
+    result
+}
+
 fn closed(now: Instant) -> State {
     State::Closed {
         failures: 0,
@@ -67,11 +83,7 @@ impl Breakers {
     }
 
     fn allow_at(&self, target: &str, probe_timeout: Duration, now: Instant) -> bool {
-        let mut states = self.lock();
-        let state = states
-            .entry(target.to_string())
-            .or_insert_with(|| closed(now));
-        match *state {
+        with_state(&mut self.lock(), target, now, |state| match *state {
             State::Closed { .. } => true,
             State::Open { until } if now >= until => {
                 *state = State::HalfOpen { since: now };
@@ -82,7 +94,7 @@ impl Breakers {
                 true
             }
             State::Open { .. } | State::HalfOpen { .. } => false,
-        }
+        })
     }
 
     /// Reports how an allowed call to `target` ended.
@@ -91,10 +103,12 @@ impl Breakers {
     }
 
     fn record_at(&self, target: &str, spec: &BreakerSpec, ok: bool, now: Instant) {
-        let mut states = self.lock();
-        let state = states
-            .entry(target.to_string())
-            .or_insert_with(|| closed(now));
+        with_state(&mut self.lock(), target, now, |state| {
+            Self::step(state, target, spec, ok, now)
+        });
+    }
+
+    fn step(state: &mut State, target: &str, spec: &BreakerSpec, ok: bool, now: Instant) {
         let open = State::Open {
             until: now + Duration::from_millis(spec.open_ms),
         };
