@@ -203,14 +203,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a request as in flight until the guard drops.
-    pub fn in_flight(&self, service: &str) -> InFlightGuard {
-        let gauge = self
-            .in_flight
+    /// The in-flight gauge of `service` (callers keep it, so a request costs no lookup).
+    pub fn in_flight_gauge(&self, service: &str) -> Gauge {
+        self.in_flight
             .get_or_create(&vec![("service", service.to_string())])
-            .clone();
-        gauge.inc();
-        InFlightGuard(gauge)
+            .clone()
     }
 
     fn count(family: &Family<Labels, Counter>, labels: Labels) {
@@ -262,8 +259,15 @@ impl Default for Metrics {
     }
 }
 
-/// Decrements the in-flight gauge when dropped.
+/// Counts a request as in flight until dropped.
 pub struct InFlightGuard(Gauge);
+
+impl InFlightGuard {
+    pub fn new(gauge: &Gauge) -> InFlightGuard {
+        gauge.inc();
+        InFlightGuard(gauge.clone())
+    }
+}
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {

@@ -332,7 +332,11 @@ impl Dispatcher {
         let policy = &slot.policy;
         let metrics = &self.inner.metrics;
         let breakers = &self.inner.breakers;
-        let _in_flight = metrics.in_flight(name);
+        let _in_flight = crate::metrics::InFlightGuard::new(
+            policy
+                .in_flight
+                .get_or_init(|| metrics.in_flight_gauge(name)),
+        );
         let (parts, body) = request.into_parts();
         let method = parts.method.clone();
         let active = slot.active().label.clone();
@@ -341,7 +345,11 @@ impl Dispatcher {
             .as_ref()
             .filter(|_| method == Method::GET)
             .and_then(|cache| Some((cache, Cache::key(&cache_owner(&parts.headers)?, &parts.uri))));
-        let asked = CacheControl::parse(&parts.headers);
+        // What the client asked of caches (only read when the route caches).
+        let asked = match cache {
+            Some(_) => CacheControl::parse(&parts.headers),
+            None => CacheControl::default(),
+        };
         if let Some((cache, key)) = &cache
             && !asked.no_cache
             && !asked.no_store
@@ -395,7 +403,9 @@ impl Dispatcher {
                     ))),
                 };
             }
-            policy.budget.deposit();
+            if policy.retry.attempts > 1 {
+                policy.budget.deposit();
+            }
             let attempts = policy.attempts(&method);
             let mut attempt = 1;
             loop {

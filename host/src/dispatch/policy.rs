@@ -32,6 +32,8 @@ pub struct Policy {
     pub cache: Option<Cache>,
     pub fallback: FallbackSpec,
     pub spec: PolicySpec,
+    /// The service's in-flight gauge, looked up once.
+    pub in_flight: std::sync::OnceLock<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Policy {
@@ -44,6 +46,7 @@ impl Policy {
             cache: spec.cache.as_ref().map(Cache::new),
             fallback: spec.fallback.clone(),
             spec: spec.clone(),
+            in_flight: std::sync::OnceLock::new(),
         }
     }
 

@@ -18,19 +18,22 @@ pub fn request_id(incoming: Option<&http::HeaderValue>) -> String {
     {
         return id.to_string();
     }
-    let bytes: [u8; 16] = rand::thread_rng().r#gen();
-    let mut bytes = bytes;
+    let mut bytes: [u8; 16] = rand::thread_rng().r#gen();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut hex = [0u8; 32];
+    let _ = hex::encode_to_slice(bytes, &mut hex);
+    let mut id = String::with_capacity(36);
+    for (i, range) in [0..8, 8..12, 12..16, 16..20, 20..32]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            id.push('-');
+        }
+        id.extend(hex[range].iter().map(|&b| char::from(b)));
+    }
+    id
 }
 
 /// The trace id and flags of a valid `traceparent` (version 00 layout; a higher
@@ -61,14 +64,24 @@ fn parse(value: &str) -> Option<(&str, &str)> {
 /// A `traceparent` for the gateway's hop: the incoming trace continued, or a new one.
 pub fn child_traceparent(incoming: Option<&http::HeaderValue>) -> String {
     let mut rng = rand::thread_rng();
-    let span = hex::encode(rng.r#gen::<u64>().max(1).to_be_bytes());
-    match incoming.and_then(|v| v.to_str().ok()).and_then(parse) {
-        Some((trace, flags)) => format!("00-{trace}-{span}-{flags}"),
-        None => {
-            let trace = hex::encode(rng.r#gen::<u128>().max(1).to_be_bytes());
-            format!("00-{trace}-{span}-01")
-        }
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    let push_hex = |out: &mut String, bytes: &[u8]| {
+        let mut buf = [0u8; 32];
+        let hex = &mut buf[..bytes.len() * 2];
+        let _ = hex::encode_to_slice(bytes, hex);
+        out.extend(hex.iter().map(|&b| char::from(b)));
+    };
+    let continued = incoming.and_then(|v| v.to_str().ok()).and_then(parse);
+    match continued {
+        Some((trace, _)) => out.push_str(trace),
+        None => push_hex(&mut out, &rng.r#gen::<u128>().max(1).to_be_bytes()),
     }
+    out.push('-');
+    push_hex(&mut out, &rng.r#gen::<u64>().max(1).to_be_bytes());
+    out.push('-');
+    out.push_str(continued.map_or("01", |(_, flags)| flags));
+    out
 }
 
 /// The trace id of a `traceparent` we made or accepted.
