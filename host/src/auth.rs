@@ -207,6 +207,15 @@ pub struct Identity {
     pub claims: Map<String, Value>,
 }
 
+impl Identity {
+    /// Who this is across issuers (`iss`, newline, `sub`): subjects of different
+    /// issuers never share a rate-limit bucket or cache entries.
+    pub fn key(&self) -> String {
+        let issuer = self.claims.get("iss").and_then(Value::as_str).unwrap_or("");
+        format!("{issuer}\n{}", self.subject)
+    }
+}
+
 /// Token settings and keys, and the password-hashing pool.
 pub struct Auth {
     issuer: String,

@@ -177,15 +177,7 @@ fn cache_owner(headers: &http::HeaderMap) -> Option<String> {
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .unwrap_or("");
     Some(match identity {
-        Some(identity) => format!(
-            "{caller}\n{}\n{}",
-            identity
-                .claims
-                .get("iss")
-                .and_then(|v| v.as_str())
-                .unwrap_or(""),
-            identity.subject
-        ),
+        Some(identity) => format!("{caller}\n{}", identity.key()),
         None => format!("{caller}\n\n"),
     })
 }

@@ -136,15 +136,7 @@ impl Gateway {
         if let Some(limit) = &policy.rate_limit {
             let ip = peer.ip().to_string();
             let key = match (limit.spec.key, &identity) {
-                (RateLimitKey::Subject, Some(identity)) => format!(
-                    "sub:{}\n{}",
-                    identity
-                        .claims
-                        .get("iss")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or(""),
-                    identity.subject
-                ),
+                (RateLimitKey::Subject, Some(identity)) => format!("sub:{}", identity.key()),
                 _ => format!("ip:{ip}"),
             };
             let decision = limit.check(&key);
