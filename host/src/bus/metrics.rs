@@ -1,5 +1,5 @@
-//! Bus counters, exported on `/metrics`: published per topic; delivered, retried and dead-lettered per subscription. Lag is computed when
-//! read (log length minus cursor).
+//! Bus counters, exported on `/metrics`: published per topic; delivered, retried and
+//! dead-lettered per subscription. Lag is computed when read (log length minus cursor).
 
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -219,12 +219,18 @@ impl Dispatcher {
         &self.inner.metrics
     }
 
-    /// Runs `request` on the version of `slot` that is active now. A deploy during the
-    /// call does not affect it: the pinned version stays alive until the call ends.
+    /// Runs the request (`parts`, `body`) on the version of `slot` that is active now. A
+    /// deploy during the call does not affect it: the pinned version stays alive until
+    /// the call ends.
     /// The invocation's writes and events commit only if it answers below 500. If what
     /// it read changed before it could commit (a concurrent invocation wrote it), it is
     /// run again from the start, on fresh state, up to [`MAX_CONFLICT_RETRIES`] times.
-    pub async fn call(&self, slot: &ServiceSlot, request: http::Request<Bytes>) -> Outcome {
+    pub async fn call(
+        &self,
+        slot: &ServiceSlot,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Outcome {
         if !slot.is_healthy() {
             let health = slot.health();
             return Outcome {
@@ -234,7 +240,6 @@ impl Dispatcher {
         }
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
-        let (parts, body) = request.into_parts();
         let headers = &parts.headers;
         let mut cx = slot.invocation_context(&version);
         cx.traceparent = headers
@@ -395,23 +400,18 @@ impl Dispatcher {
                     ))),
                 };
             }
-            if policy.retry.attempts > 1 {
+            if policy.spec.retry.attempts > 1 {
                 policy.budget.deposit();
             }
             let attempts = policy.attempts(&method);
             let mut attempt = 1;
             loop {
-                let mut request = http::Request::new(body.clone());
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = parts.version;
-                *request.headers_mut() = parts.headers.clone();
-                let outcome = self.call(slot, request).await;
+                let outcome = self.call(slot, &parts, &body).await;
                 let status = outcome.status();
                 // A canary's failures are judged by its canary analysis (and rolled
                 // back), not held against the service's breaker.
                 match outcome.breaker_verdict() {
-                    Some(true) if outcome.version != slot.active().label => {}
+                    Some(true) if outcome.version != active => {}
                     Some(failed) => breakers.record(name, &slot.breaker, !failed),
                     None => {}
                 }
@@ -482,7 +482,7 @@ impl Dispatcher {
         cache_key: Option<&str>,
     ) -> Option<http::Response<Bytes>> {
         let name = slot.name.as_str();
-        let (mut response, kind) = match &slot.policy.fallback {
+        let (mut response, kind) = match &slot.policy.spec.fallback {
             FallbackSpec::Problem => return None,
             FallbackSpec::Cached => {
                 let (mut response, _) =
@@ -510,10 +510,11 @@ impl Dispatcher {
         response
             .headers_mut()
             .insert(FALLBACK_HEADER, HeaderValue::from_static(kind));
-        if let Ok(tag) = HeaderValue::from_str(&format!("{name}@{active}")) {
-            response.headers_mut().insert(SERVICE_HEADER, tag);
-        }
-        Some(response)
+        let outcome = Outcome {
+            version: active.to_string(),
+            result: Ok(response),
+        };
+        Some(outcome.into_response(name))
     }
 
     /// Delivers `item` to the active version of `slot`. On success the handler's

@@ -27,10 +27,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Policy {
     pub rate_limit: Option<RateLimit>,
     pub concurrency: Option<Shedder>,
-    pub retry: RetrySpec,
     pub budget: RetryBudget,
     pub cache: Option<Cache>,
-    pub fallback: FallbackSpec,
     pub spec: PolicySpec,
     /// The service's in-flight gauge, looked up once.
     pub in_flight: std::sync::OnceLock<prometheus_client::metrics::gauge::Gauge>,
@@ -41,10 +39,8 @@ impl Policy {
         Policy {
             rate_limit: spec.rate_limit.as_ref().map(RateLimit::new),
             concurrency: spec.concurrency.as_ref().map(Shedder::new),
-            retry: spec.retry.clone(),
             budget: RetryBudget::new(&spec.retry),
             cache: spec.cache.as_ref().map(Cache::new),
-            fallback: spec.fallback.clone(),
             spec: spec.clone(),
             in_flight: std::sync::OnceLock::new(),
         }
@@ -64,12 +60,12 @@ impl Policy {
                 "running": s.running(),
                 "queued": s.queued(),
             })),
-            "retry": { "attempts": self.retry.attempts, "budget_pct": self.retry.budget_pct },
+            "retry": { "attempts": self.spec.retry.attempts, "budget_pct": self.spec.retry.budget_pct },
             "cache": self.cache.as_ref().map(|c| serde_json::json!({
                 "ttl_ms": c.spec.ttl_ms,
                 "entries": c.len(),
             })),
-            "fallback": match &self.fallback {
+            "fallback": match &self.spec.fallback {
                 FallbackSpec::Problem => "problem",
                 FallbackSpec::Cached => "cached",
                 FallbackSpec::Static { .. } => "static",
@@ -84,13 +80,17 @@ impl Policy {
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
         );
-        if idempotent { self.retry.attempts } else { 1 }
+        if idempotent {
+            self.spec.retry.attempts
+        } else {
+            1
+        }
     }
 
     /// The delay before retry `n` (1-based): `backoff_ms`, doubling.
     pub fn backoff(&self, n: u32) -> Duration {
         let factor = 1u64 << n.saturating_sub(1).min(10);
-        Duration::from_millis(self.retry.backoff_ms.saturating_mul(factor))
+        Duration::from_millis(self.spec.retry.backoff_ms.saturating_mul(factor))
     }
 }
 
