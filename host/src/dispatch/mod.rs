@@ -351,7 +351,7 @@ impl Dispatcher {
             && !asked.no_cache
             && !asked.no_store
         {
-            if let Some((mut response, _)) = cache.get(&active, key, false) {
+            if let Some(mut response) = cache.get(&active, key, false) {
                 metrics.cache(name, "hit");
                 response
                     .headers_mut()
@@ -485,8 +485,7 @@ impl Dispatcher {
         let (mut response, kind) = match &slot.policy.spec.fallback {
             FallbackSpec::Problem => return None,
             FallbackSpec::Cached => {
-                let (mut response, _) =
-                    slot.policy.cache.as_ref()?.get(active, cache_key?, true)?;
+                let mut response = slot.policy.cache.as_ref()?.get(active, cache_key?, true)?;
                 response
                     .headers_mut()
                     .insert(CACHE_HEADER, HeaderValue::from_static("STALE"));

@@ -282,15 +282,6 @@ struct Entry {
     ttl: Duration,
 }
 
-/// How a cached response is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
-    /// Within its lifetime.
-    Hit,
-    /// Past it (served as a fallback only).
-    Stale,
-}
-
 /// `GET` responses of one service's active version.
 pub struct Cache {
     spec: CacheSpec,
@@ -380,30 +371,22 @@ impl Cache {
         state
     }
 
-    /// The cached response for `key` of `version`: fresh ones only, or stale ones too.
-    pub fn get(
-        &self,
-        version: &str,
-        key: &str,
-        stale_ok: bool,
-    ) -> Option<(http::Response<Bytes>, Freshness)> {
+    /// The cached response for `key` of `version`: a fresh one only, or one past its
+    /// lifetime too (`stale_ok`, for fallbacks).
+    pub fn get(&self, version: &str, key: &str, stale_ok: bool) -> Option<http::Response<Bytes>> {
         let state = self.state_for(version);
         let entry = state.entries.get(key)?;
         let age = entry.stored.elapsed();
-        let freshness = if age < entry.ttl {
-            Freshness::Hit
-        } else if stale_ok {
-            Freshness::Stale
-        } else {
+        if age >= entry.ttl && !stale_ok {
             return None;
-        };
+        }
         let mut response = http::Response::new(entry.body.clone());
         *response.status_mut() = entry.status;
         *response.headers_mut() = entry.headers.clone();
         response
             .headers_mut()
             .insert(header::AGE, HeaderValue::from(age.as_secs()));
-        Some((response, freshness))
+        Some(response)
     }
 
     /// Keeps `response` (answered by `version`) if it may be cached.
