@@ -11,7 +11,11 @@ pub mod bus;
 pub mod capability;
 pub mod dispatch;
 pub mod gateway;
+pub mod headers;
 pub mod metrics;
+pub mod outcome;
+pub mod policy;
+pub mod problem;
 pub mod registry;
 pub mod runtime;
 pub mod store;
@@ -196,7 +200,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         auth,
     ));
     let mut tasks =
-        bus::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
+        dispatch::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
     tasks.push(registry.supervise(stop.clone()));
     let later: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
     {
@@ -208,7 +212,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         );
         registry.set_spawner(Box::new(move |slot| {
             if let Some(dispatcher) = dispatcher.upgrade() {
-                let loops = bus::delivery::spawn_slot(&bus, slot, &dispatcher, &stop);
+                let loops = dispatch::delivery::spawn_slot(&bus, slot, &dispatcher, &stop);
                 let mut later = later
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);

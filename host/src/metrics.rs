@@ -3,7 +3,7 @@
 //! load-shedding, retry, cache and fallback counters; breaker states; bus counters.
 
 use crate::bus::Bus;
-use crate::dispatch::breaker::{Breakers, Status};
+use crate::policy::breaker::{Breakers, Status};
 use crate::registry::Registry;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;

@@ -3,7 +3,7 @@
 
 use super::AdminState;
 use crate::bus::dead_letter_topic;
-use crate::gateway::problem::problem;
+use crate::problem::problem;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};

@@ -26,7 +26,7 @@ pub mod client;
 
 use crate::bus::Bus;
 use crate::dispatch::Dispatcher;
-use crate::gateway::problem::{problem, problem_with};
+use crate::problem::{problem, problem_with};
 use crate::registry::{DeployMode, Registry, RegistryError};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};

@@ -7,12 +7,11 @@
 //! with the cursor advance, so in embedded mode an event's effects on a subscriber
 //! happen exactly once, even across crashes.
 
-pub mod delivery;
 pub mod envelope;
 pub mod metrics;
 pub mod unit;
 
-use crate::store::{Batch, ReadView, Storage, StoreError, keys};
+use crate::store::{Batch, Storage, StoreError, keys};
 use envelope::Envelope;
 use metrics::Metrics;
 use serde::{Deserialize, Serialize};
@@ -208,7 +207,7 @@ impl Bus {
         self.storage.transact(&mut |view| {
             let mut batch = Batch::default();
             item.ack.apply(view, &mut batch)?;
-            let seq = next_seq(view, &prefix)?;
+            let seq = view.next_seq(&prefix, 0)?;
             batch.put(keys::seq(&prefix, seq), value.clone());
             Ok(batch)
         })?;
@@ -254,7 +253,7 @@ impl Bus {
             let mut batch = Batch::default();
             let letters = self.storage.scan(&dead, None, usize::MAX)?;
             moved = letters.len();
-            for (seq, (key, value)) in (next_seq(view, &queue)?..).zip(letters) {
+            for (seq, (key, value)) in (view.next_seq(&queue, 0)?..).zip(letters) {
                 let letter: DeadLetter = serde_json::from_slice(&value)
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
                 batch.put(keys::seq(&queue, seq), letter.event.encode());
@@ -286,11 +285,4 @@ impl Bus {
         self.wake(topic);
         Ok(())
     }
-}
-
-/// The next sequence number under `prefix`.
-fn next_seq(view: &dyn ReadView, prefix: &[u8]) -> Result<u64, StoreError> {
-    Ok(view
-        .last_with_prefix(prefix)?
-        .map_or(0, |(k, _)| keys::trailing_u64(&k) + 1))
 }

@@ -140,9 +140,7 @@ fn validate(
 
 /// The next offset of `topic`'s log, as `view` sees it.
 pub fn next_offset(view: &dyn ReadView, topic: &str) -> Result<u64, StoreError> {
-    Ok(view
-        .last_with_prefix(&keys::log_prefix(topic))?
-        .map_or(0, |(k, _)| keys::trailing_u64(&k) + 1))
+    view.next_seq(&keys::log_prefix(topic), 0)
 }
 
 /// Applies `unit` (and `ack`) atomically; returns the (topic, offset) of every event it

@@ -2,8 +2,8 @@
 //! ([`crate::auth::Auth`]) so that keys never enter a guest and argon2 runs off the
 //! guest's CPU budget.
 
+use super::InvocationState;
 use super::generated::microhost::platform::auth;
-use crate::runtime::InvocationState;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 

@@ -2,10 +2,10 @@
 //! work and reaches its topic's log only if the invocation succeeds. A service may
 //! publish only to the topics its manifest entry lists in `publishes`.
 
+use super::InvocationState;
 use super::generated::microhost::platform::{events, types};
 use crate::bus::envelope::Envelope;
 use crate::bus::unit::UnitOfWork;
-use crate::runtime::InvocationState;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};

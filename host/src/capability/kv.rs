@@ -2,9 +2,9 @@
 //! buffered in its unit of work: reads see the invocation's own writes, and the writes
 //! reach the store together with its events, only when the invocation succeeds.
 
+use super::InvocationState;
 use super::generated::wasi::keyvalue::store;
 use crate::bus::unit::{UnitOfWork, digest, digest_keys};
-use crate::runtime::InvocationState;
 use crate::store::{Storage, keys};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};

@@ -6,8 +6,9 @@ pub mod auth;
 pub mod events;
 pub mod kv;
 pub mod outgoing;
+mod state;
 
-use crate::runtime::InvocationState;
+pub use state::{Grants, InvocationState, MemoryLimiter};
 use wasmtime::component::Linker;
 
 mod generated {

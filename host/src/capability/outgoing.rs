@@ -5,6 +5,10 @@
 //! which the guest sees as an error, not a trap.
 
 use crate::auth::Identity;
+use crate::headers::{
+    CALLER_HEADER, CLAIMS_HEADER, HOPS_HEADER, HOST_HEADER_PREFIX, REQUEST_ID_HEADER,
+    SUBJECT_HEADER, TRACEPARENT_HEADER,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::collections::BTreeSet;
@@ -15,14 +19,6 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 /// The suffix that names a service instead of a host.
 pub const INTERNAL_SUFFIX: &str = ".internal";
-/// Header naming the calling service (set by the host, never taken from a guest).
-pub const CALLER_HEADER: &str = "x-microhost-caller";
-/// Header with the verified subject of the request's token.
-pub const SUBJECT_HEADER: &str = "x-microhost-subject";
-/// Header with the verified token's claims, as JSON.
-pub const CLAIMS_HEADER: &str = "x-microhost-claims";
-/// How many service-to-service hops deep this call is.
-pub const HOPS_HEADER: &str = "x-microhost-hops";
 /// Deepest chain of service-to-service calls.
 pub const MAX_HOPS: u32 = 8;
 /// Largest request body a service may send to another.
@@ -45,7 +41,7 @@ pub trait ServiceCaller: Send + Sync {
 pub fn strip_identity_headers(headers: &mut http::HeaderMap) {
     let names: Vec<http::HeaderName> = headers
         .keys()
-        .filter(|n| n.as_str().starts_with("x-microhost-"))
+        .filter(|n| n.as_str().starts_with(HOST_HEADER_PREFIX))
         .cloned()
         .collect();
     for name in names {
@@ -85,7 +81,6 @@ pub struct Outgoing {
 
 impl Outgoing {
     fn propagate(&self, headers: &mut http::HeaderMap) {
-        use crate::gateway::trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
         for (name, value) in [
             (TRACEPARENT_HEADER, &self.traceparent),
             (REQUEST_ID_HEADER, &self.request_id),

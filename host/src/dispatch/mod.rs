@@ -4,24 +4,26 @@
 //! other services alike, first pass the service's policies ([`Dispatcher::serve`]):
 //! response cache, concurrency limit, circuit breaker, retries and fallback.
 
-pub mod breaker;
-pub mod policy;
+pub mod delivery;
 
 use crate::auth::Identity;
 use crate::bus::{Bus, Item};
-use crate::capability::outgoing::{
-    CALLER_HEADER, CLAIMS_HEADER, HOPS_HEADER, SUBJECT_HEADER, ServiceCaller,
+use crate::capability::outgoing::ServiceCaller;
+use crate::headers::{
+    CACHE_HEADER, CALLER_HEADER, CLAIMS_HEADER, FALLBACK_HEADER, HOPS_HEADER, REQUEST_ID_HEADER,
+    SERVICE_HEADER, SUBJECT_HEADER, TRACEPARENT_HEADER,
 };
-use crate::gateway::problem::{problem_bytes, status_of};
 use crate::metrics::Metrics;
+use crate::outcome::{Class, DispatchError, classify};
+use crate::policy::breaker::Breakers;
+use crate::policy::{self, Cache, CacheControl};
+use crate::problem::problem_bytes;
 use crate::registry::manifest::FallbackSpec;
 use crate::registry::{Registry, ServiceSlot};
-use crate::runtime::{InvokeError, Runtime};
+use crate::runtime::Runtime;
 use crate::store::StoreError;
-use breaker::Breakers;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use policy::{Cache, CacheControl};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -30,60 +32,23 @@ use std::time::{Duration, Instant};
 /// How often a request whose commit conflicted is run again before giving up.
 pub const MAX_CONFLICT_RETRIES: u32 = 8;
 
-/// The response header naming the service and version that answered.
-pub const SERVICE_HEADER: &str = "x-microhost-service";
-
-/// Response header of cacheable requests: `HIT`, `MISS`, or `STALE` (a fallback).
-pub const CACHE_HEADER: &str = "x-cache";
-
-/// Response header of fallback responses: `cached` or `static`.
-pub const FALLBACK_HEADER: &str = "x-microhost-fallback";
-
 /// The result of one HTTP call, with the version that handled it.
 pub struct Outcome {
     pub version: String,
-    pub result: Result<http::Response<Bytes>, InvokeError>,
+    pub result: Result<http::Response<Bytes>, DispatchError>,
 }
 
 impl Outcome {
-    /// Whether the call counts as a failure of the service for its circuit breaker:
-    /// its own faults (traps, timeouts, 500, 502, 504) do. `None` (no verdict) for a 503
-    /// it answers itself (typically: a service it depends on is down, so one broken
-    /// service does not open the breakers of its callers) and for the host's refusals
-    /// and faults (unhealthy, shed, breaker open, no instance, contention, storage).
-    pub fn breaker_verdict(&self) -> Option<bool> {
-        match &self.result {
-            Ok(response) => match response.status().as_u16() {
-                500 | 502 | 504 => Some(true),
-                503 => None,
-                _ => Some(false),
-            },
-            Err(
-                InvokeError::Trap(_)
-                | InvokeError::Timeout(_)
-                | InvokeError::MemoryLimit(_)
-                | InvokeError::NoResponse
-                | InvokeError::ErrorResponse(_)
-                | InvokeError::ResponseTooLarge
-                | InvokeError::NotASubscriber,
-            ) => Some(true),
-            // The host's own refusals and faults (no capacity, contention, storage).
-            Err(
-                InvokeError::Unhealthy(_)
-                | InvokeError::Overloaded(_)
-                | InvokeError::BreakerOpen(_)
-                | InvokeError::Instantiate(_)
-                | InvokeError::Contention(_)
-                | InvokeError::Storage(_),
-            ) => None,
-        }
+    /// What the outcome is (see [`crate::outcome`]).
+    pub fn class(&self) -> Class {
+        classify(&self.result)
     }
 
     /// The status the response will have.
     pub fn status(&self) -> StatusCode {
         match &self.result {
             Ok(response) => response.status(),
-            Err(error) => status_of(error),
+            Err(error) => error.status(),
         }
     }
 
@@ -93,19 +58,14 @@ impl Outcome {
         let mut response = match self.result {
             Ok(response) => response,
             Err(error) => {
-                let status = status_of(&error);
+                let status = error.status();
                 tracing::warn!(service, version = %self.version, %status, error = %error, "invocation failed");
                 let mut extra = serde_json::Map::new();
                 extra.insert("service".into(), service.into());
                 extra.insert("version".into(), self.version.clone().into());
                 let mut response =
                     problem_bytes(status, format!("service {service:?}: {error}"), extra);
-                let retry_after = match &error {
-                    InvokeError::BreakerOpen(open) => Some(open.as_secs().max(1)),
-                    InvokeError::Overloaded(_) | InvokeError::Unhealthy(_) => Some(1),
-                    _ => None,
-                };
-                if let Some(secs) = retry_after {
+                if let Some(secs) = error.retry_after() {
                     response
                         .headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -235,7 +195,7 @@ impl Dispatcher {
             let health = slot.health();
             return Outcome {
                 version: slot.active().label.clone(),
-                result: Err(InvokeError::Unhealthy(health.reason.unwrap_or_default())),
+                result: Err(DispatchError::Unhealthy(health.reason.unwrap_or_default())),
             };
         }
         let pinned = slot.pin();
@@ -243,11 +203,11 @@ impl Dispatcher {
         let headers = &parts.headers;
         let mut cx = slot.invocation_context(&version);
         cx.traceparent = headers
-            .get("traceparent")
+            .get(TRACEPARENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         cx.request_id = headers
-            .get(crate::gateway::trace::REQUEST_ID_HEADER)
+            .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         cx.identity = identity_of(headers);
@@ -271,9 +231,9 @@ impl Dispatcher {
                 .await;
             let (response, unit) = match result {
                 Ok(done) => done,
-                Err(e) => break Err(e),
+                Err(e) => break Err(DispatchError::Invoke(e)),
             };
-            if response.status().is_server_error() {
+            if !Class::of_status(response.status()).commits() {
                 break Ok(response);
             }
             match self.inner.bus.commit(&unit, None).await {
@@ -283,17 +243,17 @@ impl Dispatcher {
                     tracing::debug!(service = %slot.name, retries, why, "conflicting commit; running the request again");
                 }
                 Err(StoreError::Conflict(why)) => {
-                    break Err(InvokeError::Contention(format!(
+                    break Err(DispatchError::Contention(format!(
                         "{why} ({} attempts)",
                         retries + 1
                     )));
                 }
-                Err(e) => break Err(InvokeError::Storage(e.to_string())),
+                Err(e) => break Err(DispatchError::Storage(e.to_string())),
             }
         };
-        pinned
-            .version()
-            .record(result.as_ref().is_ok_and(|r| !r.status().is_server_error()));
+        if let Some(failed) = classify(&result).failed() {
+            pinned.version().record(!failed);
+        }
         Outcome { version, result }
     }
 
@@ -386,7 +346,7 @@ impl Dispatcher {
                         };
                         break 'call Outcome {
                             version: active.clone(),
-                            result: Err(InvokeError::Overloaded(why)),
+                            result: Err(DispatchError::Overloaded(why)),
                         };
                     }
                 },
@@ -395,7 +355,7 @@ impl Dispatcher {
             if !breakers.allow(name, probe_timeout) {
                 break 'call Outcome {
                     version: active.clone(),
-                    result: Err(InvokeError::BreakerOpen(Duration::from_millis(
+                    result: Err(DispatchError::BreakerOpen(Duration::from_millis(
                         slot.breaker.open_ms,
                     ))),
                 };
@@ -408,19 +368,15 @@ impl Dispatcher {
             loop {
                 let outcome = self.call(slot, &parts, &body).await;
                 let status = outcome.status();
+                let class = outcome.class();
                 // A canary's failures are judged by its canary analysis (and rolled
                 // back), not held against the service's breaker.
-                match outcome.breaker_verdict() {
+                match class.failed() {
                     Some(true) if outcome.version != active => {}
                     Some(failed) => breakers.record(name, &slot.breaker, !failed),
                     None => {}
                 }
-                let retriable = matches!(status.as_u16(), 502..=504)
-                    && !matches!(
-                        outcome.result,
-                        Err(InvokeError::Unhealthy(_) | InvokeError::Overloaded(_))
-                    );
-                if !retriable
+                if !class.retriable()
                     || attempt >= attempts
                     || !breakers.allow(name, probe_timeout)
                     || !policy.budget.withdraw()
@@ -435,8 +391,7 @@ impl Dispatcher {
         };
 
         let version = outcome.version.clone();
-        let status = outcome.status();
-        let response = if status.is_server_error()
+        let response = if !outcome.class().commits()
             && (method == Method::GET || method == Method::HEAD)
             && let Some(fallback) =
                 self.fallback(slot, &active, cache.as_ref().map(|(_, k)| k.as_str()))
@@ -459,7 +414,7 @@ impl Dispatcher {
                     method,
                     Method::POST | Method::PUT | Method::PATCH | Method::DELETE
                 )
-                && !response.status().is_server_error()
+                && Class::of_status(response.status()).commits()
             {
                 cache.invalidate_path(parts.uri.path());
             }
@@ -534,18 +489,22 @@ impl Dispatcher {
             .runtime
             .handle_event(&pinned.version().prepared, cx, &item.event, attempt)
             .await;
-        pinned.version().record(matches!(outcome, Ok((Ok(()), _))));
-        match outcome {
-            Err(e) => Err(DeliveryError::Failed(format!("{version}: {e}"))),
-            Ok((Err(message), _dropped)) => Err(DeliveryError::Failed(format!(
-                "{version}: the handler returned an error: {message}"
-            ))),
-            Ok((Ok(()), unit)) => match self.inner.bus.commit(&unit, Some(&item.ack)).await {
+        let result = match outcome {
+            Ok(unit) => match self.inner.bus.commit(&unit, Some(&item.ack)).await {
                 Ok(_) => Ok(()),
-                Err(StoreError::Conflict(why)) => Err(DeliveryError::Conflict(why)),
-                Err(e) => Err(DeliveryError::Failed(e.to_string())),
+                Err(StoreError::Conflict(why)) => return Err(DeliveryError::Conflict(why)),
+                Err(e) => Err(DispatchError::Storage(e.to_string())),
             },
+            Err(e) => Err(DispatchError::Invoke(e)),
+        };
+        let class = match &result {
+            Ok(()) => Class::Success,
+            Err(e) => e.class(),
+        };
+        if let Some(failed) = class.failed() {
+            pinned.version().record(!failed);
         }
+        result.map_err(|e| DeliveryError::Failed(format!("{version}: {e}")))
     }
 }
 

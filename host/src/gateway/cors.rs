@@ -37,7 +37,7 @@ pub fn preflight(spec: &CorsSpec, parts: &http::request::Parts) -> Option<http::
         .to_str()
         .ok()?;
     let refuse = |why: String| {
-        let mut response = super::problem::problem_bytes(
+        let mut response = crate::problem::problem_bytes(
             StatusCode::FORBIDDEN,
             format!("CORS preflight refused: {why}"),
             serde_json::Map::new(),

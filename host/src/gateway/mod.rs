@@ -7,8 +7,6 @@
 //! log (target `microhost::access`).
 
 pub mod cors;
-pub mod problem;
-pub mod router;
 pub mod server;
 pub mod trace;
 pub mod transform;
@@ -16,19 +14,19 @@ pub mod transform;
 use crate::auth::Auth;
 use crate::capability::outgoing::{set_identity_headers, strip_identity_headers};
 use crate::dispatch::Dispatcher;
+use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
+use crate::problem::problem_bytes;
 use crate::registry::manifest::RateLimitKey;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use problem::problem_bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 
-pub use crate::dispatch::SERVICE_HEADER;
+pub use crate::headers::SERVICE_HEADER;
 
 /// The gateway: a router over the registry's services.
 pub struct Gateway {

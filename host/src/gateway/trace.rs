@@ -6,9 +6,6 @@
 
 use rand::Rng as _;
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-pub const TRACEPARENT_HEADER: &str = "traceparent";
-
 /// The incoming request id if it is 1 to 128 visible characters without spaces, else
 /// a new random one (UUID v4 form).
 pub fn request_id(incoming: Option<&http::HeaderValue>) -> String {

@@ -11,6 +11,7 @@
 pub mod manifest;
 pub mod policy;
 pub mod record;
+mod router;
 mod slot;
 mod supervisor;
 pub mod watch;
@@ -18,13 +19,13 @@ pub mod watch;
 pub use slot::{Health, InFlight, Routing, ServiceSlot, SlotSettings, Version, Window};
 
 use crate::capability::outgoing::ServiceCaller;
-use crate::gateway::router::Router;
 use crate::runtime::{ComponentError, Prepared, Runtime};
 use crate::store::{Storage, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
 use manifest::{Manifest, PublicRule, ServiceSpec, SubscriptionSpec};
 use record::{CanaryRecord, ComponentStore, HistoryEntry, ServiceRecord, VersionMeta};
+use router::Router;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -442,7 +443,7 @@ impl Registry {
             breaker: spec.breaker,
             health_spec: spec.health.clone(),
             canary_spec: spec.canary,
-            policy: Arc::new(crate::dispatch::policy::Policy::new(&spec.policy)),
+            policy: Arc::new(crate::policy::Policy::new(&spec.policy)),
             config: Arc::new(spec.config.iter().collect()),
             storage: self.storage.clone(),
             auth: self.auth.clone(),
@@ -647,7 +648,12 @@ impl Registry {
             .body(Bytes::new())
             .map_err(|e| format!("the smoke request GET {path} is invalid: {e}"))?;
         match self.runtime.handle_http(prepared, cx, request).await {
-            Ok((response, _discarded)) if response.status().is_success() => Ok(()),
+            Ok((response, _discarded))
+                if crate::outcome::Class::of_status(response.status())
+                    == crate::outcome::Class::Success =>
+            {
+                Ok(())
+            }
             Ok((response, _)) => {
                 let body = String::from_utf8_lossy(response.body());
                 let excerpt: String = body.chars().take(200).collect();

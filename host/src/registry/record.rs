@@ -141,10 +141,7 @@ pub async fn save(
     let prefix = keys::history_prefix(service);
     storage.transact(&mut |view| {
         let mut batch = Batch::default();
-        entry.seq = view
-            .last_with_prefix(&prefix)?
-            .map(|(key, _)| keys::trailing_u64(&key) + 1)
-            .unwrap_or(1);
+        entry.seq = view.next_seq(&prefix, 1)?;
         let value = serde_json::to_vec(&entry).map_err(|e| StoreError::Backend(e.to_string()))?;
         batch.put(keys::seq(&prefix, entry.seq), value);
         if let Some(record) = &record {

@@ -7,7 +7,7 @@
 //! bounded by the service's timeout, which bounds the drain).
 
 use super::manifest::{BreakerSpec, CanarySpec, HealthSpec, Limits, PublicRule, SubscriptionSpec};
-use crate::dispatch::policy::Policy;
+use crate::policy::Policy;
 use crate::runtime::{InvocationContext, Prepared};
 use crate::store::Storage;
 use rand::Rng as _;

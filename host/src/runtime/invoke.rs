@@ -3,14 +3,13 @@
 //! buffered effects handed back for the caller to commit or drop.
 
 use super::component::Warm;
-use super::state::Grants;
 use super::{InvocationState, Prepared, Runtime};
 use crate::bus::envelope::Envelope;
 use crate::bus::unit::UnitOfWork;
-use crate::capability::WitEvent;
 use crate::capability::events::Publisher;
 use crate::capability::kv::KvReader;
 use crate::capability::outgoing::{Outgoing, ServiceCaller};
+use crate::capability::{Grants, WitEvent};
 use crate::store::Storage;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -61,7 +60,8 @@ pub struct InvocationContext {
     pub instance_reuse: u32,
 }
 
-/// Why an invocation produced no usable result. The gateway maps each to a status.
+/// Why an invocation produced no usable result. `crate::outcome` classifies each (status,
+/// commit, breaker and canary verdict, retry).
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
     #[error("the service trapped: {0}")]
@@ -80,16 +80,8 @@ pub enum InvokeError {
     Instantiate(String),
     #[error("the service does not export microhost:platform/subscriber")]
     NotASubscriber,
-    #[error("the service's state could not be saved: {0}")]
-    Storage(String),
-    #[error("calls to the service are failing; its circuit breaker is open for {} ms", .0.as_millis())]
-    BreakerOpen(Duration),
-    #[error("the request kept conflicting with concurrent updates of the same data: {0}")]
-    Contention(String),
-    #[error("the service is out of routing: its health checks fail ({0})")]
-    Unhealthy(String),
-    #[error("the service is at its concurrency limit: {0}")]
-    Overloaded(String),
+    #[error("the handler returned an error: {0}")]
+    Rejected(String),
 }
 
 /// How a guest call ended, and the store (with the unit of work and the limiter's
@@ -221,14 +213,14 @@ impl Runtime {
     }
 
     /// Delivers `event` to the component's `microhost:platform/subscriber`. Returns the
-    /// handler's verdict and the invocation's effects.
+    /// invocation's effects when the handler acknowledged the event.
     pub async fn handle_event(
         &self,
         prepared: &Prepared,
         cx: InvocationContext,
         event: &Envelope,
         attempt: u32,
-    ) -> Result<(Result<(), String>, UnitOfWork), InvokeError> {
+    ) -> Result<UnitOfWork, InvokeError> {
         let pre = prepared
             .subscriber
             .clone()
@@ -258,8 +250,8 @@ impl Runtime {
                 .call_handle(&mut store, &event)
                 .await
                 .map_err(GuestFailure::Call);
-            let verdict = check_guest(result, &store, memory_bytes, timeout)?;
-            Ok((verdict, store.into_data().unit))
+            check_guest(result, &store, memory_bytes, timeout)?.map_err(InvokeError::Rejected)?;
+            Ok(store.into_data().unit)
         })
         .await
     }

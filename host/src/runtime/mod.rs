@@ -4,11 +4,10 @@
 
 mod component;
 mod invoke;
-mod state;
 
+pub use crate::capability::InvocationState;
 pub use component::{ComponentError, Prepared, SUBSCRIBER};
 pub use invoke::{InvocationContext, InvokeError};
-pub use state::InvocationState;
 
 use anyhow::Context as _;
 use std::path::PathBuf;

@@ -53,6 +53,14 @@ pub trait ReadView {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// The greatest key starting with `prefix`, and its value.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
+
+    /// The number after the one that ends the last key under `prefix` (keys built with
+    /// [`keys::seq`] or [`keys::log`]), or `first` when there is no key there.
+    fn next_seq(&self, prefix: &[u8], first: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .last_with_prefix(prefix)?
+            .map_or(first, |(key, _)| keys::trailing_u64(&key) + 1))
+    }
 }
 
 /// An ordered key-value store with serialized atomic transactions.

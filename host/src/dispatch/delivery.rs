@@ -3,8 +3,8 @@
 //! retry with exponential backoff until `max_deliver`, then dead-letter it and go on.
 //! One item at a time, so a subscriber sees its topic in order.
 
-use super::{Bus, Item};
-use crate::dispatch::{DeliveryError, Dispatcher};
+use super::{DeliveryError, Dispatcher};
+use crate::bus::{Bus, Item};
 use crate::registry::ServiceSlot;
 use crate::registry::manifest::SubscriptionSpec;
 use std::sync::Arc;

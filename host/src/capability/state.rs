@@ -1,10 +1,10 @@
 //! What one invocation's `Store` holds: the WASI contexts, the capabilities granted to
 //! the service, and the memory limiter.
 
+use super::events::Publisher;
+use super::kv::KvReader;
+use super::outgoing::Outgoing;
 use crate::bus::unit::UnitOfWork;
-use crate::capability::events::Publisher;
-use crate::capability::kv::KvReader;
-use crate::capability::outgoing::Outgoing;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};

@@ -1,8 +1,6 @@
-//! RFC 9457 problem responses, and the one mapping from an invocation's failure to an
-//! HTTP status: client fault 4xx, guest trap 502, guest timeout 504, no capacity 503,
-//! host fault 500.
+//! RFC 9457 problem responses (`application/problem+json`), the one shape of every
+//! error body the host sends, from the edge, the dispatcher and the admin API alike.
 
-use crate::runtime::InvokeError;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
@@ -44,23 +42,4 @@ pub fn problem_bytes(
         HeaderValue::from_static("application/problem+json"),
     );
     response
-}
-
-/// The status for a failed invocation.
-pub fn status_of(error: &InvokeError) -> StatusCode {
-    match error {
-        InvokeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::Trap(_)
-        | InvokeError::MemoryLimit(_)
-        | InvokeError::NoResponse
-        | InvokeError::ErrorResponse(_)
-        | InvokeError::ResponseTooLarge
-        | InvokeError::NotASubscriber => StatusCode::BAD_GATEWAY,
-        InvokeError::Instantiate(_)
-        | InvokeError::BreakerOpen(_)
-        | InvokeError::Contention(_)
-        | InvokeError::Unhealthy(_)
-        | InvokeError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-        InvokeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
 }

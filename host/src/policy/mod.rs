@@ -1,6 +1,9 @@
-//! The running state of a route's policies (see `registry::policy` for the manifest
-//! side): a keyed token-bucket rate limiter, a concurrency limit with a bounded queue,
-//! a retry budget and a response cache. One [`Policy`] per service slot.
+//! The running state of a route's policies (the manifest side is in the specs): a keyed
+//! token-bucket rate limiter, a concurrency limit with a bounded queue, a retry budget,
+//! a response cache, and the circuit breakers. One [`Policy`] per service slot; the
+//! dispatcher and the gateway apply them.
+
+pub mod breaker;
 
 use crate::registry::manifest::{
     CacheSpec, ConcurrencySpec, FallbackSpec, PolicySpec, RateLimitSpec, RetrySpec,
