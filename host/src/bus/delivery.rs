@@ -6,7 +6,7 @@
 use super::{Bus, Item};
 use crate::dispatch::{DeliveryError, Dispatcher};
 use crate::registry::ServiceSlot;
-use crate::registry::manifest::SubscriptionSpec;
+use crate::config::SubscriptionSpec;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

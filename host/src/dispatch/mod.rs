@@ -14,7 +14,7 @@ use crate::capability::outgoing::{
 };
 use crate::gateway::problem::{problem_bytes, status_of};
 use crate::metrics::Metrics;
-use crate::registry::manifest::FallbackSpec;
+use crate::config::FallbackSpec;
 use crate::registry::{Registry, ServiceSlot};
 use crate::runtime::{InvokeError, Runtime};
 use crate::store::StoreError;

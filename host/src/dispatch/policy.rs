@@ -1,8 +1,8 @@
-//! The running state of a route's policies (see `registry::policy` for the manifest
+//! The running state of a route's policies (see `config::PolicySpec` for the manifest
 //! side): a keyed token-bucket rate limiter, a concurrency limit with a bounded queue,
 //! a retry budget and a response cache. One [`Policy`] per service slot.
 
-use crate::registry::manifest::{
+use crate::config::{
     CacheSpec, ConcurrencySpec, FallbackSpec, PolicySpec, RateLimitSpec, RetrySpec,
 };
 use bytes::Bytes;

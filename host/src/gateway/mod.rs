@@ -16,7 +16,7 @@ pub mod transform;
 use crate::auth::Auth;
 use crate::capability::outgoing::{set_identity_headers, strip_identity_headers};
 use crate::dispatch::Dispatcher;
-use crate::registry::manifest::RateLimitKey;
+use crate::config::RateLimitKey;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};

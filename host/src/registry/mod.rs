@@ -8,8 +8,6 @@
 //! refused change leaves everything as it was. Requests pin the version they start on
 //! ([`ServiceSlot::pin`]), so a switch drops nothing.
 
-pub mod manifest;
-pub mod policy;
 pub mod record;
 mod slot;
 mod supervisor;
@@ -23,7 +21,7 @@ use crate::runtime::{ComponentError, Prepared, Runtime};
 use crate::store::{Storage, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
-use manifest::{Manifest, PublicRule, ServiceSpec, SubscriptionSpec};
+use crate::config::{Manifest, PublicRule, ServiceSpec, SubscriptionSpec};
 use record::{CanaryRecord, ComponentStore, HistoryEntry, ServiceRecord, VersionMeta};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -734,7 +732,7 @@ impl Registry {
     ) -> Result<Deployed, RegistryError> {
         let service = slot.name.as_str();
         if let Some(label) = &label {
-            manifest::check_version(label).map_err(RegistryError::InvalidVersion)?;
+            crate::config::check_version(label).map_err(RegistryError::InvalidVersion)?;
         }
         if let DeployMode::Canary(weight) = mode
             && !(1..=100).contains(&weight)
