@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use microhost::HostConfig;
-use microhost::registry::manifest::Manifest;
+use microhost::config::Manifest;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //! token's `kid`. Each key pins its algorithm: a token whose header names another one is
 //! refused, so an RSA public key can never be used as an HMAC secret.
 
-use crate::registry::manifest::AuthSpec;
+use crate::config::{AuthSpec, HOST_KID};
 use anyhow::Context as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
@@ -21,9 +21,6 @@ use tokio::sync::Semaphore;
 
 /// Name of the file in the data directory holding a generated signing secret.
 pub const JWT_SECRET_FILE: &str = "jwt-secret";
-
-/// The `kid` of the tokens the host signs (tokens without a `kid` are the host's too).
-pub const HOST_KID: &str = "microhost";
 
 /// A key that verifies other issuers' tokens.
 pub struct VerifyKey {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod capability;
+pub mod config;
 pub mod dispatch;
 pub mod gateway;
 pub mod headers;
@@ -36,7 +37,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Everything [`start`] needs.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    pub manifest: registry::manifest::Manifest,
+    pub manifest: config::Manifest,
     /// Gateway address (`127.0.0.1:3000`; port 0 picks a free one).
     pub listen: SocketAddr,
     /// Admin API address; a non-loopback one needs a configured token.
@@ -70,7 +71,7 @@ pub struct TlsFiles {
 impl HostConfig {
     /// Defaults for everything but the manifest: loopback ports 3000/3100,
     /// `.microhost` as data directory.
-    pub fn new(manifest: registry::manifest::Manifest) -> HostConfig {
+    pub fn new(manifest: config::Manifest) -> HostConfig {
         HostConfig {
             manifest,
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
@@ -149,7 +150,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let storage: Arc<dyn store::Storage> = Arc::new(store::SledStorage::open(&config.data_dir)?);
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
         max_instances: config.max_instances,
-        max_memory_mib: registry::manifest::MAX_MEMORY_MIB,
+        max_memory_mib: config::MAX_MEMORY_MIB,
         cache_dir: Some(
             config
                 .cache_dir

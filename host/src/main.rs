@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use microhost::admin::client::AdminClient;
-use microhost::registry::manifest::Manifest;
+use microhost::config::Manifest;
 use microhost::{ADMIN_TOKEN_FILE, HostConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -251,7 +251,7 @@ async fn apply(State(state): State<AdminState>) -> Response {
         )
         .into_response();
     };
-    let manifest = match crate::registry::manifest::Manifest::load(path) {
+    let manifest = match crate::config::Manifest::load(path) {
         Ok(manifest) => manifest,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };

@@ -5,8 +5,8 @@
 
 use super::{DeliveryError, Dispatcher};
 use crate::bus::{Bus, Item};
+use crate::config::SubscriptionSpec;
 use crate::registry::ServiceSlot;
-use crate::registry::manifest::SubscriptionSpec;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

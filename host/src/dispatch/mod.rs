@@ -9,6 +9,7 @@ pub mod delivery;
 use crate::auth::Identity;
 use crate::bus::{Bus, Item};
 use crate::capability::outgoing::ServiceCaller;
+use crate::config::FallbackSpec;
 use crate::headers::{
     CACHE_HEADER, CALLER_HEADER, CLAIMS_HEADER, FALLBACK_HEADER, HOPS_HEADER, REQUEST_ID_HEADER,
     SERVICE_HEADER, SUBJECT_HEADER, TRACEPARENT_HEADER,
@@ -18,7 +19,6 @@ use crate::outcome::{Class, DispatchError, classify};
 use crate::policy::breaker::Breakers;
 use crate::policy::{self, Cache, CacheControl};
 use crate::problem::problem_bytes;
-use crate::registry::manifest::FallbackSpec;
 use crate::registry::{Registry, ServiceSlot};
 use crate::runtime::Runtime;
 use crate::store::StoreError;

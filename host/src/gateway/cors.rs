@@ -3,7 +3,7 @@
 //! responses for allowed origins. Requests from other origins are still served, without
 //! the headers, so the browser withholds the response from the page.
 
-use crate::registry::manifest::CorsSpec;
+use crate::config::CorsSpec;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 

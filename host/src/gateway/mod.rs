@@ -13,10 +13,10 @@ pub mod transform;
 
 use crate::auth::Auth;
 use crate::capability::outgoing::{set_identity_headers, strip_identity_headers};
+use crate::config::RateLimitKey;
 use crate::dispatch::Dispatcher;
 use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 use crate::problem::problem_bytes;
-use crate::registry::manifest::RateLimitKey;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};

@@ -1,6 +1,6 @@
 //! Path and header rewrites between the edge and a service (`[service.policy.transform]`).
 
-use crate::registry::manifest::{HeaderOps, TransformSpec};
+use crate::config::{HeaderOps, TransformSpec};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 /// The path the service sees: `strip_prefix` removed (whole segments only), then

@@ -2,7 +2,7 @@
 //! alike: closed → (N consecutive failures, or an error rate over a window) → open
 //! (calls fail fast) → (after the open period) half-open (one probe) → closed or open.
 
-use crate::registry::manifest::BreakerSpec;
+use crate::config::BreakerSpec;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

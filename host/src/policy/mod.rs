@@ -1,11 +1,11 @@
-//! The running state of a route's policies (the manifest side is in the specs): a keyed
+//! The running state of a route's policies (`config::PolicySpec` is the manifest side): a keyed
 //! token-bucket rate limiter, a concurrency limit with a bounded queue, a retry budget,
 //! a response cache, and the circuit breakers. One [`Policy`] per service slot; the
 //! dispatcher and the gateway apply them.
 
 pub mod breaker;
 
-use crate::registry::manifest::{
+use crate::config::{
     CacheSpec, ConcurrencySpec, FallbackSpec, PolicySpec, RateLimitSpec, RetrySpec,
 };
 use bytes::Bytes;

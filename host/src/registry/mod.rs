@@ -8,8 +8,6 @@
 //! refused change leaves everything as it was. Requests pin the version they start on
 //! ([`ServiceSlot::pin`]), so a switch drops nothing.
 
-pub mod manifest;
-pub mod policy;
 pub mod record;
 mod router;
 mod slot;
@@ -19,11 +17,11 @@ pub mod watch;
 pub use slot::{Health, InFlight, Routing, ServiceSlot, SlotSettings, Version, Window};
 
 use crate::capability::outgoing::ServiceCaller;
+use crate::config::{Manifest, PublicRule, ServiceSpec, SubscriptionSpec};
 use crate::runtime::{ComponentError, Prepared, Runtime};
 use crate::store::{Storage, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
-use manifest::{Manifest, PublicRule, ServiceSpec, SubscriptionSpec};
 use record::{CanaryRecord, ComponentStore, HistoryEntry, ServiceRecord, VersionMeta};
 use router::Router;
 use serde_json::json;
@@ -740,7 +738,7 @@ impl Registry {
     ) -> Result<Deployed, RegistryError> {
         let service = slot.name.as_str();
         if let Some(label) = &label {
-            manifest::check_version(label).map_err(RegistryError::InvalidVersion)?;
+            crate::config::check_version(label).map_err(RegistryError::InvalidVersion)?;
         }
         if let DeployMode::Canary(weight) = mode
             && !(1..=100).contains(&weight)

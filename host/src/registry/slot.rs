@@ -6,7 +6,7 @@
 //! replaced version drains and is freed when its last request finishes (each request is
 //! bounded by the service's timeout, which bounds the drain).
 
-use super::manifest::{BreakerSpec, CanarySpec, HealthSpec, Limits, PublicRule, SubscriptionSpec};
+use crate::config::{BreakerSpec, CanarySpec, HealthSpec, Limits, PublicRule, SubscriptionSpec};
 use crate::policy::Policy;
 use crate::runtime::{InvocationContext, Prepared};
 use crate::store::Storage;

@@ -3,7 +3,7 @@
 //! up).
 
 use super::Registry;
-use super::manifest::Manifest;
+use crate::config::Manifest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

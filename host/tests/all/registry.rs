@@ -501,7 +501,7 @@ async fn applying_the_manifest_changes_services_live() -> anyhow::Result<()> {
     ];
     std::fs::write(&path, crate::support::manifest_toml(&first))?;
     let mut config = crate::support::config(&first, dir.path())?;
-    config.manifest = microhost::registry::manifest::Manifest::load(&path)?;
+    config.manifest = microhost::config::Manifest::load(&path)?;
     let host = Arc::new(Host::start_with(config).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -638,7 +638,7 @@ async fn a_watching_host_applies_manifest_and_component_changes() -> anyhow::Res
     svc.wasm = component.clone();
     std::fs::write(&path, crate::support::manifest_toml(&[svc.clone()]))?;
     let mut config = crate::support::config(&[svc.clone()], dir.path())?;
-    config.manifest = microhost::registry::manifest::Manifest::load(&path)?;
+    config.manifest = microhost::config::Manifest::load(&path)?;
     config.watch = true;
     let host = Host::start_with(config).await?;
     assert_eq!(host.get("/x").await?.served_by(), Some("echo@v1"));

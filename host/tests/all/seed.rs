@@ -4,7 +4,7 @@
 use crate::assert_eventually;
 use crate::support::{Host, Resp, data_dir, wasm};
 use bytes::Bytes;
-use microhost::registry::manifest::Manifest;
+use microhost::config::Manifest;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -142,7 +142,7 @@ async fn writes_commit_only_when_the_invocation_succeeds() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_manifest_is_valid_and_its_components_are_built() -> anyhow::Result<()> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry/microhost.toml");
-    let manifest = microhost::registry::manifest::Manifest::load(&path)?;
+    let manifest = microhost::config::Manifest::load(&path)?;
     assert!(manifest.services.iter().any(|s| s.name == "product"));
     for service in &manifest.services {
         let file = manifest.component_path(service);

@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use microhost::registry::manifest::Manifest;
+use microhost::config::Manifest;
 use microhost::{HostConfig, Running};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

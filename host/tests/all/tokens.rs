@@ -6,7 +6,7 @@ use crate::support::{Host, Svc, config, data_dir, manifest_toml};
 use base64::Engine as _;
 use http::Method;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use microhost::registry::manifest::Manifest;
+use microhost::config::Manifest;
 use serde_json::json;
 use std::path::Path;
 

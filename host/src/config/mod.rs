@@ -2,7 +2,9 @@
 //! service. Parsed strictly (unknown fields are errors) and validated before the host
 //! starts; every error names the file, the service and the field.
 
-pub use super::policy::{
+mod policy;
+
+pub use policy::{
     CacheSpec, ConcurrencySpec, CorsSpec, FallbackSpec, HeaderOps, PolicySpec, RateLimitKey,
     RateLimitSpec, RetrySpec, TransformSpec,
 };
@@ -373,6 +375,10 @@ pub enum ManifestError {
     },
 }
 
+/// The `kid` of the tokens the host signs (tokens without a `kid` are the host's too);
+/// no `[[auth.key]]` may take it. Here, the lowest layer, so `auth` and the manifest share it.
+pub const HOST_KID: &str = "microhost";
+
 /// Most memory a service may ask for, in MiB (the runtime's pool is sized for it).
 pub const MAX_MEMORY_MIB: u32 = 1024;
 /// Longest request timeout, in milliseconds (10 minutes).
@@ -435,13 +441,12 @@ impl Manifest {
                 field,
                 reason,
             };
-            if key.kid.is_empty() || key.kid == crate::auth::HOST_KID {
+            if key.kid.is_empty() || key.kid == HOST_KID {
                 return Err(fail(
                     "key.kid",
                     format!(
                         "{:?} cannot be used: give each key a non-empty id other than {:?}",
-                        key.kid,
-                        crate::auth::HOST_KID
+                        key.kid, HOST_KID
                     ),
                 ));
             }

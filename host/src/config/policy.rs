@@ -235,7 +235,7 @@ impl PolicySpec {
                     ),
                 ));
             }
-            if c.queue_timeout_ms > super::manifest::MAX_TIMEOUT_MS {
+            if c.queue_timeout_ms > super::MAX_TIMEOUT_MS {
                 return Err((
                     "policy.concurrency.queue_timeout_ms",
                     format!("must be at most 600000, got {}", c.queue_timeout_ms),
