@@ -272,7 +272,7 @@ impl Auth {
                 let secret = hex::encode(bytes);
                 std::fs::create_dir_all(data_dir)
                     .with_context(|| format!("failed to create {data_dir:?}"))?;
-                crate::write_private(&path, &secret)
+                crate::store::write_private(&path, &secret)
                     .with_context(|| format!("failed to write {path:?}"))?;
                 tracing::info!(path = %path.display(), "generated a JWT signing secret");
                 Ok(secret.into_bytes())

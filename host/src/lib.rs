@@ -100,7 +100,7 @@ pub struct Running {
     /// The two servers, the subscription loops and the registry's supervisor.
     tasks: Vec<JoinHandle<()>>,
     /// Subscription loops of services added or reconfigured at runtime.
-    later: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    later: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Running {
@@ -117,12 +117,7 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
-        let later = std::mem::take(
-            &mut *self
-                .later
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let later = std::mem::take(&mut *self.later.lock());
         for task in later {
             let _ = task.await;
         }
@@ -203,7 +198,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     let mut tasks =
         dispatch::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
     tasks.push(registry.supervise(stop.clone()));
-    let later: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+    let later: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
     {
         let (bus, dispatcher, stop, later) = (
             bus.clone(),
@@ -214,9 +209,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         registry.set_spawner(Box::new(move |slot| {
             if let Some(dispatcher) = dispatcher.upgrade() {
                 let loops = dispatch::delivery::spawn_slot(&bus, slot, &dispatcher, &stop);
-                let mut later = later
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut later = later.lock();
                 later.retain(|task| !task.is_finished());
                 later.extend(loops);
             }
@@ -290,19 +283,7 @@ fn generate_admin_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("failed to create data directory {data_dir:?}"))?;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    write_private(&path, &token).with_context(|| format!("failed to write {path:?}"))?;
+    store::write_private(&path, &token).with_context(|| format!("failed to write {path:?}"))?;
     tracing::info!(path = %path.display(), "generated an admin token");
     Ok(token)
-}
-
-pub(crate) fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents.as_bytes())
 }

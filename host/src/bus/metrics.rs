@@ -1,9 +1,9 @@
 //! Bus counters, exported on `/metrics`: published per topic; delivered, retried and
 //! dead-lettered per subscription. Lag is computed when read (log length minus cursor).
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 /// Counters of one subscription.
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -20,8 +20,8 @@ pub struct Metrics {
     subscriptions: Mutex<BTreeMap<(String, String), SubscriptionCounters>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    m.lock()
 }
 
 impl Metrics {

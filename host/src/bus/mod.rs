@@ -14,9 +14,10 @@ pub mod unit;
 use crate::store::{Batch, Storage, StoreError, keys};
 use envelope::Envelope;
 use metrics::Metrics;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 use unit::{Ack, UnitOfWork};
 
@@ -73,7 +74,6 @@ impl Bus {
     fn signal(&self, topic: &str) -> watch::Sender<u64> {
         self.signals
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(topic.to_string())
             .or_insert_with(|| watch::channel(0).0)
             .clone()

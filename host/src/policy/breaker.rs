@@ -3,8 +3,8 @@
 //! (calls fail fast) → (after the open period) half-open (one probe) → closed or open.
 
 use crate::config::BreakerSpec;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,10 +69,8 @@ pub enum Status {
 }
 
 impl Breakers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
-        self.states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, State>> {
+        self.states.lock()
     }
 
     /// Whether a call to `target` may go ahead now. When the open period is over, the

@@ -14,16 +14,16 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    m.lock()
 }
 
 /// The policies of one service, with their state.
@@ -364,7 +364,7 @@ impl Cache {
         order.retain(|key| entries.contains_key(key));
     }
 
-    fn state_for(&self, version: &str) -> std::sync::MutexGuard<'_, CacheState> {
+    fn state_for(&self, version: &str) -> parking_lot::MutexGuard<'_, CacheState> {
         let mut state = lock(&self.state);
         if state.version != version {
             state.entries.clear();

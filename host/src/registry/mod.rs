@@ -22,11 +22,12 @@ use crate::runtime::{ComponentError, Prepared, Runtime};
 use crate::store::{Storage, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use record::{CanaryRecord, ComponentStore, HistoryEntry, ServiceRecord, VersionMeta};
 use router::Router;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Prepared versions kept in memory beyond those routed to, so that swapping back to a
@@ -233,7 +234,7 @@ impl Registry {
     }
 
     fn set_catalog(&self, catalog: Catalog) {
-        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
+        *self.catalog.write() = Arc::new(catalog);
     }
 
     /// Who starts the delivery loops of services added or reconfigured at runtime.
@@ -377,16 +378,13 @@ impl Registry {
     }
 
     fn catalog(&self) -> Arc<Catalog> {
-        self.catalog
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.catalog.read().clone()
     }
 
     fn records_lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<ServiceRecord>>>> {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    ) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<ServiceRecord>>>> {
+        self.records.lock()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<ServiceSlot>> {
@@ -524,7 +522,7 @@ impl Registry {
         let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))
             .await
             .map_err(|e| RegistryError::Internal(format!("compilation panicked: {e}")))??;
-        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut loaded = self.loaded.lock();
         loaded.retain(|p| p.sha256 != prepared.sha256);
         loaded.push_back(prepared.clone());
         while loaded.len() > LOADED_VERSIONS {
@@ -539,7 +537,6 @@ impl Registry {
         let hit = self
             .loaded
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find(|p| p.sha256 == sha256)
             .cloned();

@@ -10,10 +10,11 @@ use crate::config::{BreakerSpec, CanarySpec, HealthSpec, Limits, PublicRule, Sub
 use crate::policy::Policy;
 use crate::runtime::{InvocationContext, Prepared};
 use crate::store::Storage;
+use parking_lot::{Mutex, RwLock};
 use rand::Rng as _;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime_wasi_config::WasiConfigVariables;
 
@@ -84,7 +85,7 @@ impl Version {
 
     /// Counts the outcome of one call in the current window.
     pub fn record(&self, ok: bool) {
-        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut window = self.window.lock();
         if ok {
             window.ok += 1;
         } else {
@@ -93,12 +94,12 @@ impl Version {
     }
 
     pub fn window(&self) -> Window {
-        *self.window.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.window.lock()
     }
 
     /// Starts a new window.
     pub fn reset_window(&self) {
-        *self.window.lock().unwrap_or_else(PoisonError::into_inner) = Window::new();
+        *self.window.lock() = Window::new();
     }
 }
 
@@ -269,7 +270,7 @@ impl ServiceSlot {
     /// returned guard is dropped.
     pub fn pin(&self) -> InFlight {
         let version = {
-            let routing = self.routing.read().unwrap_or_else(PoisonError::into_inner);
+            let routing = self.routing.read();
             match &routing.canary {
                 Some((canary, weight)) if rand::thread_rng().gen_range(0..100u8) < *weight => {
                     canary.clone()
@@ -283,10 +284,7 @@ impl ServiceSlot {
     }
 
     pub fn routing(&self) -> Routing {
-        self.routing
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.routing.read().clone()
     }
 
     pub fn active(&self) -> Arc<Version> {
@@ -297,19 +295,19 @@ impl ServiceSlot {
     /// pinned them finish on them.
     pub(super) fn switch(&self, routing: Routing) {
         let old = {
-            let mut current = self.routing.write().unwrap_or_else(PoisonError::into_inner);
+            let mut current = self.routing.write();
             std::mem::replace(&mut *current, routing.clone())
         };
         let kept = |v: &Arc<Version>| routing.versions().any(|r| Arc::ptr_eq(v, r));
         if !Arc::ptr_eq(&old.active, &routing.active) {
             // Health is the active version's: a new one starts in routing.
-            *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Health {
+            *self.health.lock() = Health {
                 healthy: true,
                 ..Health::default()
             };
             self.healthy.store(true, Ordering::Relaxed);
         }
-        let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut draining = self.draining.lock();
         draining.retain(|v| v.strong_count() > 0);
         for version in old.versions() {
             if !kept(version) && version.in_flight() > 0 {
@@ -323,7 +321,7 @@ impl ServiceSlot {
 
     /// Versions no longer routed to that still have requests running: (label, in flight).
     pub fn draining(&self) -> Vec<(String, usize)> {
-        let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut draining = self.draining.lock();
         draining.retain(|v| v.upgrade().is_some_and(|v| v.in_flight() > 0));
         draining
             .iter()
@@ -338,15 +336,12 @@ impl ServiceSlot {
     }
 
     pub fn health(&self) -> Health {
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.health.lock().clone()
     }
 
     /// Records a periodic check; returns the new state when it changed.
     pub(super) fn record_check(&self, result: Result<(), String>) -> Option<Health> {
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut health = self.health.lock();
         let was = health.healthy;
         health.checked_at_ms = super::record::now_ms();
         match result {

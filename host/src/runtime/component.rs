@@ -72,22 +72,16 @@ pub(crate) struct Warm {
 /// The idle warm instances of one version, most recently used last.
 #[derive(Default)]
 pub(crate) struct WarmPool {
-    idle: std::sync::Mutex<Vec<Warm>>,
+    idle: parking_lot::Mutex<Vec<Warm>>,
 }
 
 impl WarmPool {
     pub fn take(&self) -> Option<Warm> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
+        self.idle.lock().pop()
     }
 
     pub fn put(&self, warm: Warm) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE_INSTANCES {
             idle.push(warm);
         }

@@ -2,9 +2,10 @@
 //! group commit.
 
 use super::{Batch, Entry, ReadView, Storage, StoreError, StoreFuture};
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use tokio::sync::watch;
 
 /// sled under a data directory.
@@ -91,10 +92,7 @@ impl Storage for SledStorage {
         &self,
         build: &mut dyn FnMut(&dyn ReadView) -> Result<Batch, StoreError>,
     ) -> Result<(), StoreError> {
-        let _serialized = self
-            .commit_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serialized = self.commit_lock.lock();
         let batch = build(self)?;
         if batch.is_empty() {
             return Ok(());

@@ -86,3 +86,16 @@ pub trait Storage: ReadView + Send + Sync + 'static {
     /// concurrent callers share one flush).
     fn durable(&self) -> StoreFuture<'static, ()>;
 }
+
+/// Writes `contents` to `path` readable by the owner only (secrets in the data directory).
+pub(crate) fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
