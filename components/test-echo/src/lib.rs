@@ -3,12 +3,12 @@
 //! sends `Cache-Control: max-age=S`, `?no_store=1` sends `Cache-Control: no-store`.
 //! `?call=S` first calls `GET http://S.internal/from-echo` and adds its answer as
 //! `called: {status, body}`.
-use microhost_guest::{Request, Response, Service};
+use microhost_guest::{Error, Request, Response, Service};
 
 struct Echo;
 
 impl Service for Echo {
-    fn handle(req: Request) -> Response {
+    fn handle(req: Request) -> Result<Response, Error> {
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers
             .iter()
@@ -29,7 +29,7 @@ impl Service for Echo {
                     "status": reply.status,
                     "body": reply.json::<serde_json::Value>().unwrap_or_default(),
                 }),
-                Err(e) => serde_json::json!({ "error": e }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
             }
         });
         let response = Response::json(
@@ -44,10 +44,10 @@ impl Service for Echo {
                 "called": called,
             }),
         );
-        match cache_control {
+        Ok(match cache_control {
             Some(cc) => response.with_header("cache-control", cc),
             None => response,
-        }
+        })
     }
 }
 
