@@ -1,7 +1,8 @@
 //! The notification service: turns events into notifications for their user.
 //!
 //! - on `user.registered`, `order.confirmed`, `order.cancelled` → a notification
-//! - `GET /api/notifications` (token) → the caller's notifications, oldest first
+//! - `GET /api/notifications?limit=N&after=ID` (token) → `{items, next}`, the caller's
+//!   notifications, oldest first
 use microhost_guest::kv::Store;
 use microhost_guest::{Error, Event, Request, Response, Service, auth};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ impl Service for NotificationService {
     fn handle(req: Request) -> Result<Response, Error> {
         let user = auth::require_subject(&req)?;
         match (req.method.as_str(), req.segments().as_slice()) {
-            ("GET", ["api", "notifications"]) => list(user),
+            ("GET", ["api", "notifications"]) => list(&req, user),
             (method, ["api", "notifications"]) => Err(Error::method_not_allowed(method, "GET")),
             _ => Err(Error::not_found(&format!(
                 "no notification resource at {:?}",
@@ -84,15 +85,10 @@ fn by_user(user: &str) -> String {
     format!("notif/{user}/")
 }
 
-fn list(user: &str) -> Result<Response, Error> {
-    let store = Store::open()?;
-    let mut items = Vec::new();
-    for key in store.keys_with_prefix(&by_user(user))? {
-        if let Some(n) = store.get_json::<Notification>(&key)? {
-            items.push(n);
-        }
-    }
-    Ok(Response::json(200, &serde_json::json!({ "items": items })))
+fn list(req: &Request, user: &str) -> Result<Response, Error> {
+    let page = req.page()?;
+    let notifications = Store::open()?.page_json::<Notification>(&by_user(user), &page)?;
+    Ok(Response::json(200, &notifications))
 }
 
 microhost_guest::service!(NotificationService);

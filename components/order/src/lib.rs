@@ -2,7 +2,8 @@
 //! synchronous calls, then runs the stock saga over events.
 //!
 //! - `POST /api/orders` `{items: [{product_id, quantity}]}` (token) → 201, status `pending`
-//! - `GET /api/orders/{id}`, `GET /api/orders` (token; own orders only)
+//! - `GET /api/orders/{id}` (token; own orders only)
+//! - `GET /api/orders?limit=N&after=ID` (token) → `{items, next}`, own orders in creation order
 //! - on `stock.reserved` → `confirmed` + `order.confirmed`;
 //!   on `stock.rejected` → `cancelled` + `order.cancelled`
 //!
@@ -67,7 +68,7 @@ impl Service for OrderService {
         let user = auth::require_subject(&req)?;
         match (req.method.as_str(), req.segments().as_slice()) {
             ("POST", ["api", "orders"]) => create(&req, user),
-            ("GET", ["api", "orders"]) => list(user),
+            ("GET", ["api", "orders"]) => list(&req, user),
             ("GET", ["api", "orders", id]) => get(user, id),
             (method, ["api", "orders"]) => Err(Error::method_not_allowed(method, "GET, POST")),
             (method, ["api", "orders", _]) => Err(Error::method_not_allowed(method, "GET")),
@@ -218,16 +219,13 @@ fn get(user: &str, id: &str) -> Result<Response, Error> {
     }
 }
 
-fn list(user: &str) -> Result<Response, Error> {
+fn list(req: &Request, user: &str) -> Result<Response, Error> {
+    let page = req.page()?;
     let store = Store::open()?;
-    let prefix = by_user(user);
-    let mut orders = Vec::new();
-    for key in store.keys_with_prefix(&prefix)? {
-        if let Some(order) = store.get_json::<Order>(&order_key(&key[prefix.len()..]))? {
-            orders.push(order);
-        }
-    }
-    Ok(Response::json(200, &serde_json::json!({ "items": orders })))
+    let orders = store
+        .page_ids(&by_user(user), &page)?
+        .try_filter_map(|id| store.get_json::<Order>(&order_key(&id)))?;
+    Ok(Response::json(200, &orders))
 }
 
 microhost_guest::service!(OrderService);
