@@ -2,13 +2,40 @@
 //! the gateway verified for the current request.
 
 use crate::Request;
-use crate::bindings::microhost::platform::auth::{self, AuthError};
+use crate::bindings::microhost::platform::auth;
+pub use crate::bindings::microhost::platform::auth::AuthError;
+use std::fmt;
+
+/// Why the host could not hash, verify or sign.
+#[derive(Debug)]
+pub struct Error(pub AuthError);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            AuthError::Invalid(message) | AuthError::Unavailable(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Error {
+        Error(e)
+    }
+}
 
 /// The verified subject of the request's bearer token (set by the gateway, or passed on
 /// by the host for a service-to-service call). Clients cannot forge it: the host strips
 /// these headers from incoming requests.
 pub fn subject(req: &Request) -> Option<&str> {
     req.header("x-microhost-subject")
+}
+
+/// The verified subject, or a 401 problem (`this route needs a token`) when there is none.
+pub fn require_subject(req: &Request) -> Result<&str, crate::Error> {
+    subject(req).ok_or_else(|| crate::Error::unauthorized("this route needs a token"))
 }
 
 /// The verified token's claims (JSON object), if any.
@@ -22,12 +49,12 @@ pub fn calling_service(req: &Request) -> Option<&str> {
     req.header("x-microhost-caller")
 }
 
-pub fn hash_password(password: &str) -> Result<String, String> {
-    auth::hash_password(password).map_err(describe)
+pub fn hash_password(password: &str) -> Result<String, Error> {
+    Ok(auth::hash_password(password)?)
 }
 
-pub fn verify_password(password: &str, hash: &str) -> Result<bool, String> {
-    auth::verify_password(password, hash).map_err(describe)
+pub fn verify_password(password: &str, hash: &str) -> Result<bool, Error> {
+    Ok(auth::verify_password(password, hash)?)
 }
 
 /// A signed token for `subject` with extra `claims`, valid for `ttl_seconds`.
@@ -35,12 +62,10 @@ pub fn issue_token(
     subject: &str,
     claims: &serde_json::Value,
     ttl_seconds: u32,
-) -> Result<String, String> {
-    auth::issue_token(subject, &claims.to_string(), ttl_seconds).map_err(describe)
-}
-
-fn describe(e: AuthError) -> String {
-    match e {
-        AuthError::Invalid(m) | AuthError::Unavailable(m) => m,
-    }
+) -> Result<String, Error> {
+    Ok(auth::issue_token(
+        subject,
+        &claims.to_string(),
+        ttl_seconds,
+    )?)
 }

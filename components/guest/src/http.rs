@@ -1,11 +1,12 @@
 //! Buffered HTTP on top of `wasi:http`: read the whole request, call the service, write
 //! the whole response. Errors become RFC 9457 problem bodies, like the host's own.
 
-use crate::Service;
 use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use crate::bindings::wasi::io::streams::{InputStream, StreamError};
+use crate::page::PageRequest;
+use crate::{Error, Service};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -46,16 +47,19 @@ impl Request {
     }
 
     /// The body parsed as JSON, or a 400 problem saying why it is not acceptable.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Response> {
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
         if self.body.is_empty() {
-            return Err(Response::problem(
-                400,
-                "Bad Request",
+            return Err(Error::bad_request(
                 "request body is empty; expected a JSON object",
             ));
         }
         serde_json::from_slice(&self.body)
-            .map_err(|e| Response::problem(400, "Bad Request", &format!("invalid JSON body: {e}")))
+            .map_err(|e| Error::bad_request(&format!("invalid JSON body: {e}")))
+    }
+
+    /// The page a list route is asked for (`?limit=N&after=ID`); see [`PageRequest`].
+    pub fn page(&self) -> Result<PageRequest, Error> {
+        PageRequest::from_request(self)
     }
 
     fn read(incoming: IncomingRequest) -> Result<Request, String> {
@@ -184,6 +188,20 @@ impl Response {
         Response::problem(500, "Internal Server Error", detail)
     }
 
+    /// The first value of a header, if it is valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The `detail` of a problem body.
+    pub(crate) fn problem_detail(&self) -> Option<String> {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("detail")?.as_str().map(str::to_string)
+    }
+
     pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Response {
         self.headers.push((name.to_string(), value.into()));
         self
@@ -230,11 +248,11 @@ impl Response {
     }
 }
 
-/// Reads the request, calls `S::handle`, writes the response. Used by
-/// [`service!`](crate::service); call it directly only from a hand-written export.
+/// Reads the request, calls `S::handle`, writes the response (or the error's response).
+/// Used by [`service!`](crate::service); call it directly only from a hand-written export.
 pub fn serve<S: Service>(incoming: IncomingRequest, out: ResponseOutparam) {
     let response = match Request::read(incoming) {
-        Ok(req) => S::handle(req),
+        Ok(req) => S::handle(req).unwrap_or_else(Error::into_response),
         Err(detail) => Response::bad_request(&detail),
     };
     response.write(out);

@@ -1,8 +1,10 @@
 //! The notification service: turns events into notifications for their user.
 //!
 //! - on `user.registered`, `order.confirmed`, `order.cancelled` → a notification
-//! - `GET /api/notifications` (token) → the caller's notifications, oldest first
-use microhost_guest::{Event, Request, Response, Service, auth, kv};
+//! - `GET /api/notifications?limit=N&after=ID` (token) → `{items, next}`, the caller's
+//!   notifications, oldest first
+use microhost_guest::kv::Store;
+use microhost_guest::{Error, Event, Request, Response, Service, auth};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,42 +25,24 @@ fn money(cents: i64) -> String {
 }
 
 impl Service for NotificationService {
-    fn handle(req: Request) -> Response {
-        let Some(user) = auth::subject(&req) else {
-            return Response::problem(401, "Unauthorized", "this route needs a token");
-        };
+    fn handle(req: Request) -> Result<Response, Error> {
+        let user = auth::require_subject(&req)?;
         match (req.method.as_str(), req.segments().as_slice()) {
-            ("GET", ["api", "notifications"]) => {}
-            (method, ["api", "notifications"]) => {
-                return Response::method_not_allowed(method, "GET");
-            }
-            _ => {
-                return Response::not_found(&format!("no notification resource at {:?}", req.path));
-            }
-        }
-        let list = || -> Result<Vec<Notification>, String> {
-            let bucket = kv::open()?;
-            let mut out = Vec::new();
-            for key in kv::keys_with_prefix(&bucket, &format!("notif/{user}/"))? {
-                if let Some(n) = kv::get_json(&bucket, &key)? {
-                    out.push(n);
-                }
-            }
-            Ok(out)
-        };
-        match list() {
-            Ok(items) => Response::json(200, &serde_json::json!({ "items": items })),
-            Err(e) => Response::internal_error(&e),
+            ("GET", ["api", "notifications"]) => list(&req, user),
+            (method, ["api", "notifications"]) => Err(Error::method_not_allowed(method, "GET")),
+            _ => Err(Error::not_found(&format!(
+                "no notification resource at {:?}",
+                req.path
+            ))),
         }
     }
 
-    fn on_event(event: Event) -> Result<(), String> {
-        let data: serde_json::Value = serde_json::from_slice(&event.data)
-            .map_err(|e| format!("{} event is not valid JSON: {e}", event.topic))?;
+    fn on_event(event: Event) -> Result<(), Error> {
+        let data: serde_json::Value = event.json()?;
         let text = |field: &str| data[field].as_str().unwrap_or_default().to_string();
         let user_id = text("user_id");
         if user_id.is_empty() {
-            return Err(format!("{} event without user_id", event.topic));
+            return Err(format!("{} event without user_id", event.topic).into());
         }
         let (message, order_id) = match event.topic.as_str() {
             "user.registered" => (format!("Welcome, {}!", text("name")), None),
@@ -78,7 +62,7 @@ impl Service for NotificationService {
                 ),
                 Some(text("order_id")),
             ),
-            other => return Err(format!("unexpected topic {other:?}")),
+            other => return Err(format!("unexpected topic {other:?}").into()),
         };
         let notification = Notification {
             id: microhost_guest::new_id(),
@@ -88,13 +72,23 @@ impl Service for NotificationService {
             order_id,
             created_at_ms: microhost_guest::now_ms(),
         };
-        let bucket = kv::open()?;
-        kv::set_json(
-            &bucket,
-            &format!("notif/{user_id}/{}", notification.id),
+        Store::open()?.set_json(
+            &format!("{}{}", by_user(&user_id), notification.id),
             &notification,
-        )
+        )?;
+        Ok(())
     }
+}
+
+/// Where a user's notifications are kept: `notif/{user}/{notification id}`.
+fn by_user(user: &str) -> String {
+    format!("notif/{user}/")
+}
+
+fn list(req: &Request, user: &str) -> Result<Response, Error> {
+    let page = req.page()?;
+    let notifications = Store::open()?.page_json::<Notification>(&by_user(user), &page)?;
+    Ok(Response::json(200, &notifications))
 }
 
 microhost_guest::service!(NotificationService);

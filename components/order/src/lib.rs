@@ -2,12 +2,14 @@
 //! synchronous calls, then runs the stock saga over events.
 //!
 //! - `POST /api/orders` `{items: [{product_id, quantity}]}` (token) → 201, status `pending`
-//! - `GET /api/orders/{id}`, `GET /api/orders` (token; own orders only)
+//! - `GET /api/orders/{id}` (token; own orders only)
+//! - `GET /api/orders?limit=N&after=ID` (token) → `{items, next}`, own orders in creation order
 //! - on `stock.reserved` → `confirmed` + `order.confirmed`;
 //!   on `stock.rejected` → `cancelled` + `order.cancelled`
 //!
 //! Calls `user` and `product` at `http://<service>.internal/`. Publishes `order.created`.
-use microhost_guest::{Event, Request, Response, Service, auth, client, events, kv};
+use microhost_guest::kv::Store;
+use microhost_guest::{Error, Event, Request, Response, Service, auth, client, events};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -46,6 +48,12 @@ struct Order {
     created_at_ms: u64,
 }
 
+/// What order needs of a product service answer.
+#[derive(Debug, Deserialize)]
+struct Priced {
+    price_cents: i64,
+}
+
 #[derive(Debug, Deserialize)]
 struct StockAnswer {
     order_id: String,
@@ -55,49 +63,32 @@ struct StockAnswer {
 
 struct OrderService;
 
-fn internal(e: String) -> Response {
-    Response::internal_error(&e)
-}
-
-fn unavailable(what: &str, detail: &str) -> Response {
-    Response::problem(
-        503,
-        "Service Unavailable",
-        &format!("the {what} service is unavailable: {detail}"),
-    )
-}
-
 impl Service for OrderService {
-    fn handle(req: Request) -> Response {
-        let Some(user) = auth::subject(&req).map(str::to_string) else {
-            return Response::problem(401, "Unauthorized", "this route needs a token");
-        };
-        let segments = req.segments();
-        let result = match (req.method.as_str(), segments.as_slice()) {
-            ("POST", ["api", "orders"]) => create(&req, &user),
-            ("GET", ["api", "orders"]) => list(&user),
-            ("GET", ["api", "orders", id]) => get(&user, id),
-            (method, ["api", "orders"]) => Ok(Response::method_not_allowed(method, "GET, POST")),
-            (method, ["api", "orders", _]) => Ok(Response::method_not_allowed(method, "GET")),
-            _ => Ok(Response::not_found(&format!(
+    fn handle(req: Request) -> Result<Response, Error> {
+        let user = auth::require_subject(&req)?;
+        match (req.method.as_str(), req.segments().as_slice()) {
+            ("POST", ["api", "orders"]) => create(&req, user),
+            ("GET", ["api", "orders"]) => list(&req, user),
+            ("GET", ["api", "orders", id]) => get(user, id),
+            (method, ["api", "orders"]) => Err(Error::method_not_allowed(method, "GET, POST")),
+            (method, ["api", "orders", _]) => Err(Error::method_not_allowed(method, "GET")),
+            _ => Err(Error::not_found(&format!(
                 "no order resource at {:?}",
                 req.path
             ))),
-        };
-        result.unwrap_or_else(|e| e)
+        }
     }
 
-    fn on_event(event: Event) -> Result<(), String> {
-        let answer: StockAnswer = serde_json::from_slice(&event.data)
-            .map_err(|e| format!("{} event is not valid JSON: {e}", event.topic))?;
+    fn on_event(event: Event) -> Result<(), Error> {
+        let answer: StockAnswer = event.json()?;
         let (status, topic) = match event.topic.as_str() {
             "stock.reserved" => ("confirmed", "order.confirmed"),
             "stock.rejected" => ("cancelled", "order.cancelled"),
-            other => return Err(format!("unexpected topic {other:?}")),
+            other => return Err(format!("unexpected topic {other:?}").into()),
         };
-        let bucket = kv::open()?;
-        let key = format!("order/{}", answer.order_id);
-        let Some(mut order) = kv::get_json::<Order>(&bucket, &key)? else {
+        let store = Store::open()?;
+        let key = order_key(&answer.order_id);
+        let Some(mut order) = store.get_json::<Order>(&key)? else {
             // Not ours (or gone): nothing to do, and nothing to retry.
             return Ok(());
         };
@@ -106,7 +97,7 @@ impl Service for OrderService {
         }
         order.status = status.to_string();
         order.reason = answer.reason.clone();
-        kv::set_json(&bucket, &key, &order)?;
+        store.set_json(&key, &order)?;
         events::publish_json(
             topic,
             Some(&order.id),
@@ -119,68 +110,69 @@ impl Service for OrderService {
     }
 }
 
-fn create(req: &Request, user: &str) -> Result<Response, Response> {
-    let new: NewOrder = req.json()?;
+fn order_key(id: &str) -> String {
+    format!("order/{id}")
+}
+
+/// The index of a user's orders: `by-user/{user}/{order id}`, empty values.
+fn by_user(user: &str) -> String {
+    format!("by-user/{user}/")
+}
+
+fn validate(new: &NewOrder) -> Result<(), Error> {
     if new.items.is_empty() || new.items.len() > MAX_ITEMS {
-        return Err(Response::bad_request(&format!(
+        return Err(Error::bad_request(&format!(
             "field \"items\" must have 1 to {MAX_ITEMS} entries"
         )));
     }
     for (i, item) in new.items.iter().enumerate() {
         if item.product_id.trim().is_empty() {
-            return Err(Response::bad_request(&format!(
+            return Err(Error::bad_request(&format!(
                 "items[{i}].product_id must not be empty"
             )));
         }
         if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-            return Err(Response::bad_request(&format!(
+            return Err(Error::bad_request(&format!(
                 "items[{i}].quantity must be from 1 to {MAX_QUANTITY}, got {}",
                 item.quantity
             )));
         }
     }
+    Ok(())
+}
 
-    // The user must exist.
-    let reply = client::get(&format!("http://user.internal/internal/users/{user}"))
-        .map_err(|e| unavailable("user", &e))?;
+/// The user must exist. A failed call is a 503 naming the user service.
+fn check_user(user: &str) -> Result<(), Error> {
+    let reply = client::get(&format!("http://user.internal/internal/users/{user}"))?;
     match reply.status {
-        200 => {}
-        404 => {
-            return Err(Response::problem(
-                401,
-                "Unauthorized",
-                "the token's user does not exist",
-            ));
-        }
-        _ => return Err(unavailable("user", &reply.detail())),
+        200 => Ok(()),
+        404 => Err(Error::unauthorized("the token's user does not exist")),
+        _ => Err(reply.unexpected().into()),
     }
+}
 
-    // Every product must exist; its price is the product service's.
+/// A product's price is the product service's; a missing product is the client's fault.
+fn price_of(product_id: &str) -> Result<i64, Error> {
+    let reply = client::get(&format!(
+        "http://product.internal/api/products/{product_id}"
+    ))?;
+    match reply.status {
+        200 => Ok(reply.json::<Priced>()?.price_cents),
+        404 => Err(Error::bad_request(&format!(
+            "product {product_id:?} does not exist"
+        ))),
+        _ => Err(reply.unexpected().into()),
+    }
+}
+
+fn create(req: &Request, user: &str) -> Result<Response, Error> {
+    let new: NewOrder = req.json()?;
+    validate(&new)?;
+    check_user(user)?;
     let mut prices: BTreeMap<&str, i64> = BTreeMap::new();
     for item in &new.items {
-        if prices.contains_key(item.product_id.as_str()) {
-            continue;
-        }
-        let reply = client::get(&format!(
-            "http://product.internal/api/products/{}",
-            item.product_id
-        ))
-        .map_err(|e| unavailable("product", &e))?;
-        match reply.status {
-            200 => {
-                let product: serde_json::Value = reply.json().map_err(internal)?;
-                let price = product["price_cents"]
-                    .as_i64()
-                    .ok_or_else(|| internal("product without price_cents".to_string()))?;
-                prices.insert(&item.product_id, price);
-            }
-            404 => {
-                return Err(Response::bad_request(&format!(
-                    "product {:?} does not exist",
-                    item.product_id
-                )));
-            }
-            _ => return Err(unavailable("product", &reply.detail())),
+        if !prices.contains_key(item.product_id.as_str()) {
+            prices.insert(&item.product_id, price_of(&item.product_id)?);
         }
     }
     let mut total: i64 = 0;
@@ -190,7 +182,7 @@ fn create(req: &Request, user: &str) -> Result<Response, Response> {
         total = price
             .checked_mul(i64::from(item.quantity))
             .and_then(|line| total.checked_add(line))
-            .ok_or_else(|| Response::bad_request("the order total is too large"))?;
+            .ok_or_else(|| Error::bad_request("the order total is too large"))?;
         items.push(Item {
             product_id: item.product_id.clone(),
             quantity: item.quantity,
@@ -206,43 +198,34 @@ fn create(req: &Request, user: &str) -> Result<Response, Response> {
         reason: None,
         created_at_ms: microhost_guest::now_ms(),
     };
-    let bucket = kv::open().map_err(internal)?;
-    kv::set_json(&bucket, &format!("order/{}", order.id), &order).map_err(internal)?;
-    bucket
-        .set(&format!("by-user/{user}/{}", order.id), b"")
-        .map_err(|e| internal(kv::describe(e)))?;
+    let store = Store::open()?;
+    store.set_json(&order_key(&order.id), &order)?;
+    store.set(&format!("{}{}", by_user(user), order.id), b"")?;
     let created = serde_json::json!({
         "order_id": order.id, "user_id": order.user_id, "total_cents": order.total_cents,
         "items": order.items.iter().map(|i| serde_json::json!({
             "product_id": i.product_id, "quantity": i.quantity,
         })).collect::<Vec<_>>(),
     });
-    events::publish_json("order.created", Some(&order.id), &created).map_err(internal)?;
+    events::publish_json("order.created", Some(&order.id), &created)?;
     Ok(Response::json(201, &order).with_header("location", format!("/api/orders/{}", order.id)))
 }
 
-fn get(user: &str, id: &str) -> Result<Response, Response> {
-    let bucket = kv::open().map_err(internal)?;
-    match kv::get_json::<Order>(&bucket, &format!("order/{id}")).map_err(internal)? {
+fn get(user: &str, id: &str) -> Result<Response, Error> {
+    match Store::open()?.get_json::<Order>(&order_key(id))? {
         // Someone else's order is as good as missing.
         Some(order) if order.user_id == user => Ok(Response::json(200, &order)),
-        _ => Err(Response::not_found(&format!("order {id:?} does not exist"))),
+        _ => Err(Error::not_found(&format!("order {id:?} does not exist"))),
     }
 }
 
-fn list(user: &str) -> Result<Response, Response> {
-    let bucket = kv::open().map_err(internal)?;
-    let prefix = format!("by-user/{user}/");
-    let mut orders = Vec::new();
-    for key in kv::keys_with_prefix(&bucket, &prefix).map_err(internal)? {
-        let id = &key[prefix.len()..];
-        if let Some(order) =
-            kv::get_json::<Order>(&bucket, &format!("order/{id}")).map_err(internal)?
-        {
-            orders.push(order);
-        }
-    }
-    Ok(Response::json(200, &serde_json::json!({ "items": orders })))
+fn list(req: &Request, user: &str) -> Result<Response, Error> {
+    let page = req.page()?;
+    let store = Store::open()?;
+    let orders = store
+        .page_ids(&by_user(user), &page)?
+        .try_filter_map(|id| store.get_json::<Order>(&order_key(&id)))?;
+    Ok(Response::json(200, &orders))
 }
 
 microhost_guest::service!(OrderService);

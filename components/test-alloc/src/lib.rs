@@ -1,10 +1,10 @@
 //! Test guest: every request allocates (and touches) memory until it runs out.
-use microhost_guest::{Request, Response, Service};
+use microhost_guest::{Error, Request, Response, Service};
 
 struct Alloc;
 
 impl Service for Alloc {
-    fn handle(_req: Request) -> Response {
+    fn handle(_req: Request) -> Result<Response, Error> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             hoard.push(vec![0xA5; 1 << 20]);

@@ -1,14 +1,15 @@
 //! Test guest: answers with what it received (method, path, query, headers, body) and
 //! the `greeting` config value, as JSON. `?status=N` sets the status; `?max_age=S`
 //! sends `Cache-Control: max-age=S`, `?no_store=1` sends `Cache-Control: no-store`.
-//! `?call=S` first calls `GET http://S.internal/from-echo` and adds its answer as
-//! `called: {status, body}`.
-use microhost_guest::{Request, Response, Service};
+//! `?call=S` first calls `GET http://S.internal/from-echo` with `x-echo-hop: 1` and adds
+//! its answer as `called: {status, content_type, body}`.
+use microhost_guest::client::Request as Call;
+use microhost_guest::{Error, Request, Response, Service};
 
 struct Echo;
 
 impl Service for Echo {
-    fn handle(req: Request) -> Response {
+    fn handle(req: Request) -> Result<Response, Error> {
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers
             .iter()
@@ -24,12 +25,15 @@ impl Service for Echo {
             (None, None) => None,
         };
         let called = req.query_param("call").map(|service| {
-            match microhost_guest::client::get(&format!("http://{service}.internal/from-echo")) {
+            let call =
+                Call::get(format!("http://{service}.internal/from-echo")).header("x-echo-hop", "1");
+            match call.send() {
                 Ok(reply) => serde_json::json!({
                     "status": reply.status,
+                    "content_type": reply.header("content-type"),
                     "body": reply.json::<serde_json::Value>().unwrap_or_default(),
                 }),
-                Err(e) => serde_json::json!({ "error": e }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
             }
         });
         let response = Response::json(
@@ -44,10 +48,10 @@ impl Service for Echo {
                 "called": called,
             }),
         );
-        match cache_control {
+        Ok(match cache_control {
             Some(cc) => response.with_header("cache-control", cc),
             None => response,
-        }
+        })
     }
 }
 

@@ -3,66 +3,59 @@
 //! `POST /kv/{key}/incr` adds one to a counter (a read-modify-write).
 //! `PUT /kv/{key}?then=X` writes, then: `read` answers 200 with the value read back in
 //! the same invocation, `500` answers 500, `trap` panics (to test the unit of work).
-use microhost_guest::{Request, Response, Service, kv};
+use microhost_guest::kv::Store;
+use microhost_guest::{Error, Request, Response, Service};
 
 struct Kv;
 
 impl Service for Kv {
-    fn handle(req: Request) -> Response {
-        let bucket = match kv::open() {
-            Ok(b) => b,
-            Err(e) => return Response::internal_error(&e),
-        };
+    fn handle(req: Request) -> Result<Response, Error> {
+        let store = Store::open()?;
         let segments = req.segments();
         // A read-modify-write: the counter under `key` plus one.
         if let ([.., "kv", key, "incr"], "POST") = (segments.as_slice(), req.method.as_str()) {
-            let current = match bucket.get(key) {
-                Ok(v) => v
-                    .and_then(|v| String::from_utf8(v).ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0),
-                Err(e) => return Response::internal_error(&kv::describe(e)),
-            };
+            let current = store
+                .get(key)?
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
             let next = (current + 1).to_string();
-            return match bucket.set(key, next.as_bytes()) {
-                Ok(()) => Response::text(200, next),
-                Err(e) => Response::internal_error(&kv::describe(e)),
-            };
+            store.set(key, next.as_bytes())?;
+            return Ok(Response::text(200, next));
         }
         let key = match segments.as_slice() {
             [_, "kv"] | ["kv"] => None,
             [_, "kv", key] | ["kv", key] => Some(*key),
-            _ => return Response::not_found("expected /kv or /kv/{key}"),
+            _ => return Err(Error::not_found("expected /kv or /kv/{key}")),
         };
-        let result = match (req.method.as_str(), key) {
-            ("GET", None) => kv::keys_with_prefix(&bucket, "")
-                .map(|keys| Response::json(200, &serde_json::json!({ "keys": keys }))),
-            ("GET", Some(key)) => bucket.get(key).map_err(kv::describe).map(|v| match v {
-                Some(v) => Response::new(200).with_body(v),
-                None => Response::not_found(&format!("no key {key:?}")),
-            }),
-            ("PUT", Some(key)) => bucket
-                .set(key, &req.body)
-                .map_err(kv::describe)
-                .and_then(|()| match req.query_param("then") {
+        match (req.method.as_str(), key) {
+            ("GET", None) => {
+                let keys = store.keys_with_prefix("")?;
+                Ok(Response::json(200, &serde_json::json!({ "keys": keys })))
+            }
+            ("GET", Some(key)) => match store.get(key)? {
+                Some(v) => Ok(Response::new(200).with_body(v)),
+                None => Err(Error::not_found(&format!("no key {key:?}"))),
+            },
+            ("PUT", Some(key)) => {
+                store.set(key, &req.body)?;
+                match req.query_param("then") {
                     None => Ok(Response::new(204)),
-                    Some("read") => bucket
-                        .get(key)
-                        .map_err(kv::describe)
-                        .map(|v| Response::new(200).with_body(v.unwrap_or_default())),
-                    Some("500") => Ok(Response::internal_error(
-                        "failing after the write, on purpose",
-                    )),
+                    Some("read") => {
+                        let v = store.get(key)?;
+                        Ok(Response::new(200).with_body(v.unwrap_or_default()))
+                    }
+                    Some("500") => Err(Error::other("failing after the write, on purpose")),
                     Some("trap") => panic!("trapping after the write, on purpose"),
-                    Some(other) => Ok(Response::bad_request(&format!("unknown then={other:?}"))),
-                }),
-            ("DELETE", Some(key)) => bucket
-                .delete(key)
-                .map_err(kv::describe)
-                .map(|()| Response::new(204)),
-            (method, _) => Ok(Response::method_not_allowed(method, "GET, PUT, DELETE")),
-        };
-        result.unwrap_or_else(|e| Response::internal_error(&e))
+                    Some(other) => Err(Error::bad_request(&format!("unknown then={other:?}"))),
+                }
+            }
+            ("DELETE", Some(key)) => {
+                store.delete(key)?;
+                Ok(Response::new(204))
+            }
+            (method, _) => Err(Error::method_not_allowed(method, "GET, PUT, DELETE")),
+        }
     }
 }
 

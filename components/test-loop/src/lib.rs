@@ -1,10 +1,10 @@
 //! Test guest: every request spins forever; only the host's CPU deadline ends it.
-use microhost_guest::{Request, Response, Service};
+use microhost_guest::{Error, Request, Response, Service};
 
 struct Loop;
 
 impl Service for Loop {
-    fn handle(_req: Request) -> Response {
+    fn handle(_req: Request) -> Result<Response, Error> {
         let mut n: u64 = 0;
         loop {
             n = std::hint::black_box(n.wrapping_add(1));

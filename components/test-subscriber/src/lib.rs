@@ -11,7 +11,8 @@
 //! HTTP: `GET /{prefix}/count/{d}`, `/order/{topic}`, `/event/{d}`, `/latency/{d}`,
 //! `/counts` (every event with its count);
 //! `POST /{prefix}/break` and `POST /{prefix}/fix` toggle "broken".
-use microhost_guest::{Event, Request, Response, Service, kv};
+use microhost_guest::kv::Store;
+use microhost_guest::{Error, Event, Request, Response, Service};
 
 struct Subscriber;
 
@@ -48,84 +49,74 @@ fn parse_micros(time: &str) -> Option<u128> {
 }
 
 impl Service for Subscriber {
-    fn handle(req: Request) -> Response {
-        let bucket = match kv::open() {
-            Ok(b) => b,
-            Err(e) => return Response::internal_error(&e),
-        };
+    fn handle(req: Request) -> Result<Response, Error> {
+        let store = Store::open()?;
         let segments = req.segments();
         match (req.method.as_str(), segments.last().copied()) {
             ("POST", Some("break")) => {
-                return match bucket.set("broken", b"1") {
-                    Ok(()) => Response::new(204),
-                    Err(e) => Response::internal_error(&kv::describe(e)),
-                };
+                store.set("broken", b"1")?;
+                return Ok(Response::new(204));
             }
             ("GET", Some("counts")) => {
                 // Every event seen, with how often its effects were applied.
-                let counts = || -> Result<serde_json::Map<String, serde_json::Value>, String> {
-                    let mut out = serde_json::Map::new();
-                    for key in kv::keys_with_prefix(&bucket, "count/")? {
-                        let n: u64 = kv::get_json(&bucket, &key)?.unwrap_or(0);
-                        out.insert(key["count/".len()..].to_string(), n.into());
-                    }
-                    Ok(out)
-                };
-                return match counts() {
-                    Ok(map) => Response::json(200, &map),
-                    Err(e) => Response::internal_error(&e),
-                };
+                let mut counts = serde_json::Map::new();
+                for key in store.keys_with_prefix("count/")? {
+                    let n: u64 = store.get_json(&key)?.unwrap_or(0);
+                    counts.insert(key["count/".len()..].to_string(), n.into());
+                }
+                return Ok(Response::json(200, &counts));
             }
             ("POST", Some("fix")) => {
-                return match bucket.delete("broken") {
-                    Ok(()) => Response::new(204),
-                    Err(e) => Response::internal_error(&kv::describe(e)),
-                };
+                store.delete("broken")?;
+                return Ok(Response::new(204));
             }
             _ => {}
         }
         let (kind, name) = match segments.as_slice() {
             [.., kind, name] => (*kind, *name),
-            _ => return Response::not_found("expected .../{count|order|event|latency}/{name}"),
+            _ => {
+                return Err(Error::not_found(
+                    "expected .../{count|order|event|latency}/{name}",
+                ));
+            }
         };
-        match bucket.get(&format!("{kind}/{name}")) {
-            Ok(Some(v)) => Response::new(200).with_body(v),
-            Ok(None) if kind == "count" => Response::text(200, "0"),
-            Ok(None) => Response::not_found(&format!("nothing under {kind}/{name}")),
-            Err(e) => Response::internal_error(&kv::describe(e)),
+        match store.get(&format!("{kind}/{name}"))? {
+            Some(v) => Ok(Response::new(200).with_body(v)),
+            None if kind == "count" => Ok(Response::text(200, "0")),
+            None => Err(Error::not_found(&format!("nothing under {kind}/{name}"))),
         }
     }
 
-    fn on_event(event: Event) -> Result<(), String> {
-        let bucket = kv::open()?;
+    fn on_event(event: Event) -> Result<(), Error> {
+        let store = Store::open()?;
         let d = String::from_utf8_lossy(&event.data).into_owned();
-        let count: u64 = kv::get_json(&bucket, &format!("count/{d}"))?.unwrap_or(0);
-        kv::set_json(&bucket, &format!("count/{d}"), &(count + 1))?;
+        let count: u64 = store.get_json(&format!("count/{d}"))?.unwrap_or(0);
+        store.set_json(&format!("count/{d}"), &(count + 1))?;
         // The benchmark turns this off: rewriting a growing list would be what it measures.
         if microhost_guest::config("record_order").as_deref() != Some("false") {
             let order_key = format!("order/{}", event.topic);
-            let mut order: Vec<String> = kv::get_json(&bucket, &order_key)?.unwrap_or_default();
+            let mut order: Vec<String> = store.get_json(&order_key)?.unwrap_or_default();
             order.push(d.clone());
-            kv::set_json(&bucket, &order_key, &order)?;
+            store.set_json(&order_key, &order)?;
         }
         let envelope = serde_json::json!({
             "id": event.id, "source": event.source, "topic": event.topic, "time": event.time,
             "offset": event.offset, "key": event.key, "content_type": event.content_type,
             "traceparent": event.traceparent, "attempt": event.attempt,
         });
-        kv::set_json(&bucket, &format!("event/{d}"), &envelope)?;
+        store.set_json(&format!("event/{d}"), &envelope)?;
         if let Some(published) = parse_micros(&event.time) {
             let latency = now_micros().saturating_sub(published) as u64;
-            kv::set_json(&bucket, &format!("latency/{d}"), &latency)?;
+            store.set_json(&format!("latency/{d}"), &latency)?;
         }
         if d.starts_with("fail2") && event.attempt <= 2 {
-            return Err(format!("failing attempt {} on purpose", event.attempt));
+            return Err(format!("failing attempt {} on purpose", event.attempt).into());
         }
         if d.starts_with("poison") {
-            return Err("poison event, failing on purpose".to_string());
+            return Err("poison event, failing on purpose".into());
         }
-        if d.starts_with("fragile") && bucket.exists("broken").map_err(kv::describe)? {
-            return Err("the service is broken".to_string());
+        if d.starts_with("fragile") && store.exists("broken")? {
+            return Err("the service is broken".into());
         }
         if d.starts_with("trap") {
             panic!("trapping on event {d}");

@@ -1,10 +1,10 @@
 //! Test guest: every request panics, which traps the instance.
-use microhost_guest::{Request, Response, Service};
+use microhost_guest::{Error, Request, Response, Service};
 
 struct Trap;
 
 impl Service for Trap {
-    fn handle(req: Request) -> Response {
+    fn handle(req: Request) -> Result<Response, Error> {
         panic!("test-trap was asked for {}", req.path)
     }
 }

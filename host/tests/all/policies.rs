@@ -588,7 +588,9 @@ async fn service_calls_carry_the_trace_and_pass_the_callees_policies() -> anyhow
         assert_eq!(r.status, 200, "{}", r.text());
         let called = &r.json()["called"];
         assert_eq!(called["status"], 200, "{called}");
+        assert_eq!(called["content_type"], "application/json", "{called}");
         let seen = &called["body"]["headers"];
+        assert_eq!(seen["x-echo-hop"], "1", "the caller's own header: {seen}");
         assert_eq!(seen["x-request-id"], "chain-1", "{seen}");
         assert_eq!(seen["x-microhost-caller"], "front");
         let traceparent = seen["traceparent"].as_str().unwrap_or_default();

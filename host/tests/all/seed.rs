@@ -150,6 +150,59 @@ async fn notifications(host: &Host, token: &str) -> anyhow::Result<Vec<serde_jso
     Ok(r.json()["items"].as_array().cloned().unwrap_or_default())
 }
 
+/// Every item of a list route, read in pages of `limit` by following `next`; checks that
+/// each page holds `limit` items except the last, and that only the last has no `next`.
+async fn all_pages(
+    host: &Host,
+    token: &str,
+    path: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            None => format!("{path}?limit={limit}"),
+            Some(next) => format!("{path}?limit={limit}&after={next}"),
+        };
+        let r = call(host, http::Method::GET, &url, Some(token), None).await?;
+        anyhow::ensure!(r.status == 200, "{url}: {} {}", r.status, r.text());
+        let page = r.json();
+        let got = page["items"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(got.len() <= limit, "{url}: more than {limit} items: {page}");
+        items.extend(got.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => {
+                anyhow::ensure!(
+                    got.len() == limit,
+                    "{url}: a short page with a next: {page}"
+                );
+                after = Some(next.to_string());
+            }
+            None => return Ok(items),
+        }
+    }
+}
+
+/// A bad `limit` on a list route is a 400 problem naming the parameter.
+async fn assert_bad_limits(host: &Host, token: &str, path: &str) -> anyhow::Result<()> {
+    for bad in ["0", "101", "ten"] {
+        let r = call(
+            host,
+            http::Method::GET,
+            &format!("{path}?limit={bad}"),
+            Some(token),
+            None,
+        )
+        .await?;
+        assert_eq!(r.status, 400, "{path}?limit={bad}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+        assert!(detail.contains("\"limit\""), "{path}?limit={bad}: {detail}");
+    }
+    Ok(())
+}
+
 /// The state of `service`'s circuit breaker, from the admin catalog.
 async fn breaker(host: &Host, service: &str) -> anyhow::Result<String> {
     let catalog = host.admin_get("/admin/services").await?;
@@ -285,6 +338,52 @@ async fn register_login_order_confirm_and_notify() -> anyhow::Result<()> {
     );
     let r = call(&host, http::Method::GET, "/api/orders", Some(&ada), None).await?;
     assert_eq!(r.json()["items"].as_array().map(Vec::len), Some(2));
+    assert!(r.json()["next"].is_null(), "{}", r.text());
+
+    // Lists come in pages: `limit` items, and `next` leads to the rest, oldest first.
+    let r = call(
+        &host,
+        http::Method::GET,
+        "/api/orders?limit=1",
+        Some(&ada),
+        None,
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = r.json();
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(1), "{first}");
+    assert_eq!(first["items"][0]["id"], order_id.as_str(), "oldest first");
+    assert_eq!(first["next"], order_id.as_str(), "{first}");
+    let r = call(
+        &host,
+        http::Method::GET,
+        &format!("/api/orders?limit=1&after={order_id}"),
+        Some(&ada),
+        None,
+    )
+    .await?;
+    let second = r.json();
+    assert_eq!(
+        second["items"].as_array().map(Vec::len),
+        Some(1),
+        "{second}"
+    );
+    assert_eq!(second["items"][0]["id"], too_many.as_str());
+    assert!(second["next"].is_null(), "{second}");
+    let ids = |items: &[serde_json::Value]| -> Vec<String> {
+        items
+            .iter()
+            .filter_map(|n| n["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let everything = notifications(&host, &ada).await?;
+    assert!(everything.len() >= 3, "{everything:?}");
+    let paged = all_pages(&host, &ada, "/api/notifications", 2).await?;
+    assert_eq!(ids(&paged), ids(&everything));
+    let paged = all_pages(&host, &ada, "/api/orders", 1).await?;
+    assert_eq!(ids(&paged), [order_id.clone(), too_many.clone()]);
+    assert_bad_limits(&host, &ada, "/api/orders").await?;
+    assert_bad_limits(&host, &ada, "/api/notifications").await?;
 
     // No token, a bad token, a forged identity header: 401 everywhere protected.
     let mut forged = ada.clone().into_bytes();
