@@ -64,12 +64,12 @@ impl prometheus_client::collector::Collector for Live {
                 MetricType::Gauge,
             )?;
             for slot in registry.services() {
-                let value: i64 = match breakers.status(&slot.name) {
+                let value: i64 = match breakers.status(slot.name()) {
                     Status::Closed => 0,
                     Status::HalfOpen => 1,
                     Status::Open => 2,
                 };
-                let labels: Labels = vec![("service", slot.name.clone())];
+                let labels: Labels = vec![("service", slot.name().to_string())];
                 ConstGauge::new(value).encode(e.encode_family(&labels)?)?;
             }
         }

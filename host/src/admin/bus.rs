@@ -20,8 +20,8 @@ fn internal(e: impl std::fmt::Display) -> Response {
 pub async fn topics(State(state): State<AdminState>) -> Response {
     let mut names = BTreeSet::new();
     for slot in state.registry.services() {
-        names.extend(slot.publishes.iter().cloned());
-        names.extend(slot.subscriptions.iter().map(|s| s.topic.clone()));
+        names.extend(slot.spec.publishes.iter().map(ToString::to_string));
+        names.extend(slot.spec.subscribe.iter().map(|s| s.topic.clone()));
     }
     let mut topics = Vec::new();
     for topic in names {
@@ -31,25 +31,25 @@ pub async fn topics(State(state): State<AdminState>) -> Response {
         };
         let mut subscriptions = Vec::new();
         for slot in state.registry.services() {
-            let Some(sub) = slot.subscriptions.iter().find(|s| s.topic == topic) else {
+            let Some(sub) = slot.spec.subscribe.iter().find(|s| s.topic == topic) else {
                 continue;
             };
-            let cursor = match state.bus.cursor(&topic, &slot.name) {
+            let cursor = match state.bus.cursor(&topic, slot.name()) {
                 Ok(n) => n,
                 Err(e) => return internal(e),
             };
-            let dead = match state.bus.dead_letter_count(&topic, &slot.name) {
+            let dead = match state.bus.dead_letter_count(&topic, slot.name()) {
                 Ok(n) => n,
                 Err(e) => return internal(e),
             };
-            let counters = state.bus.metrics.subscription(&topic, &slot.name);
+            let counters = state.bus.metrics.subscription(&topic, slot.name());
             subscriptions.push(serde_json::json!({
-                "service": slot.name,
+                "service": slot.name(),
                 "cursor": cursor,
                 "lag": length.saturating_sub(cursor),
                 "max_deliver": sub.max_deliver,
                 "dead_letters": dead,
-                "dead_letter_topic": dead_letter_topic(&topic, &slot.name),
+                "dead_letter_topic": dead_letter_topic(&topic, slot.name()),
                 "delivered": counters.delivered,
                 "retried": counters.retried,
                 "dead_lettered": counters.dead_lettered,
@@ -70,7 +70,7 @@ fn subscription(state: &AdminState, service: &str, topic: &str) -> Result<(), Bo
     let subscribed = state
         .registry
         .get(service)
-        .is_some_and(|slot| slot.subscriptions.iter().any(|s| s.topic == topic));
+        .is_some_and(|slot| slot.spec.subscribe.iter().any(|s| s.topic == topic));
     if subscribed {
         Ok(())
     } else {

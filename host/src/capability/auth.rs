@@ -10,8 +10,11 @@ use wasmtime::component::{HasData, Linker};
 /// Longest token lifetime a service may ask for (one week).
 pub const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
 
+/// The host's token issuer and password hasher (every service has it).
+pub type AuthGrant = Arc<crate::auth::Auth>;
+
 pub struct AuthView<'a> {
-    auth: &'a Arc<crate::auth::Auth>,
+    auth: &'a AuthGrant,
 }
 
 struct HasAuth;
@@ -21,7 +24,9 @@ impl HasData for HasAuth {
 }
 
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
-    auth::add_to_linker::<_, HasAuth>(linker, |s: &mut InvocationState| AuthView { auth: &s.auth })
+    auth::add_to_linker::<_, HasAuth>(linker, |s: &mut InvocationState| AuthView {
+        auth: &s.granted.auth,
+    })
 }
 
 impl auth::Host for AuthView<'_> {

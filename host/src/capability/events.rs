@@ -2,10 +2,11 @@
 //! work and reaches its topic's log only if the invocation succeeds. A service may
 //! publish only to the topics its manifest entry lists in `publishes`.
 
-use super::InvocationState;
 use super::generated::microhost::platform::{events, types};
+use super::{InvocationState, RequestContext};
 use crate::bus::envelope::Envelope;
 use crate::bus::unit::UnitOfWork;
+use crate::config::ServiceSpec;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
@@ -15,14 +16,38 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// Most events one invocation may publish.
 pub const MAX_EVENTS_PER_INVOCATION: usize = 1000;
 
+/// Where a service may publish (its manifest's `publishes`), built once per service.
+#[derive(Clone)]
+pub struct EventsGrant {
+    service: String,
+    allowed: Arc<BTreeSet<String>>,
+}
+
+impl EventsGrant {
+    pub fn new(spec: &ServiceSpec) -> EventsGrant {
+        EventsGrant {
+            service: spec.name.to_string(),
+            allowed: Arc::new(spec.publishes.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    /// The publisher of one invocation serving `request`.
+    pub fn publisher(&self, request: &RequestContext) -> Publisher {
+        Publisher {
+            source: format!("{}@{}", self.service, request.version),
+            grant: self.clone(),
+            traceparent: request.traceparent.clone(),
+        }
+    }
+}
+
 /// Who publishes, and where it may.
 pub struct Publisher {
+    grant: EventsGrant,
     /// `service@version`, the events' `source`.
-    pub source: String,
-    pub service: String,
-    pub allowed: Arc<BTreeSet<String>>,
+    source: String,
     /// Trace context of the invocation, passed on to the events it publishes.
-    pub traceparent: Option<String>,
+    traceparent: Option<String>,
 }
 
 pub struct EventsView<'a> {
@@ -38,12 +63,12 @@ impl HasData for HasEvents {
 
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     events::add_to_linker::<_, HasEvents>(linker, |s: &mut InvocationState| EventsView {
-        publisher: &s.publisher,
-        unit: &mut s.unit,
+        publisher: &s.granted.events,
+        unit: &mut s.granted.unit,
     })?;
     types::add_to_linker::<_, HasEvents>(linker, |s: &mut InvocationState| EventsView {
-        publisher: &s.publisher,
-        unit: &mut s.unit,
+        publisher: &s.granted.events,
+        unit: &mut s.granted.unit,
     })
 }
 
@@ -57,10 +82,10 @@ impl events::Host for EventsView<'_> {
         options: events::PublishOptions,
     ) -> wasmtime::Result<Result<String, events::PublishError>> {
         let p = self.publisher;
-        if !p.allowed.contains(&topic) {
+        if !p.grant.allowed.contains(&topic) {
             return Ok(Err(events::PublishError::UndeclaredTopic(format!(
                 "service {:?} may not publish to topic {topic:?}: it is not in the manifest's `publishes`",
-                p.service
+                p.grant.service
             ))));
         }
         if data.len() > MAX_EVENT_BYTES {

@@ -33,14 +33,16 @@ pub struct BucketHandle {
     name: String,
 }
 
-/// Committed state, read through the service's keyspace only.
-pub struct KvReader {
+/// Committed state, read through the service's keyspace only (the keyspace is the
+/// unit of work's service). Shared by all the service's invocations.
+#[derive(Clone)]
+pub struct KvGrant {
     storage: Arc<dyn Storage>,
 }
 
-impl KvReader {
-    pub fn new(storage: Arc<dyn Storage>) -> KvReader {
-        KvReader { storage }
+impl KvGrant {
+    pub fn new(storage: Arc<dyn Storage>) -> KvGrant {
+        KvGrant { storage }
     }
 }
 
@@ -51,7 +53,7 @@ fn store_error(e: crate::store::StoreError) -> KvError {
 /// A read that sees the invocation's own pending writes first. A read of committed
 /// state is remembered, to be validated at commit.
 fn read(
-    reader: &KvReader,
+    reader: &KvGrant,
     unit: &mut UnitOfWork,
     bucket: &str,
     key: &str,
@@ -69,7 +71,7 @@ fn read(
 
 /// The view the generated bindings are implemented for.
 pub struct KvView<'a> {
-    reader: &'a KvReader,
+    reader: &'a KvGrant,
     unit: &'a mut UnitOfWork,
     table: &'a mut ResourceTable,
 }
@@ -82,8 +84,8 @@ impl HasData for HasKv {
 
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     store::add_to_linker::<_, HasKv>(linker, |s: &mut InvocationState| KvView {
-        reader: &s.kv,
-        unit: &mut s.unit,
+        reader: &s.granted.kv,
+        unit: &mut s.granted.unit,
         table: &mut s.table,
     })
 }

@@ -8,7 +8,7 @@ pub mod kv;
 pub mod outgoing;
 mod state;
 
-pub use state::{Grants, InvocationState, MemoryLimiter};
+pub use state::{InvocationState, MemoryLimiter, RequestContext, ServiceGrants};
 use wasmtime::component::Linker;
 
 mod generated {
@@ -42,7 +42,7 @@ pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<(
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     wasmtime_wasi_config::add_to_linker(linker, |s: &mut InvocationState| {
-        wasmtime_wasi_config::WasiConfig::from(&*s.config)
+        wasmtime_wasi_config::WasiConfig::from(&*s.granted.config)
     })?;
     kv::add_to_linker(linker)?;
     events::add_to_linker(linker)?;

@@ -4,7 +4,9 @@
 //! hosts the manifest allows; everything else is refused with `HTTP-request-denied`,
 //! which the guest sees as an error, not a trap.
 
+use super::RequestContext;
 use crate::auth::Identity;
+use crate::config::ServiceSpec;
 use crate::headers::{
     CALLER_HEADER, CLAIMS_HEADER, HOPS_HEADER, HOST_HEADER_PREFIX, REQUEST_ID_HEADER,
     SUBJECT_HEADER, TRACEPARENT_HEADER,
@@ -60,23 +62,53 @@ pub fn set_identity_headers(headers: &mut http::HeaderMap, identity: &Identity) 
     }
 }
 
+/// What a service may call (its manifest's `calls` and `allowed_hosts`), built once per
+/// service.
+#[derive(Clone)]
+pub struct HttpGrant {
+    /// The calling service.
+    service: String,
+    /// Services it may call (manifest `calls`).
+    services: Arc<BTreeSet<String>>,
+    /// Outside hosts it may call (manifest `allowed_hosts`).
+    hosts: Arc<BTreeSet<String>>,
+}
+
+impl HttpGrant {
+    pub fn new(spec: &ServiceSpec) -> HttpGrant {
+        HttpGrant {
+            service: spec.name.to_string(),
+            services: Arc::new(spec.calls.iter().map(ToString::to_string).collect()),
+            hosts: Arc::new(spec.allowed_hosts.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    /// What one invocation serving `request` may call, and as whom.
+    pub fn outgoing(&self, request: &RequestContext) -> Outgoing {
+        Outgoing {
+            grant: self.clone(),
+            caller: request.caller.clone(),
+            identity: request.identity.clone(),
+            hops: request.hops,
+            traceparent: request.traceparent.clone(),
+            request_id: request.request_id.clone(),
+        }
+    }
+}
+
 /// What one invocation may call, and as whom.
 pub struct Outgoing {
-    /// The calling service.
-    pub service: String,
-    pub caller: Option<Arc<dyn ServiceCaller>>,
-    /// Services it may call (manifest `calls`).
-    pub services: Arc<BTreeSet<String>>,
-    /// Outside hosts it may call (manifest `allowed_hosts`).
-    pub hosts: Arc<BTreeSet<String>>,
+    grant: HttpGrant,
+    /// Who serves its calls to services (the dispatcher).
+    caller: Option<Arc<dyn ServiceCaller>>,
     /// The verified identity of the request being served, passed on.
-    pub identity: Option<Identity>,
+    identity: Option<Identity>,
     /// Hops of the request being served.
-    pub hops: u32,
+    hops: u32,
     /// Trace context and request id of the request being served, passed on unless the
     /// guest sets its own.
-    pub traceparent: Option<String>,
-    pub request_id: Option<String>,
+    traceparent: Option<String>,
+    request_id: Option<String>,
 }
 
 impl Outgoing {
@@ -122,15 +154,15 @@ impl WasiHttpHooks for Outgoing {
             .to_ascii_lowercase();
         if let Some(target) = host.strip_suffix(INTERNAL_SUFFIX) {
             let target = target.to_string();
-            let allowed = self.services.contains(&target);
+            let allowed = self.grant.services.contains(&target);
             let (Some(caller), true) = (self.caller.clone(), allowed) else {
-                tracing::warn!(service = %self.service, target, "call to a service not in `calls` refused");
+                tracing::warn!(service = %self.grant.service, target, "call to a service not in `calls` refused");
                 return Box::new(async { Err(HttpError::HttpRequestDenied) });
             };
             if self.hops >= MAX_HOPS {
                 return Box::new(async { Err(HttpError::LoopDetected) });
             }
-            let service = self.service.clone();
+            let service = self.grant.service.clone();
             let identity = self.identity.clone();
             let hops = self.hops + 1;
             return Box::new(async move {
@@ -161,8 +193,8 @@ impl WasiHttpHooks for Outgoing {
                 Ok((response, done()))
             });
         }
-        if !self.hosts.contains(&host) {
-            tracing::warn!(service = %self.service, host, "outgoing request to a host not in `allowed_hosts` refused");
+        if !self.grant.hosts.contains(&host) {
+            tracing::warn!(service = %self.grant.service, host, "outgoing request to a host not in `allowed_hosts` refused");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         Box::new(async move {

@@ -1,102 +1,150 @@
 //! What one invocation's `Store` holds: the WASI contexts, the capabilities granted to
-//! the service, and the memory limiter.
+//! the service (each capability builds its part of [`ServiceGrants`] once per service
+//! and its per-invocation state from that and the [`RequestContext`]), and the memory
+//! limiter.
 
-use super::events::Publisher;
-use super::kv::KvReader;
-use super::outgoing::Outgoing;
+use super::auth::AuthGrant;
+use super::events::{EventsGrant, Publisher};
+use super::kv::KvGrant;
+use super::outgoing::{HttpGrant, Outgoing, ServiceCaller};
+use crate::auth::{Auth, Identity};
 use crate::bus::unit::UnitOfWork;
+use crate::config::{Limits, ServiceSpec};
+use crate::store::Storage;
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// Per-invocation store data. A new one for every request: nothing a guest does
-/// survives the invocation except committed key-value writes.
+/// What a service is granted, built once from its manifest entry when its slot is made
+/// and shared by all its invocations.
+pub struct ServiceGrants {
+    /// The service: its keyspace and the source of its events.
+    pub service: String,
+    pub kv: KvGrant,
+    pub events: EventsGrant,
+    pub http: HttpGrant,
+    pub auth: AuthGrant,
+    /// The service's `[service.config]` values.
+    pub config: Arc<WasiConfigVariables>,
+    /// Memory, CPU time and instance reuse of one invocation.
+    pub limits: Limits,
+}
+
+impl ServiceGrants {
+    pub fn new(spec: &ServiceSpec, storage: Arc<dyn Storage>, auth: Arc<Auth>) -> ServiceGrants {
+        ServiceGrants {
+            service: spec.name.to_string(),
+            kv: KvGrant::new(storage),
+            events: EventsGrant::new(spec),
+            http: HttpGrant::new(spec),
+            auth,
+            config: Arc::new(spec.config.iter().collect()),
+            limits: spec.limits,
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.limits.memory_mib as usize * 1024 * 1024
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.timeout_ms)
+    }
+}
+
+/// The request one invocation serves: the version that runs it, and what the host
+/// passes on with its calls and events.
+#[derive(Clone, Default)]
+pub struct RequestContext {
+    pub version: String,
+    /// W3C trace context to stamp on published events and pass on with outgoing calls.
+    pub traceparent: Option<String>,
+    /// The edge request's `x-request-id`, passed on with outgoing calls.
+    pub request_id: Option<String>,
+    /// Verified identity of the request being served, passed on to calls it makes.
+    pub identity: Option<Identity>,
+    /// Service-to-service hops that led to this invocation.
+    pub hops: u32,
+    /// Who serves the guest's calls to other services (the dispatcher).
+    pub caller: Option<Arc<dyn ServiceCaller>>,
+}
+
+impl RequestContext {
+    pub fn new(version: &str) -> RequestContext {
+        RequestContext {
+            version: version.to_string(),
+            ..RequestContext::default()
+        }
+    }
+}
+
+/// Per-invocation store data. A new one for every request (or renewed, for a warm
+/// instance): nothing a guest does survives the invocation except committed writes.
 pub struct InvocationState {
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
-    http: WasiHttpCtx,
+    http_ctx: WasiHttpCtx,
+    /// What this invocation may use, and what it did.
+    pub(crate) granted: Granted,
+}
+
+/// One invocation's capabilities and effects, built from the service's grants and the
+/// request.
+pub(crate) struct Granted {
+    pub(crate) kv: KvGrant,
+    pub(crate) events: Publisher,
+    pub(crate) auth: AuthGrant,
     /// Where the guest's outgoing HTTP requests may go.
-    outgoing: Outgoing,
-    pub(crate) auth: Arc<crate::auth::Auth>,
-    /// The service's `[service.config]` values, shared by all its invocations.
+    pub(crate) http: Outgoing,
     pub(crate) config: Arc<WasiConfigVariables>,
-    pub(crate) kv: KvReader,
-    pub(crate) publisher: Publisher,
     /// The invocation's buffered effects: key-value writes and published events.
     pub(crate) unit: UnitOfWork,
     pub(crate) limiter: MemoryLimiter,
 }
 
-/// What an invocation is granted: the service's capabilities and this request's
-/// identity and trace context (inside `outgoing` and `publisher`).
-pub struct Grants {
-    pub config: Arc<WasiConfigVariables>,
-    pub kv: KvReader,
-    pub publisher: Publisher,
-    pub outgoing: Outgoing,
-    pub auth: Arc<crate::auth::Auth>,
-    pub memory_bytes: usize,
+impl Granted {
+    fn new(grants: &ServiceGrants, request: &RequestContext) -> Granted {
+        Granted {
+            kv: grants.kv.clone(),
+            events: grants.events.publisher(request),
+            auth: grants.auth.clone(),
+            http: grants.http.outgoing(request),
+            config: grants.config.clone(),
+            unit: UnitOfWork::new(&grants.service),
+            limiter: MemoryLimiter {
+                memory_bytes: grants.memory_bytes(),
+                hit: false,
+            },
+        }
+    }
 }
 
 impl InvocationState {
-    pub fn new(grants: Grants) -> Self {
+    pub fn new(grants: &ServiceGrants, request: &RequestContext) -> Self {
         // No environment, arguments, preopened directories or network: a guest gets only
         // what its manifest grants. Its stdout/stderr go to the host's.
         let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
-        let Grants {
-            config,
-            kv,
-            publisher,
-            outgoing,
-            auth,
-            memory_bytes,
-        } = grants;
         InvocationState {
             table: ResourceTable::new(),
             wasi,
-            http: WasiHttpCtx::new(),
-            outgoing,
-            auth,
-            config,
-            kv,
-            unit: UnitOfWork::new(&publisher.service),
-            publisher,
-            limiter: MemoryLimiter {
-                memory_bytes,
-                hit: false,
-            },
+            http_ctx: WasiHttpCtx::new(),
+            granted: Granted::new(grants, request),
         }
     }
 
     /// Gives a warm instance's state to the next request: its grants and identity, an
     /// empty unit of work, the memory limiter reset. The WASI contexts stay.
-    pub fn renew(&mut self, grants: Grants) {
-        let Grants {
-            config,
-            kv,
-            publisher,
-            outgoing,
-            auth,
-            memory_bytes,
-        } = grants;
-        self.config = config;
-        self.kv = kv;
-        self.unit = UnitOfWork::new(&publisher.service);
-        self.publisher = publisher;
-        self.outgoing = outgoing;
-        self.auth = auth;
-        self.limiter = MemoryLimiter {
-            memory_bytes,
-            hit: false,
-        };
+    pub fn renew(&mut self, grants: &ServiceGrants, request: &RequestContext) {
+        self.granted = Granted::new(grants, request);
     }
 
     /// The invocation's effects, leaving an empty unit of work behind.
     pub fn take_unit(&mut self) -> UnitOfWork {
-        let empty = UnitOfWork::new(&self.publisher.service);
-        std::mem::replace(&mut self.unit, empty)
+        let empty = UnitOfWork::new(&self.granted.unit.service);
+        std::mem::replace(&mut self.granted.unit, empty)
     }
 }
 
@@ -112,9 +160,9 @@ impl WasiView for InvocationState {
 impl WasiHttpView for InvocationState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
-            ctx: &mut self.http,
+            ctx: &mut self.http_ctx,
             table: &mut self.table,
-            hooks: &mut self.outgoing,
+            hooks: &mut self.granted.http,
         }
     }
 }

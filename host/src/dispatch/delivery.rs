@@ -37,7 +37,7 @@ pub fn spawn_slot(
     dispatcher: &Dispatcher,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    if slot.subscriptions.is_empty() {
+    if slot.spec.subscribe.is_empty() {
         return Vec::new();
     }
     let (mut host_stop, mut slot_stop, retiring) =
@@ -48,7 +48,7 @@ pub fn spawn_slot(
             _ = slot_stop.wait_for(|stop| *stop) => {}
         }
     })];
-    for sub in slot.subscriptions.clone() {
+    for sub in slot.spec.subscribe.clone() {
         loops.push(tokio::spawn(run(
             bus.clone(),
             slot.clone(),
@@ -67,7 +67,7 @@ async fn run(
     dispatcher: Dispatcher,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (topic, service) = (sub.topic.as_str(), slot.name.as_str());
+    let (topic, service) = (sub.topic.as_str(), slot.name());
     let mut appended = bus.watch(topic);
     tracing::debug!(topic, service, "subscription started");
     while !*shutdown.borrow() {
@@ -102,7 +102,7 @@ async fn deliver_one(
     shutdown: &mut watch::Receiver<bool>,
     item: Item,
 ) {
-    let (topic, service) = (sub.topic.as_str(), slot.name.as_str());
+    let (topic, service) = (sub.topic.as_str(), slot.name());
     let failed_before = match bus.attempts(topic, service, &item.id) {
         Ok(n) => n,
         Err(e) => {

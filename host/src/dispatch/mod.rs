@@ -8,6 +8,7 @@ pub mod delivery;
 
 use crate::auth::Identity;
 use crate::bus::{Bus, Item};
+use crate::capability::RequestContext;
 use crate::capability::outgoing::ServiceCaller;
 use crate::config::FallbackSpec;
 use crate::headers::{
@@ -201,22 +202,15 @@ impl Dispatcher {
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
         let headers = &parts.headers;
-        let mut cx = slot.invocation_context(&version);
-        cx.traceparent = headers
-            .get(TRACEPARENT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        cx.request_id = headers
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        cx.identity = identity_of(headers);
-        cx.hops = headers
-            .get(HOPS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        cx.caller = self.inner.as_caller.get().cloned();
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let cx = RequestContext {
+            version: version.clone(),
+            traceparent: text(TRACEPARENT_HEADER).map(str::to_string),
+            request_id: text(REQUEST_ID_HEADER).map(str::to_string),
+            identity: identity_of(headers),
+            hops: text(HOPS_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0),
+            caller: self.inner.as_caller.get().cloned(),
+        };
         let mut retries = 0;
         let result = loop {
             let mut request = http::Request::new(body.clone());
@@ -227,7 +221,7 @@ impl Dispatcher {
             let result = self
                 .inner
                 .runtime
-                .handle_http(&pinned.version().prepared, cx.clone(), request)
+                .handle_http(&pinned.version().prepared, &slot.grants, &cx, request)
                 .await;
             let (response, unit) = match result {
                 Ok(done) => done,
@@ -240,7 +234,7 @@ impl Dispatcher {
                 Ok(_) => break Ok(response),
                 Err(StoreError::Conflict(why)) if retries < MAX_CONFLICT_RETRIES => {
                     retries += 1;
-                    tracing::debug!(service = %slot.name, retries, why, "conflicting commit; running the request again");
+                    tracing::debug!(service = %slot.name(), retries, why, "conflicting commit; running the request again");
                 }
                 Err(StoreError::Conflict(why)) => {
                     break Err(DispatchError::Contention(format!(
@@ -285,7 +279,7 @@ impl Dispatcher {
         request: http::Request<Bytes>,
     ) -> (http::Response<Bytes>, String) {
         let started = Instant::now();
-        let name = slot.name.as_str();
+        let name = slot.name();
         let policy = &slot.policy;
         let metrics = &self.inner.metrics;
         let breakers = &self.inner.breakers;
@@ -351,12 +345,12 @@ impl Dispatcher {
                     }
                 },
             };
-            let probe_timeout = Duration::from_millis(slot.limits.timeout_ms);
+            let probe_timeout = Duration::from_millis(slot.spec.limits.timeout_ms);
             if !breakers.allow(name, probe_timeout) {
                 break 'call Outcome {
                     version: active.clone(),
                     result: Err(DispatchError::BreakerOpen(Duration::from_millis(
-                        slot.breaker.open_ms,
+                        slot.spec.breaker.open_ms,
                     ))),
                 };
             }
@@ -373,7 +367,7 @@ impl Dispatcher {
                 // back), not held against the service's breaker.
                 match class.failed() {
                     Some(true) if outcome.version != active => {}
-                    Some(failed) => breakers.record(name, &slot.breaker, !failed),
+                    Some(failed) => breakers.record(name, &slot.spec.breaker, !failed),
                     None => {}
                 }
                 if !class.retriable()
@@ -436,7 +430,7 @@ impl Dispatcher {
         active: &str,
         cache_key: Option<&str>,
     ) -> Option<http::Response<Bytes>> {
-        let name = slot.name.as_str();
+        let name = slot.name();
         let (mut response, kind) = match &slot.policy.spec.fallback {
             FallbackSpec::Problem => return None,
             FallbackSpec::Cached => {
@@ -481,13 +475,21 @@ impl Dispatcher {
     ) -> Result<(), DeliveryError> {
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
-        let mut cx = slot.invocation_context(&version);
-        cx.traceparent = item.event.traceparent.clone();
-        cx.caller = self.inner.as_caller.get().cloned();
+        let cx = RequestContext {
+            traceparent: item.event.traceparent.clone(),
+            caller: self.inner.as_caller.get().cloned(),
+            ..RequestContext::new(&version)
+        };
         let outcome = self
             .inner
             .runtime
-            .handle_event(&pinned.version().prepared, cx, &item.event, attempt)
+            .handle_event(
+                &pinned.version().prepared,
+                &slot.grants,
+                &cx,
+                &item.event,
+                attempt,
+            )
             .await;
         let result = match outcome {
             Ok(unit) => match self.inner.bus.commit(&unit, Some(&item.ack)).await {

@@ -112,7 +112,7 @@ impl Gateway {
         let policy = &slot.policy;
         let refused = |response: http::Response<Bytes>| Answer {
             response,
-            service: slot.name.clone(),
+            service: slot.name().to_string(),
             version: "-".to_string(),
         };
         let origin = parts.headers.get(header::ORIGIN).cloned();
@@ -145,7 +145,7 @@ impl Gateway {
                 ("ratelimit-reset", reset.to_string()),
             ];
             if !decision.allowed {
-                self.dispatcher.metrics().rate_limited(&slot.name);
+                self.dispatcher.metrics().rate_limited(slot.name());
                 let mut response = problem_bytes(
                     StatusCode::TOO_MANY_REQUESTS,
                     format!(
@@ -153,7 +153,7 @@ impl Gateway {
                         limit.spec.per_second,
                         limit.spec.burst()
                     ),
-                    service_fields(&slot.name),
+                    service_fields(slot.name()),
                 );
                 set_headers(response.headers_mut(), &headers);
                 response
@@ -186,7 +186,7 @@ impl Gateway {
         }
         Answer {
             response: self.finish(slot, response, origin.as_ref()),
-            service: slot.name.clone(),
+            service: slot.name().to_string(),
             version,
         }
     }
@@ -217,8 +217,11 @@ impl Gateway {
     ) -> Result<Option<crate::auth::Identity>, Box<http::Response<Bytes>>> {
         let required = slot.requires_token(parts.method.as_str(), parts.uri.path());
         let unauthorized = |detail: String| {
-            let mut response =
-                problem_bytes(StatusCode::UNAUTHORIZED, detail, service_fields(&slot.name));
+            let mut response = problem_bytes(
+                StatusCode::UNAUTHORIZED,
+                detail,
+                service_fields(slot.name()),
+            );
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -244,15 +247,15 @@ async fn read_body(
     parts: &http::request::Parts,
     body: Incoming,
 ) -> Result<Bytes, Box<http::Response<Bytes>>> {
-    let max_body = slot.limits.max_body_kib.saturating_mul(1024);
+    let max_body = slot.spec.limits.max_body_kib.saturating_mul(1024);
     let too_large = || {
         Box::new(problem_bytes(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "request body is larger than the limit of {max_body} bytes for service {:?}",
-                slot.name
+                slot.name()
             ),
-            service_fields(&slot.name),
+            service_fields(slot.name()),
         ))
     };
     let declared = parts

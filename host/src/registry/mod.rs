@@ -14,10 +14,11 @@ mod slot;
 mod supervisor;
 pub mod watch;
 
-pub use slot::{Health, InFlight, Routing, ServiceSlot, SlotSettings, Version, Window};
+pub use slot::{Health, InFlight, Routing, ServiceSlot, Version, Window};
 
+use crate::capability::RequestContext;
 use crate::capability::outgoing::ServiceCaller;
-use crate::config::{Manifest, PublicRule, ServiceSpec, SubscriptionSpec};
+use crate::config::{Manifest, ServiceSpec, SubscriptionSpec};
 use crate::runtime::{ComponentError, Prepared, Runtime};
 use crate::store::{Storage, StoreError};
 use anyhow::Context as _;
@@ -137,21 +138,17 @@ fn check_contract(
 /// routes. Replaced whole when a manifest is applied.
 struct Catalog {
     services: BTreeMap<String, Arc<ServiceSlot>>,
-    specs: BTreeMap<String, ServiceSpec>,
     router: Router,
 }
 
 impl Catalog {
-    fn new(
-        services: BTreeMap<String, Arc<ServiceSlot>>,
-        specs: BTreeMap<String, ServiceSpec>,
-    ) -> Catalog {
-        let router = Router::new(services.values().map(|s| (s.route.clone(), s.name.clone())));
-        Catalog {
-            services,
-            specs,
-            router,
-        }
+    fn new(services: BTreeMap<String, Arc<ServiceSlot>>) -> Catalog {
+        let router = Router::new(
+            services
+                .values()
+                .map(|s| (s.spec.route.clone(), s.name().to_string())),
+        );
+        Catalog { services, router }
     }
 }
 
@@ -212,7 +209,7 @@ impl Registry {
             storage,
             auth,
             components: ComponentStore::new(data_dir.join("components")),
-            catalog: RwLock::new(Arc::new(Catalog::new(BTreeMap::new(), BTreeMap::new()))),
+            catalog: RwLock::new(Arc::new(Catalog::new(BTreeMap::new()))),
             records: Mutex::new(HashMap::new()),
             loaded: Mutex::new(VecDeque::new()),
             caller: OnceLock::new(),
@@ -220,16 +217,14 @@ impl Registry {
             applying: tokio::sync::Mutex::new(()),
         };
         let mut services = BTreeMap::new();
-        let mut specs = BTreeMap::new();
         for spec in &manifest.services {
             let slot = registry
                 .restore(manifest, spec, false)
                 .await
                 .with_context(|| format!("service {:?}", spec.name))?;
             services.insert(spec.name.clone(), Arc::new(slot));
-            specs.insert(spec.name.clone(), spec.clone());
         }
-        registry.set_catalog(Catalog::new(services, specs));
+        registry.set_catalog(Catalog::new(services));
         Ok(registry)
     }
 
@@ -252,7 +247,6 @@ impl Registry {
         let old = self.catalog();
         let mut report = ApplyReport::default();
         let mut services = BTreeMap::new();
-        let mut specs = BTreeMap::new();
         let mut started = Vec::new();
         for spec in &manifest.services {
             let name = spec.name.clone();
@@ -262,7 +256,6 @@ impl Registry {
                         let slot = Arc::new(slot);
                         started.push(slot.clone());
                         services.insert(name.clone(), slot);
-                        specs.insert(name.clone(), spec.clone());
                         report.added.push(name);
                     }
                     Err(e) => report.refused.push(Refusal {
@@ -272,18 +265,19 @@ impl Registry {
                 }
                 continue;
             };
-            let reconfigured = old.specs.get(&name) != Some(spec);
+            let reconfigured = current.spec != *spec;
             let outcome = async {
                 let slot = if reconfigured {
-                    let settings = self
-                        .settings(spec)
-                        .map_err(|e| RegistryError::InvalidVersion(format!("{e:#}")))?;
                     let routing = current.routing();
                     // The versions serving now must fit the new subscriptions too.
                     for version in routing.versions() {
                         check_contract(&name, &spec.subscribe, &version.prepared)?;
                     }
-                    Arc::new(current.reconfigured(settings))
+                    Arc::new(
+                        current
+                            .reconfigured(spec, self.storage.clone(), self.auth.clone())
+                            .map_err(|e| RegistryError::InvalidVersion(format!("{e:#}")))?,
+                    )
                 } else {
                     current.clone()
                 };
@@ -304,7 +298,6 @@ impl Registry {
                         report.unchanged.push(name.clone());
                     }
                     services.insert(name.clone(), slot);
-                    specs.insert(name, spec.clone());
                 }
                 Err(e) => {
                     // Left as it was: the old slot and the old entry.
@@ -313,9 +306,6 @@ impl Registry {
                         reason: e.to_string(),
                     });
                     services.insert(name.clone(), current.clone());
-                    if let Some(old_spec) = old.specs.get(&name) {
-                        specs.insert(name, old_spec.clone());
-                    }
                 }
             }
         }
@@ -329,7 +319,7 @@ impl Registry {
                 slot.retire();
             }
         }
-        self.set_catalog(Catalog::new(services, specs));
+        self.set_catalog(Catalog::new(services));
         if let Some(spawn) = self.spawner.get() {
             for slot in &started {
                 spawn(slot);
@@ -421,31 +411,6 @@ impl Registry {
             })
     }
 
-    fn settings(&self, spec: &ServiceSpec) -> anyhow::Result<SlotSettings> {
-        Ok(SlotSettings {
-            name: spec.name.clone(),
-            route: spec.route.clone(),
-            limits: spec.limits,
-            publishes: Arc::new(spec.publishes.iter().cloned().collect()),
-            subscriptions: spec.subscribe.clone(),
-            protected: spec.protected,
-            public: spec
-                .public
-                .iter()
-                .map(|rule| PublicRule::parse(rule).map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<_>>()?,
-            calls: Arc::new(spec.calls.iter().cloned().collect()),
-            allowed_hosts: Arc::new(spec.allowed_hosts.iter().cloned().collect()),
-            breaker: spec.breaker,
-            health_spec: spec.health.clone(),
-            canary_spec: spec.canary,
-            policy: Arc::new(crate::policy::Policy::new(&spec.policy)),
-            config: Arc::new(spec.config.iter().collect()),
-            storage: self.storage.clone(),
-            auth: self.auth.clone(),
-        })
-    }
-
     /// The service's slot as its record says (see [`Registry::load`]). With `gate` (a
     /// service added at runtime) the versions it routes to pass their health checks
     /// before anything is saved.
@@ -476,12 +441,16 @@ impl Registry {
                 (record, Some(entry))
             }
         };
-        let settings = self.settings(spec)?;
         let routing = self
             .routing_for(&spec.name, &spec.subscribe, &record, None, None)
             .await
             .map_err(anyhow::Error::msg)?;
-        let slot = ServiceSlot::new(settings, routing.clone());
+        let slot = ServiceSlot::new(
+            spec,
+            self.storage.clone(),
+            self.auth.clone(),
+            routing.clone(),
+        )?;
         if gate {
             for version in routing.versions() {
                 self.check(&slot, &version.label, &version.prepared)
@@ -625,24 +594,30 @@ impl Registry {
         label: &str,
         prepared: &Prepared,
     ) -> Result<(), String> {
-        let mut cx = slot.invocation_context(label);
-        cx.caller = self.caller.get().cloned();
-        match self.runtime.check_health(prepared, cx.clone()).await {
+        let cx = RequestContext {
+            caller: self.caller.get().cloned(),
+            ..RequestContext::new(label)
+        };
+        match self.runtime.check_health(prepared, &slot.grants, &cx).await {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return Err(format!("its health check answered: {why}")),
             Err(e) => return Err(format!("its health check failed: {e}")),
         }
-        let Some(path) = &slot.health_spec.smoke else {
+        let Some(path) = &slot.spec.health.smoke else {
             return Ok(());
         };
         let request = http::Request::builder()
             .method(http::Method::GET)
             .uri(path.as_str())
-            .header(http::header::HOST, format!("{}.internal", slot.name))
+            .header(http::header::HOST, format!("{}.internal", slot.name()))
             .header("x-microhost-probe", "smoke")
             .body(Bytes::new())
             .map_err(|e| format!("the smoke request GET {path} is invalid: {e}"))?;
-        match self.runtime.handle_http(prepared, cx, request).await {
+        match self
+            .runtime
+            .handle_http(prepared, &slot.grants, &cx, request)
+            .await
+        {
             Ok((response, _discarded))
                 if crate::outcome::Class::of_status(response.status())
                     == crate::outcome::Class::Success =>
@@ -674,17 +649,17 @@ impl Registry {
         let current = slot.routing();
         let routing = self
             .routing_for(
-                &slot.name,
-                &slot.subscriptions,
+                slot.name(),
+                &slot.spec.subscribe,
                 &record,
                 Some(&current),
                 gate.then_some(slot),
             )
             .await?;
-        let entry = record::save(&*self.storage, &slot.name, Some(&record), entry).await?;
+        let entry = record::save(&*self.storage, slot.name(), Some(&record), entry).await?;
         slot.switch(routing);
         tracing::info!(
-            service = %slot.name,
+            service = %slot.name(),
             action = %entry.action,
             version = %entry.version,
             active = %record.active,
@@ -733,7 +708,7 @@ impl Registry {
         wasm: Bytes,
         mode: DeployMode,
     ) -> Result<Deployed, RegistryError> {
-        let service = slot.name.as_str();
+        let service = slot.name();
         if let Some(label) = &label {
             crate::config::check_version(label).map_err(RegistryError::InvalidVersion)?;
         }
@@ -746,7 +721,7 @@ impl Registry {
         }
         let size = wasm.len() as u64;
         let prepared = self.prepare(wasm.clone()).await?;
-        check_contract(service, &slot.subscriptions, &prepared)?;
+        check_contract(service, &slot.spec.subscribe, &prepared)?;
         let label = label.unwrap_or_else(|| prepared.sha256[..12].to_string());
 
         let lock = self.record_of(service)?;
@@ -973,7 +948,7 @@ impl Registry {
     pub async fn catalog_json(&self) -> Vec<serde_json::Value> {
         let mut services = Vec::new();
         for slot in self.services() {
-            let record = match self.record_of(&slot.name) {
+            let record = match self.record_of(slot.name()) {
                 Ok(lock) => lock.lock().await.clone(),
                 Err(_) => continue,
             };
@@ -1089,16 +1064,16 @@ fn version_json(version: &Version) -> serde_json::Value {
 fn status_json(slot: &ServiceSlot, record: &ServiceRecord) -> serde_json::Value {
     let routing = slot.routing();
     json!({
-        "name": slot.name,
-        "route": slot.route,
-        "publishes": slot.publishes.iter().collect::<Vec<_>>(),
-        "subscribes": slot.subscriptions.iter().map(|s| &s.topic).collect::<Vec<_>>(),
-        "calls": slot.calls.iter().collect::<Vec<_>>(),
-        "protected": slot.protected,
+        "name": slot.name(),
+        "route": slot.spec.route,
+        "publishes": slot.spec.publishes,
+        "subscribes": slot.spec.subscribe.iter().map(|s| &s.topic).collect::<Vec<_>>(),
+        "calls": slot.spec.calls,
+        "protected": slot.spec.protected,
         "limits": {
-            "memory_mib": slot.limits.memory_mib,
-            "timeout_ms": slot.limits.timeout_ms,
-            "max_body_kib": slot.limits.max_body_kib,
+            "memory_mib": slot.spec.limits.memory_mib,
+            "timeout_ms": slot.spec.limits.timeout_ms,
+            "max_body_kib": slot.spec.limits.max_body_kib,
         },
         "active": version_json(&routing.active),
         "canary": routing.canary.as_ref().map(|(version, weight)| {

@@ -6,17 +6,17 @@
 //! replaced version drains and is freed when its last request finishes (each request is
 //! bounded by the service's timeout, which bounds the drain).
 
-use crate::config::{BreakerSpec, CanarySpec, HealthSpec, Limits, PublicRule, SubscriptionSpec};
+use crate::auth::Auth;
+use crate::capability::ServiceGrants;
+use crate::config::{PublicRule, ServiceSpec};
 use crate::policy::Policy;
-use crate::runtime::{InvocationContext, Prepared};
+use crate::runtime::Prepared;
 use crate::store::Storage;
 use parking_lot::{Mutex, RwLock};
 use rand::Rng as _;
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
-use wasmtime_wasi_config::WasiConfigVariables;
+use std::time::{Instant, SystemTime};
 
 /// One component version of a service, ready to serve.
 pub struct Version {
@@ -147,27 +147,14 @@ pub struct Health {
 
 /// A service and the versions that serve it.
 pub struct ServiceSlot {
-    pub name: String,
-    pub route: String,
-    pub limits: Limits,
-    /// Topics the service may publish to.
-    pub publishes: Arc<BTreeSet<String>>,
-    pub subscriptions: Vec<SubscriptionSpec>,
-    /// Requests need a verified token, except those matching `public`.
-    pub protected: bool,
-    pub public: Vec<PublicRule>,
-    /// Services it may call, and outside hosts it may reach.
-    pub calls: Arc<BTreeSet<String>>,
-    pub allowed_hosts: Arc<BTreeSet<String>>,
-    /// How callers' circuit breakers treat this service.
-    pub breaker: BreakerSpec,
-    pub health_spec: HealthSpec,
-    pub canary_spec: CanarySpec,
+    /// The service's manifest entry, as it was when the slot was made.
+    pub spec: ServiceSpec,
+    /// Routes that need no token (`spec.public`, parsed).
+    public: Vec<PublicRule>,
+    /// What the service's invocations may use, built once from `spec`.
+    pub grants: Arc<ServiceGrants>,
     /// The route's gateway policies and their state (buckets, queue, cache).
     pub policy: Arc<Policy>,
-    pub(super) config: Arc<WasiConfigVariables>,
-    pub(super) storage: Arc<dyn Storage>,
-    pub(super) auth: Arc<crate::auth::Auth>,
     /// Read on every request, written by switches; never held across an `.await`.
     /// Shared with the slot that replaces this one when a manifest reconfigures the
     /// service, so a change made through either reaches both.
@@ -181,63 +168,25 @@ pub struct ServiceSlot {
     retired: tokio::sync::watch::Sender<bool>,
 }
 
-/// The settings a slot is built from (everything but its versions).
-pub struct SlotSettings {
-    pub name: String,
-    pub route: String,
-    pub limits: Limits,
-    pub publishes: Arc<BTreeSet<String>>,
-    pub subscriptions: Vec<SubscriptionSpec>,
-    pub protected: bool,
-    pub public: Vec<PublicRule>,
-    pub calls: Arc<BTreeSet<String>>,
-    pub allowed_hosts: Arc<BTreeSet<String>>,
-    pub breaker: BreakerSpec,
-    pub health_spec: HealthSpec,
-    pub canary_spec: CanarySpec,
-    pub policy: Arc<Policy>,
-    pub config: Arc<WasiConfigVariables>,
-    pub storage: Arc<dyn Storage>,
-    pub auth: Arc<crate::auth::Auth>,
-}
-
 impl ServiceSlot {
-    pub fn new(settings: SlotSettings, routing: Routing) -> ServiceSlot {
-        let SlotSettings {
-            name,
-            route,
-            limits,
-            publishes,
-            subscriptions,
-            protected,
+    /// The slot of `spec`, routing to `routing`. Fails on a public rule that does not
+    /// parse.
+    pub fn new(
+        spec: &ServiceSpec,
+        storage: Arc<dyn Storage>,
+        auth: Arc<Auth>,
+        routing: Routing,
+    ) -> anyhow::Result<ServiceSlot> {
+        let public = spec
+            .public
+            .iter()
+            .map(|rule| PublicRule::parse(rule).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(ServiceSlot {
+            spec: spec.clone(),
             public,
-            calls,
-            allowed_hosts,
-            breaker,
-            health_spec,
-            canary_spec,
-            policy,
-            config,
-            storage,
-            auth,
-        } = settings;
-        ServiceSlot {
-            name,
-            route,
-            limits,
-            publishes,
-            subscriptions,
-            protected,
-            public,
-            calls,
-            allowed_hosts,
-            breaker,
-            health_spec,
-            canary_spec,
-            policy,
-            config,
-            storage,
-            auth,
+            grants: Arc::new(ServiceGrants::new(spec, storage, auth)),
+            policy: Arc::new(Policy::new(&spec.policy)),
             routing: Arc::new(RwLock::new(routing)),
             draining: Mutex::new(Vec::new()),
             health: Mutex::new(Health {
@@ -246,15 +195,24 @@ impl ServiceSlot {
             }),
             healthy: AtomicBool::new(true),
             retired: tokio::sync::watch::Sender::new(false),
-        }
+        })
     }
 
-    /// A slot with new settings that shares this one's routing (for a reconfigured
+    /// A slot for the changed `spec` that shares this one's routing (for a reconfigured
     /// service: the versions, canary and in-flight counts carry over).
-    pub fn reconfigured(&self, settings: SlotSettings) -> ServiceSlot {
-        let mut slot = ServiceSlot::new(settings, self.routing());
+    pub fn reconfigured(
+        &self,
+        spec: &ServiceSpec,
+        storage: Arc<dyn Storage>,
+        auth: Arc<Auth>,
+    ) -> anyhow::Result<ServiceSlot> {
+        let mut slot = ServiceSlot::new(spec, storage, auth, self.routing())?;
         slot.routing = self.routing.clone();
-        slot
+        Ok(slot)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
     }
 
     /// Turns true when the slot is retired; its delivery loops stop then.
@@ -353,7 +311,7 @@ impl ServiceSlot {
             Err(reason) => {
                 health.failures += 1;
                 health.reason = Some(reason);
-                if health.failures >= self.health_spec.unhealthy_after {
+                if health.failures >= self.spec.health.unhealthy_after {
                     health.healthy = false;
                 }
             }
@@ -364,29 +322,6 @@ impl ServiceSlot {
 
     /// Whether a request needs a verified token.
     pub fn requires_token(&self, method: &str, path: &str) -> bool {
-        self.protected && !self.public.iter().any(|rule| rule.matches(method, path))
-    }
-
-    /// What an invocation of `version` of this service may use. The caller fills in
-    /// who serves its outgoing calls, the identity and the trace context.
-    pub fn invocation_context(&self, version: &str) -> InvocationContext {
-        InvocationContext {
-            service: self.name.clone(),
-            version: version.to_string(),
-            storage: self.storage.clone(),
-            config: self.config.clone(),
-            publishes: self.publishes.clone(),
-            traceparent: None,
-            request_id: None,
-            auth: self.auth.clone(),
-            calls: self.calls.clone(),
-            caller: None,
-            allowed_hosts: self.allowed_hosts.clone(),
-            identity: None,
-            hops: 0,
-            instance_reuse: self.limits.instance_reuse,
-            memory_bytes: self.limits.memory_mib as usize * 1024 * 1024,
-            timeout: Duration::from_millis(self.limits.timeout_ms),
-        }
+        self.spec.protected && !self.public.iter().any(|rule| rule.matches(method, path))
     }
 }

@@ -16,15 +16,15 @@ pub(super) async fn run(registry: Arc<Registry>, mut stop: watch::Receiver<bool>
     while !*stop.borrow() {
         for slot in registry.services() {
             analyse_canary(&registry, &slot).await;
-            let interval = slot.health_spec.interval_ms;
+            let interval = slot.spec.health.interval_ms;
             if interval == 0 {
                 continue;
             }
             let due = last_check
-                .get(&slot.name)
+                .get(slot.name())
                 .is_none_or(|at| at.elapsed() >= Duration::from_millis(interval));
             if due {
-                last_check.insert(slot.name.clone(), Instant::now());
+                last_check.insert(slot.name().to_string(), Instant::now());
                 check_health(&registry, &slot).await;
             }
         }
@@ -43,7 +43,7 @@ async fn analyse_canary(registry: &Registry, slot: &ServiceSlot) {
     let Some((canary, _)) = &routing.canary else {
         return;
     };
-    let spec = slot.canary_spec;
+    let spec = slot.spec.canary;
     let (c, s) = (canary.window(), routing.active.window());
     if c.total() >= spec.min_requests
         && c.failure_pct() > s.failure_pct() + f64::from(spec.error_margin_pct)
@@ -69,13 +69,13 @@ async fn analyse_canary(registry: &Registry, slot: &ServiceSlot) {
 }
 
 async fn rollback(registry: &Registry, slot: &ServiceSlot, canary: &str, reason: String) {
-    tracing::warn!(service = %slot.name, canary, %reason, "rolling the canary back");
+    tracing::warn!(service = %slot.name(), canary, %reason, "rolling the canary back");
     let judged = super::AutoRollback {
         canary: canary.to_string(),
         reason,
     };
-    if let Err(e) = registry.rollback(&slot.name, Some(judged)).await {
-        tracing::error!(service = %slot.name, error = %e, "automatic rollback failed");
+    if let Err(e) = registry.rollback(slot.name(), Some(judged)).await {
+        tracing::error!(service = %slot.name(), error = %e, "automatic rollback failed");
     }
 }
 
@@ -112,10 +112,10 @@ async fn check_health(registry: &Registry, slot: &ServiceSlot) {
                 ),
             )
         };
-        tracing::warn!(service = %slot.name, version = %active.label, action, %detail, "health changed");
+        tracing::warn!(service = %slot.name(), version = %active.label, action, %detail, "health changed");
         let entry = HistoryEntry::new(action, &active.label).detail(detail);
-        if let Err(e) = record::save(&*registry.storage, &slot.name, None, entry).await {
-            tracing::warn!(service = %slot.name, error = %e, "could not record a health change");
+        if let Err(e) = record::save(&*registry.storage, slot.name(), None, entry).await {
+            tracing::warn!(service = %slot.name(), error = %e, "could not record a health change");
         }
     }
 }

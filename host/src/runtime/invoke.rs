@@ -6,19 +6,12 @@ use super::component::Warm;
 use super::{InvocationState, Prepared, Runtime};
 use crate::bus::envelope::Envelope;
 use crate::bus::unit::UnitOfWork;
-use crate::capability::events::Publisher;
-use crate::capability::kv::KvReader;
-use crate::capability::outgoing::{Outgoing, ServiceCaller};
-use crate::capability::{Grants, WitEvent};
-use crate::store::Storage;
+use crate::capability::{RequestContext, ServiceGrants, WitEvent};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -30,35 +23,6 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Extra time after the CPU deadline before the invocation is abandoned outright (for a
 /// guest that is blocked in the host rather than running).
 const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
-
-/// Whose invocation this is and what it may use.
-#[derive(Clone)]
-pub struct InvocationContext {
-    pub service: String,
-    pub version: String,
-    pub storage: Arc<dyn Storage>,
-    pub config: Arc<WasiConfigVariables>,
-    /// Topics the service may publish to.
-    pub publishes: Arc<BTreeSet<String>>,
-    pub memory_bytes: usize,
-    pub timeout: Duration,
-    /// W3C trace context to stamp on published events and pass on with outgoing calls.
-    pub traceparent: Option<String>,
-    /// The edge request's `x-request-id`, passed on with outgoing calls.
-    pub request_id: Option<String>,
-    pub auth: Arc<crate::auth::Auth>,
-    /// Services the guest may call (manifest `calls`), and who serves those calls.
-    pub calls: Arc<BTreeSet<String>>,
-    pub caller: Option<Arc<dyn ServiceCaller>>,
-    /// Outside hosts the guest may call (manifest `allowed_hosts`).
-    pub allowed_hosts: Arc<BTreeSet<String>>,
-    /// Verified identity of the request being served, passed on to calls it makes.
-    pub identity: Option<crate::auth::Identity>,
-    /// Service-to-service hops that led to this invocation.
-    pub hops: u32,
-    /// Requests one instance may serve (1: a fresh instance for every request).
-    pub instance_reuse: u32,
-}
 
 /// Why an invocation produced no usable result. `crate::outcome` classifies each (status,
 /// commit, breaker and canary verdict, retry).
@@ -99,32 +63,6 @@ enum GuestFailure {
     Call(wasmtime::Error),
 }
 
-/// What `cx` grants one invocation.
-fn grants(cx: InvocationContext) -> Grants {
-    Grants {
-        outgoing: Outgoing {
-            service: cx.service.clone(),
-            caller: cx.caller,
-            services: cx.calls,
-            hosts: cx.allowed_hosts,
-            identity: cx.identity,
-            hops: cx.hops,
-            traceparent: cx.traceparent.clone(),
-            request_id: cx.request_id,
-        },
-        publisher: Publisher {
-            source: format!("{}@{}", cx.service, cx.version),
-            service: cx.service,
-            allowed: cx.publishes,
-            traceparent: cx.traceparent,
-        },
-        config: cx.config,
-        kv: KvReader::new(cx.storage),
-        auth: cx.auth,
-        memory_bytes: cx.memory_bytes,
-    }
-}
-
 /// Every tick, a running guest yields to the scheduler (so one busy guest cannot starve
 /// the others) and is stopped once `timeout` has passed since now.
 fn arm_deadline(store: &mut Store<InvocationState>, timeout: Duration) {
@@ -140,20 +78,22 @@ fn arm_deadline(store: &mut Store<InvocationState>, timeout: Duration) {
 }
 
 impl Runtime {
-    fn new_store(&self, cx: InvocationContext) -> Store<InvocationState> {
-        let timeout = cx.timeout;
-        let mut store = Store::new(&self.engine, InvocationState::new(grants(cx)));
-        store.limiter(|s| &mut s.limiter);
-        arm_deadline(&mut store, timeout);
+    fn new_store(
+        &self,
+        grants: &ServiceGrants,
+        request: &RequestContext,
+    ) -> Store<InvocationState> {
+        let mut store = Store::new(&self.engine, InvocationState::new(grants, request));
+        store.limiter(|s| &mut s.granted.limiter);
+        arm_deadline(&mut store, grants.timeout());
         store
     }
 
     /// Prepares a warm instance's store for another request: this request's grants,
     /// identity, trace context, an empty unit of work and a new deadline.
-    fn renew(store: &mut Store<InvocationState>, cx: InvocationContext) {
-        let timeout = cx.timeout;
-        store.data_mut().renew(grants(cx));
-        arm_deadline(store, timeout);
+    fn renew(store: &mut Store<InvocationState>, grants: &ServiceGrants, request: &RequestContext) {
+        store.data_mut().renew(grants, request);
+        arm_deadline(store, grants.timeout());
     }
 
     /// Bounds `work` by the invocation's timeout (plus a grace period for a guest that
@@ -172,19 +112,20 @@ impl Runtime {
     pub async fn handle_http(
         &self,
         prepared: &Prepared,
-        cx: InvocationContext,
+        grants: &ServiceGrants,
+        cx: &RequestContext,
         request: http::Request<Bytes>,
     ) -> Result<(http::Response<Bytes>, UnitOfWork), InvokeError> {
-        let timeout = cx.timeout;
-        let memory_bytes = cx.memory_bytes;
-        let reuse = cx.instance_reuse;
+        let timeout = grants.timeout();
+        let memory_bytes = grants.memory_bytes();
+        let reuse = grants.limits.instance_reuse;
         // A warm instance when the service allows reuse and one is idle; else a fresh one.
         let (store, warm) = match prepared.warm.take().filter(|_| reuse > 1) {
             Some(mut warm) => {
-                Self::renew(&mut warm.store, cx);
+                Self::renew(&mut warm.store, grants, cx);
                 (warm.store, Some((warm.proxy, warm.served)))
             }
-            None => (self.new_store(cx), None),
+            None => (self.new_store(grants, cx), None),
         };
         let served = warm.as_ref().map_or(0, |(_, served)| *served) + 1;
         let (response, unit, instance) = Self::bounded(
@@ -217,7 +158,8 @@ impl Runtime {
     pub async fn handle_event(
         &self,
         prepared: &Prepared,
-        cx: InvocationContext,
+        grants: &ServiceGrants,
+        cx: &RequestContext,
         event: &Envelope,
         attempt: u32,
     ) -> Result<UnitOfWork, InvokeError> {
@@ -225,9 +167,9 @@ impl Runtime {
             .subscriber
             .clone()
             .ok_or(InvokeError::NotASubscriber)?;
-        let timeout = cx.timeout;
-        let memory_bytes = cx.memory_bytes;
-        let mut store = self.new_store(cx);
+        let timeout = grants.timeout();
+        let memory_bytes = grants.memory_bytes();
+        let mut store = self.new_store(grants, cx);
         let event = WitEvent {
             id: event.id.clone(),
             source: event.source.clone(),
@@ -251,7 +193,7 @@ impl Runtime {
                 .await
                 .map_err(GuestFailure::Call);
             check_guest(result, &store, memory_bytes, timeout)?.map_err(InvokeError::Rejected)?;
-            Ok(store.into_data().unit)
+            Ok(store.into_data().granted.unit)
         })
         .await
     }
@@ -262,14 +204,15 @@ impl Runtime {
     pub async fn check_health(
         &self,
         prepared: &Prepared,
-        cx: InvocationContext,
+        grants: &ServiceGrants,
+        cx: &RequestContext,
     ) -> Result<Result<(), String>, InvokeError> {
         let Some((pre, index)) = prepared.health.clone() else {
             return Ok(Ok(()));
         };
-        let timeout = cx.timeout;
-        let memory_bytes = cx.memory_bytes;
-        let mut store = self.new_store(cx);
+        let timeout = grants.timeout();
+        let memory_bytes = grants.memory_bytes();
+        let mut store = self.new_store(grants, cx);
         Self::bounded(timeout, async move {
             let instance = match pre.instantiate_async(&mut store).await {
                 Ok(instance) => instance,
@@ -419,7 +362,7 @@ fn check_guest<T>(
     if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         return Err(InvokeError::Timeout(timeout));
     }
-    if store.data().limiter.hit {
+    if store.data().granted.limiter.hit {
         return Err(InvokeError::MemoryLimit(memory_bytes));
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {

@@ -7,7 +7,7 @@ mod invoke;
 
 pub use crate::capability::InvocationState;
 pub use component::{ComponentError, Prepared, SUBSCRIBER};
-pub use invoke::{InvocationContext, InvokeError};
+pub use invoke::InvokeError;
 
 use anyhow::Context as _;
 use std::path::PathBuf;
