@@ -21,7 +21,7 @@ pub async fn topics(State(state): State<AdminState>) -> Response {
     let mut names = BTreeSet::new();
     for slot in state.registry.services() {
         names.extend(slot.spec.publishes.iter().map(ToString::to_string));
-        names.extend(slot.spec.subscribe.iter().map(|s| s.topic.clone()));
+        names.extend(slot.spec.subscribe.iter().map(|s| s.topic.to_string()));
     }
     let mut topics = Vec::new();
     for topic in names {

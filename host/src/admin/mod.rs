@@ -25,6 +25,7 @@ mod bus;
 pub mod client;
 
 use crate::bus::Bus;
+use crate::config::Manifest;
 use crate::dispatch::Dispatcher;
 use crate::problem::{problem, problem_with};
 use crate::registry::{DeployMode, Registry, RegistryError};
@@ -251,7 +252,7 @@ async fn apply(State(state): State<AdminState>) -> Response {
         )
         .into_response();
     };
-    let manifest = match crate::config::Manifest::load(path) {
+    let manifest = match Manifest::load(path) {
         Ok(manifest) => manifest,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };

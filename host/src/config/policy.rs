@@ -1,8 +1,9 @@
-//! A route's gateway policies in the manifest: rate limit, load shedding, retries,
-//! response cache, fallback, CORS and transformation. Every table is optional; a
-//! service without them is routed as before. Validated with the rest of the manifest,
-//! so every error names the file, the service and the field.
+//! A route's gateway policies (`[service.policy]`): rate limit, load shedding, retries,
+//! response cache, fallback, CORS and transformation, each validating its own values.
+//! Every table is optional; a service without them is routed as before.
 
+use super::service::MAX_TIMEOUT_MS;
+use super::{FieldError, in_range};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -211,141 +212,160 @@ const RESERVED_HEADERS: [&str; 9] = [
 ];
 
 impl PolicySpec {
-    /// Checks every value; the error names the field as the service table spells it.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Some(rl) = &self.rate_limit
-            && (rl.per_second == 0 || rl.burst() == 0)
-        {
-            return Err((
-                "policy.rate_limit",
-                format!(
-                    "per_second and burst must be at least 1, got per_second = {} and burst = {}",
-                    rl.per_second,
-                    rl.burst()
-                ),
+    /// Checks every table; the error names the field as the service table spells it.
+    pub(super) fn validate(&self) -> Result<(), FieldError> {
+        if let Some(rate_limit) = &self.rate_limit {
+            rate_limit.validate()?;
+        }
+        if let Some(concurrency) = &self.concurrency {
+            concurrency.validate()?;
+        }
+        self.retry.validate()?;
+        if let Some(cache) = &self.cache {
+            cache.validate()?;
+        }
+        self.fallback.validate(self.cache.is_some())?;
+        if let Some(cors) = &self.cors {
+            cors.validate()?;
+        }
+        self.transform.validate()
+    }
+}
+
+impl RateLimitSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        in_range("policy.rate_limit.per_second", self.per_second, 1..)?;
+        in_range("policy.rate_limit.burst", self.burst(), 1..)
+    }
+}
+
+impl ConcurrencySpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        in_range("policy.concurrency.max", self.max, 1..=100_000)?;
+        in_range("policy.concurrency.queue", self.queue, ..=1_000_000)?;
+        in_range(
+            "policy.concurrency.queue_timeout_ms",
+            self.queue_timeout_ms,
+            ..=MAX_TIMEOUT_MS,
+        )
+    }
+}
+
+impl RetrySpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        in_range("policy.retry.attempts", self.attempts, 1..=10)
+            .map_err(|e| e.note("1 is no retries"))?;
+        in_range("policy.retry.budget_pct", self.budget_pct, ..=100)?;
+        in_range("policy.retry.backoff_ms", self.backoff_ms, ..=60_000)
+    }
+}
+
+impl CacheSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        in_range("policy.cache.ttl_ms", self.ttl_ms, 1..)?;
+        let max_entries = u64::try_from(self.max_entries).unwrap_or(u64::MAX);
+        in_range("policy.cache.max_entries", max_entries, 1..=1_000_000)?;
+        in_range(
+            "policy.cache.max_entry_kib",
+            self.max_entry_kib,
+            1..=1024 * 1024,
+        )
+    }
+}
+
+impl FallbackSpec {
+    /// `has_cache`: the route has a `[service.policy.cache]` to serve `cached` from.
+    fn validate(&self, has_cache: bool) -> Result<(), FieldError> {
+        match self {
+            FallbackSpec::Problem => Ok(()),
+            FallbackSpec::Cached if has_cache => Ok(()),
+            FallbackSpec::Cached => Err(FieldError::new(
+                "policy.fallback",
+                "kind = \"cached\" needs a [service.policy.cache] table to serve from",
+            )),
+            FallbackSpec::Static {
+                status,
+                content_type,
+                ..
+            } => {
+                if http::StatusCode::from_u16(*status).is_err() || *status < 200 {
+                    return Err(FieldError::new(
+                        "policy.fallback.status",
+                        format!("must be an HTTP status from 200 to 599, got {status}"),
+                    ));
+                }
+                if http::HeaderValue::from_str(content_type).is_err() {
+                    return Err(FieldError::new(
+                        "policy.fallback.content_type",
+                        format!("{content_type:?} is not a valid header value"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl CorsSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.allow_origins.is_empty() {
+            return Err(FieldError::new(
+                "policy.cors.allow_origins",
+                "must list at least one origin (or \"*\")",
             ));
         }
-        if let Some(c) = &self.concurrency {
-            if c.max == 0 || c.max > 100_000 || c.queue > 1_000_000 {
-                return Err((
-                    "policy.concurrency",
+        for origin in &self.allow_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && http::HeaderValue::from_str(origin).is_ok());
+            if !ok {
+                return Err(FieldError::new(
+                    "policy.cors.allow_origins",
                     format!(
-                        "max must be from 1 to 100000 and queue at most 1000000, got max = {} and queue = {}",
-                        c.max, c.queue
+                        "{origin:?} must be \"*\" or a scheme and host like \"https://shop.example\""
                     ),
                 ));
             }
-            if c.queue_timeout_ms > super::MAX_TIMEOUT_MS {
-                return Err((
-                    "policy.concurrency.queue_timeout_ms",
-                    format!("must be at most 600000, got {}", c.queue_timeout_ms),
-                ));
-            }
         }
-        let r = &self.retry;
-        if !(1..=10).contains(&r.attempts) {
-            return Err((
-                "policy.retry.attempts",
-                format!("must be from 1 (no retries) to 10, got {}", r.attempts),
+        if self.allow_credentials && self.allow_origins.iter().any(|o| o == "*") {
+            return Err(FieldError::new(
+                "policy.cors.allow_credentials",
+                "cannot be true with the origin \"*\": browsers refuse it; list the origins",
             ));
         }
-        if r.budget_pct > 100 || r.backoff_ms > 60_000 {
-            return Err((
-                "policy.retry",
-                format!(
-                    "budget_pct must be at most 100 and backoff_ms at most 60000, got budget_pct = {} and backoff_ms = {}",
-                    r.budget_pct, r.backoff_ms
-                ),
-            ));
-        }
-        if let Some(c) = &self.cache
-            && (c.ttl_ms == 0
-                || !(1..=1_000_000).contains(&c.max_entries)
-                || !(1..=1024 * 1024).contains(&c.max_entry_kib))
-        {
-            return Err((
-                "policy.cache",
-                format!(
-                    "ttl_ms must be at least 1, max_entries from 1 to 1000000 and max_entry_kib from 1 to 1048576, got {c:?}"
-                ),
-            ));
-        }
-        if self.fallback == FallbackSpec::Cached && self.cache.is_none() {
-            return Err((
-                "policy.fallback",
-                "kind = \"cached\" needs a [service.policy.cache] table to serve from".to_string(),
-            ));
-        }
-        if let FallbackSpec::Static {
-            status,
-            content_type,
-            ..
-        } = &self.fallback
-        {
-            if http::StatusCode::from_u16(*status).is_err() || *status < 200 {
-                return Err((
-                    "policy.fallback.status",
-                    format!("must be an HTTP status from 200 to 599, got {status}"),
-                ));
-            }
-            if http::HeaderValue::from_str(content_type).is_err() {
-                return Err((
-                    "policy.fallback.content_type",
-                    format!("{content_type:?} is not a valid header value"),
+        for method in &self.allow_methods {
+            if http::Method::from_bytes(method.as_bytes()).is_err()
+                || method.chars().any(|c| c.is_ascii_lowercase())
+            {
+                return Err(FieldError::new(
+                    "policy.cors.allow_methods",
+                    format!("{method:?} is not an upper-case HTTP method"),
                 ));
             }
         }
-        if let Some(cors) = &self.cors {
-            if cors.allow_origins.is_empty() {
-                return Err((
-                    "policy.cors.allow_origins",
-                    "must list at least one origin (or \"*\")".to_string(),
-                ));
-            }
-            for origin in &cors.allow_origins {
-                let ok = origin == "*"
-                    || ((origin.starts_with("http://") || origin.starts_with("https://"))
-                        && !origin.ends_with('/')
-                        && http::HeaderValue::from_str(origin).is_ok());
-                if !ok {
-                    return Err((
-                        "policy.cors.allow_origins",
-                        format!(
-                            "{origin:?} must be \"*\" or a scheme and host like \"https://shop.example\""
-                        ),
-                    ));
-                }
-            }
-            if cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*") {
-                return Err((
-                    "policy.cors.allow_credentials",
-                    "cannot be true with the origin \"*\": browsers refuse it; list the origins"
-                        .to_string(),
-                ));
-            }
-            for method in &cors.allow_methods {
-                if http::Method::from_bytes(method.as_bytes()).is_err()
-                    || method.chars().any(|c| c.is_ascii_lowercase())
-                {
-                    return Err((
-                        "policy.cors.allow_methods",
-                        format!("{method:?} is not an upper-case HTTP method"),
-                    ));
-                }
-            }
-            for name in cors.allow_headers.iter().chain(&cors.expose_headers) {
+        for (field, names) in [
+            ("policy.cors.allow_headers", &self.allow_headers),
+            ("policy.cors.expose_headers", &self.expose_headers),
+        ] {
+            for name in names {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err((
-                        "policy.cors.allow_headers",
+                    return Err(FieldError::new(
+                        field,
                         format!("{name:?} is not a header name"),
                     ));
                 }
             }
         }
-        let t = &self.transform;
+        Ok(())
+    }
+}
+
+impl TransformSpec {
+    fn validate(&self) -> Result<(), FieldError> {
         for (field, prefix) in [
-            ("policy.transform.strip_prefix", &t.strip_prefix),
-            ("policy.transform.add_prefix", &t.add_prefix),
+            ("policy.transform.strip_prefix", &self.strip_prefix),
+            ("policy.transform.add_prefix", &self.add_prefix),
         ] {
             if let Some(p) = prefix
                 && (!p.starts_with('/')
@@ -353,7 +373,7 @@ impl PolicySpec {
                     || p.ends_with('/')
                     || p.contains(['?', '#', ' ']))
             {
-                return Err((
+                return Err(FieldError::new(
                     field,
                     format!(
                         "{p:?} must be a path like \"/api\" (starting with '/', not ending with one)"
@@ -361,31 +381,100 @@ impl PolicySpec {
                 ));
             }
         }
-        for (field, ops) in [
-            ("policy.transform.request_headers", &t.request_headers),
-            ("policy.transform.response_headers", &t.response_headers),
-        ] {
-            for name in ops.set.keys().chain(&ops.remove) {
-                let lower = name.to_ascii_lowercase();
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err((field, format!("{name:?} is not a header name")));
-                }
-                if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-microhost-") {
-                    return Err((
-                        field,
-                        format!("{name:?} is set by the host and cannot be transformed"),
-                    ));
-                }
+        self.request_headers
+            .validate("policy.transform.request_headers")?;
+        self.response_headers
+            .validate("policy.transform.response_headers")
+    }
+}
+
+impl HeaderOps {
+    /// `field`: where these operations are in the manifest.
+    fn validate(&self, field: &'static str) -> Result<(), FieldError> {
+        for name in self.set.keys().chain(&self.remove) {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(FieldError::new(
+                    field,
+                    format!("{name:?} is not a header name"),
+                ));
             }
-            for (name, value) in &ops.set {
-                if http::HeaderValue::from_str(value).is_err() {
-                    return Err((
-                        field,
-                        format!("the value of {name:?} is not a valid header value: {value:?}"),
-                    ));
-                }
+            if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-microhost-") {
+                return Err(FieldError::new(
+                    field,
+                    format!("{name:?} is set by the host and cannot be transformed"),
+                ));
             }
         }
+        for (name, value) in &self.set {
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(FieldError::new(
+                    field,
+                    format!("the value of {name:?} is not a valid header value: {value:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{GOOD, parse};
+
+    #[test]
+    fn policies_parse_and_bad_ones_name_their_field() -> anyhow::Result<()> {
+        let with = |policy: &str| parse(&format!("{GOOD}policy = {{ {policy} }}\n"));
+        let m = with(
+            r#"rate_limit = { per_second = 5 }, cache = { ttl_ms = 1000 }, fallback = { kind = "cached" }, cors = { allow_origins = ["*"] }"#,
+        )?;
+        let p = &m.services[0].policy;
+        assert_eq!(p.rate_limit.as_ref().map(RateLimitSpec::burst), Some(5));
+        assert_eq!(p.retry.attempts, 1, "no retries unless asked");
+        assert_eq!(p.fallback, FallbackSpec::Cached);
+        let cases = [
+            (
+                "rate_limit = { per_second = 0 }",
+                "`policy.rate_limit.per_second`",
+            ),
+            ("concurrency = { max = 0 }", "`policy.concurrency.max`"),
+            ("retry = { attempts = 11 }", "`policy.retry.attempts`"),
+            (r#"fallback = { kind = "cached" }"#, "`policy.fallback`"),
+            (
+                r#"fallback = { kind = "static", status = 99 }"#,
+                "`policy.fallback.status`",
+            ),
+            (
+                r#"cors = { allow_origins = ["*"], allow_credentials = true }"#,
+                "`policy.cors.allow_credentials`",
+            ),
+            (
+                r#"cors = { allow_origins = ["shop.example"] }"#,
+                "`policy.cors.allow_origins`",
+            ),
+            (
+                r#"transform = { strip_prefix = "api" }"#,
+                "`policy.transform.strip_prefix`",
+            ),
+            (
+                r#"transform = { request_headers = { set = { "x-microhost-subject" = "admin" } } }"#,
+                "`policy.transform.request_headers`",
+            ),
+            (
+                r#"transform = { response_headers = { remove = ["transfer-encoding"] } }"#,
+                "`policy.transform.response_headers`",
+            ),
+        ];
+        for (policy, field) in cases {
+            let msg = with(policy).expect_err(policy).to_string();
+            assert!(msg.contains(field), "{policy}: {msg}");
+            assert!(msg.contains("\"product\""), "{policy}: {msg}");
+        }
+        let msg = with(r#"cache = { ttl = 5 }"#)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(msg.contains("ttl"), "{msg}");
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ pub use slot::{Health, InFlight, Routing, ServiceSlot, Version, Window};
 
 use crate::capability::RequestContext;
 use crate::capability::outgoing::ServiceCaller;
-use crate::config::{Manifest, ServiceSpec, SubscriptionSpec};
+use crate::config::{Manifest, ServiceSpec, SubscriptionSpec, VersionLabel};
 use crate::runtime::{ComponentError, Prepared, Runtime};
 use crate::store::{Storage, StoreError};
 use anyhow::Context as _;
@@ -222,7 +222,7 @@ impl Registry {
                 .restore(manifest, spec, false)
                 .await
                 .with_context(|| format!("service {:?}", spec.name))?;
-            services.insert(spec.name.clone(), Arc::new(slot));
+            services.insert(spec.name.to_string(), Arc::new(slot));
         }
         registry.set_catalog(Catalog::new(services));
         Ok(registry)
@@ -249,7 +249,7 @@ impl Registry {
         let mut services = BTreeMap::new();
         let mut started = Vec::new();
         for spec in &manifest.services {
-            let name = spec.name.clone();
+            let name = spec.name.to_string();
             let Some(current) = old.services.get(&name) else {
                 match self.restore(manifest, spec, true).await {
                     Ok(slot) => {
@@ -345,7 +345,7 @@ impl Registry {
         check_contract(&spec.name, &spec.subscribe, &prepared)?;
         let lock = self.record_of(&spec.name)?;
         let mut held = lock.lock().await;
-        let desired = (spec.component.version.clone(), prepared.sha256.clone());
+        let desired = (spec.component.version.to_string(), prepared.sha256.clone());
         if held.manifest == desired {
             return Ok(None);
         }
@@ -431,7 +431,7 @@ impl Registry {
             .with_context(|| format!("component {path:?}"))?;
         check_contract(&spec.name, &spec.subscribe, &prepared)
             .with_context(|| format!("component {path:?}"))?;
-        let desired = (spec.component.version.clone(), prepared.sha256.clone());
+        let desired = (spec.component.version.to_string(), prepared.sha256.clone());
         let stored = record::load(&*self.storage, &spec.name)?;
         let (record, entry) = match stored {
             Some(record) if record.manifest == desired => (record, None),
@@ -456,7 +456,7 @@ impl Registry {
                 self.check(&slot, &version.label, &version.prepared)
                     .await
                     .map_err(|reason| RegistryError::Unhealthy {
-                        service: spec.name.clone(),
+                        service: spec.name.to_string(),
                         version: version.label.clone(),
                         reason,
                     })?;
@@ -473,12 +473,14 @@ impl Registry {
             cached = routing.active.prepared.from_cache,
             "service ready"
         );
-        let existing = self.records_lock().get(&spec.name).cloned();
+        let existing = self.records_lock().get(spec.name.as_str()).cloned();
         match existing {
             Some(lock) => *lock.lock().await = record,
             None => {
-                self.records_lock()
-                    .insert(spec.name.clone(), Arc::new(tokio::sync::Mutex::new(record)));
+                self.records_lock().insert(
+                    spec.name.to_string(),
+                    Arc::new(tokio::sync::Mutex::new(record)),
+                );
             }
         }
         Ok(slot)
@@ -710,7 +712,9 @@ impl Registry {
     ) -> Result<Deployed, RegistryError> {
         let service = slot.name();
         if let Some(label) = &label {
-            crate::config::check_version(label).map_err(RegistryError::InvalidVersion)?;
+            label
+                .parse::<VersionLabel>()
+                .map_err(|e| RegistryError::InvalidVersion(e.to_string()))?;
         }
         if let DeployMode::Canary(weight) = mode
             && !(1..=100).contains(&weight)
