@@ -25,7 +25,7 @@ mod bus;
 pub mod client;
 
 use crate::bus::Bus;
-use crate::config::Manifest;
+use crate::config::{Manifest, VersionLabel};
 use crate::dispatch::Dispatcher;
 use crate::problem::{problem, problem_with};
 use crate::registry::{DeployMode, Registry, RegistryError};
@@ -223,11 +223,11 @@ async fn deploy(
         (None, Some(false)) => DeployMode::Store,
         (None, _) => DeployMode::Activate,
     };
-    match state
-        .registry
-        .deploy(&name, query.version, body, mode)
-        .await
-    {
+    let label = match query.version.map(VersionLabel::try_from).transpose() {
+        Ok(label) => label,
+        Err(e) => return registry_problem(&name, RegistryError::InvalidVersion(e.to_string())),
+    };
+    match state.registry.deploy(&name, label, body, mode).await {
         Ok(deployed) => {
             let status = if deployed.switched || deployed.stored {
                 StatusCode::CREATED

@@ -684,11 +684,12 @@ impl Registry {
     /// Stores `wasm` as version `label` of `service` and, by `mode`, activates it or
     /// makes it the canary. Checked first: a component of the service world, the
     /// contract gate, the label's content, then (before it takes traffic) its health
-    /// check and smoke request. On any error nothing changes.
+    /// check and smoke request. On any error nothing changes. Without a `label`, the
+    /// version is named by its content (the first 12 digits of its sha256).
     pub async fn deploy(
         &self,
         service: &str,
-        label: Option<String>,
+        label: Option<VersionLabel>,
         wasm: Bytes,
         mode: DeployMode,
     ) -> Result<Deployed, RegistryError> {
@@ -706,16 +707,11 @@ impl Registry {
     async fn deploy_checked(
         &self,
         slot: &ServiceSlot,
-        label: Option<String>,
+        label: Option<VersionLabel>,
         wasm: Bytes,
         mode: DeployMode,
     ) -> Result<Deployed, RegistryError> {
         let service = slot.name();
-        if let Some(label) = &label {
-            label
-                .parse::<VersionLabel>()
-                .map_err(|e| RegistryError::InvalidVersion(e.to_string()))?;
-        }
         if let DeployMode::Canary(weight) = mode
             && !(1..=100).contains(&weight)
         {
@@ -726,7 +722,7 @@ impl Registry {
         let size = wasm.len() as u64;
         let prepared = self.prepare(wasm.clone()).await?;
         check_contract(service, &slot.spec.subscribe, &prepared)?;
-        let label = label.unwrap_or_else(|| prepared.sha256[..12].to_string());
+        let label = label.map_or_else(|| prepared.sha256[..12].to_string(), String::from);
 
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
