@@ -163,18 +163,19 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         )
         .with_keys(auth::load_keys(auth_spec, &config.manifest.base_dir)?),
     );
-    let registry = Arc::new(
-        registry::Registry::load(
-            &config.manifest,
-            runtime.clone(),
-            storage.clone(),
-            auth.clone(),
-            &config.data_dir,
-        )
-        .await?,
+    let bus = bus::Bus::new(storage.clone());
+    let (dispatcher, mut started) = dispatch::Dispatcher::new(
+        runtime.clone(),
+        bus.clone(),
+        registry::RegistryParts {
+            runtime,
+            storage,
+            auth: auth.clone(),
+            data_dir: config.data_dir.clone(),
+        },
     );
-    let bus = bus::Bus::new(storage);
-    let dispatcher = dispatch::Dispatcher::new(runtime, bus.clone(), registry.clone());
+    let registry = dispatcher.registry().clone();
+    registry.load(&config.manifest).await?;
 
     let tls = match &config.tls {
         Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
@@ -200,15 +201,23 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     tasks.push(registry.supervise(stop.clone()));
     let later: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
     {
-        let (bus, dispatcher, stop, later) = (
+        // Delivery loops for the slots `apply` starts at runtime.
+        let (bus, dispatcher, mut stop, later) = (
             bus.clone(),
             dispatcher.downgrade(),
             stop.clone(),
             later.clone(),
         );
-        registry.set_spawner(Box::new(move |slot| {
-            if let Some(dispatcher) = dispatcher.upgrade() {
-                let loops = dispatch::delivery::spawn_slot(&bus, slot, &dispatcher, &stop);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let slot = tokio::select! {
+                    slot = started.recv() => slot,
+                    _ = stop.wait_for(|stop| *stop) => None,
+                };
+                let (Some(slot), Some(dispatcher)) = (slot, dispatcher.upgrade()) else {
+                    return;
+                };
+                let loops = dispatch::delivery::spawn_slot(&bus, &slot, &dispatcher, &stop);
                 let mut later = later.lock();
                 later.retain(|task| !task.is_finished());
                 later.extend(loops);

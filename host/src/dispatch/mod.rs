@@ -20,15 +20,16 @@ use crate::outcome::{Class, DispatchError, classify};
 use crate::policy::breaker::Breakers;
 use crate::policy::{self, Cache, CacheControl};
 use crate::problem::problem_bytes;
-use crate::registry::{Registry, ServiceSlot};
+use crate::registry::{Registry, RegistryParts, ServiceSlot};
 use crate::runtime::Runtime;
 use crate::store::StoreError;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How often a request whose commit conflicted is run again before giving up.
 pub const MAX_CONFLICT_RETRIES: u32 = 8;
@@ -103,8 +104,9 @@ struct Inner {
     registry: Arc<Registry>,
     breakers: Arc<Breakers>,
     metrics: Arc<Metrics>,
-    /// This dispatcher as the server of guests' service-to-service calls.
-    as_caller: OnceLock<Arc<dyn ServiceCaller>>,
+    /// This dispatcher as the server of guests' service-to-service calls (a weak
+    /// handle: the dispatcher must not keep itself alive).
+    as_caller: Arc<dyn ServiceCaller>,
 }
 
 /// The identity the gateway (or a calling service's host side) put on the request.
@@ -144,27 +146,38 @@ fn cache_owner(headers: &http::HeaderMap) -> Option<String> {
 }
 
 impl Dispatcher {
-    pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>, registry: Arc<Registry>) -> Dispatcher {
-        let health_caller = registry.clone();
-        let breakers = Arc::new(Breakers::default());
-        let mut metrics = Metrics::new();
-        metrics.observe(&breakers, &registry, &bus);
-        let dispatcher = Dispatcher {
-            inner: Arc::new(Inner {
+    /// The dispatcher and the registry it routes through, made together: the registry's
+    /// health checks make their service calls through this dispatcher. Returns the
+    /// receiver of slots that start serving at runtime (see [`Registry::new`]).
+    pub fn new(
+        runtime: Arc<Runtime>,
+        bus: Arc<Bus>,
+        registry: RegistryParts,
+    ) -> (Dispatcher, UnboundedReceiver<Arc<ServiceSlot>>) {
+        let mut started = None;
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let caller: Arc<dyn ServiceCaller> = Arc::new(WeakCaller(weak.clone()));
+            let (registry, receiver) = Registry::new(registry, caller.clone());
+            started = Some(receiver);
+            let registry = Arc::new(registry);
+            let breakers = Arc::new(Breakers::default());
+            let mut metrics = Metrics::new();
+            metrics.observe(&breakers, &registry, &bus);
+            Inner {
                 runtime,
                 bus,
                 registry,
                 breakers,
                 metrics: Arc::new(metrics),
-                as_caller: OnceLock::new(),
-            }),
-        };
-        // A weak handle: the dispatcher must not keep itself alive.
-        let caller: Arc<dyn ServiceCaller> =
-            Arc::new(WeakCaller(Arc::downgrade(&dispatcher.inner)));
-        let _ = dispatcher.inner.as_caller.set(caller.clone());
-        health_caller.set_caller(caller);
-        dispatcher
+                as_caller: caller,
+            }
+        });
+        let started = started.expect("new_cyclic runs its closure once");
+        (Dispatcher { inner }, started)
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
     }
 
     /// A handle that does not keep the dispatcher alive (for what the registry holds).
@@ -209,7 +222,7 @@ impl Dispatcher {
             request_id: text(REQUEST_ID_HEADER).map(str::to_string),
             identity: identity_of(headers),
             hops: text(HOPS_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0),
-            caller: self.inner.as_caller.get().cloned(),
+            caller: Some(self.inner.as_caller.clone()),
         };
         let mut retries = 0;
         let result = loop {
@@ -477,7 +490,7 @@ impl Dispatcher {
         let version = pinned.version().label.clone();
         let cx = RequestContext {
             traceparent: item.event.traceparent.clone(),
-            caller: self.inner.as_caller.get().cloned(),
+            caller: Some(self.inner.as_caller.clone()),
             ..RequestContext::new(&version)
         };
         let outcome = self
@@ -512,7 +525,7 @@ impl Dispatcher {
 
 /// A dispatcher that may be gone.
 #[derive(Clone)]
-pub struct WeakDispatcher(std::sync::Weak<Inner>);
+pub struct WeakDispatcher(Weak<Inner>);
 
 impl WeakDispatcher {
     pub fn upgrade(&self) -> Option<Dispatcher> {
@@ -521,7 +534,7 @@ impl WeakDispatcher {
 }
 
 /// Serves guests' service-to-service calls without keeping the dispatcher alive.
-struct WeakCaller(std::sync::Weak<Inner>);
+struct WeakCaller(Weak<Inner>);
 
 impl ServiceCaller for WeakCaller {
     fn call(

@@ -28,7 +28,7 @@ use record::{CanaryRecord, ComponentStore, HistoryEntry, ServiceRecord, VersionM
 use router::Router;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Prepared versions kept in memory beyond those routed to, so that swapping back to a
@@ -173,8 +173,6 @@ pub struct Refusal {
 }
 
 /// Starts the delivery loops of a slot added by an applied manifest.
-pub type Spawner = Box<dyn Fn(&Arc<ServiceSlot>) + Send + Sync>;
-
 /// All services, by name.
 pub struct Registry {
     runtime: Arc<Runtime>,
@@ -187,54 +185,68 @@ pub struct Registry {
     /// Recently prepared versions by sha256, most recent last.
     loaded: Mutex<VecDeque<Prepared>>,
     /// Serves the service-to-service calls of health checks.
-    caller: OnceLock<Arc<dyn ServiceCaller>>,
-    spawner: OnceLock<Spawner>,
+    caller: Arc<dyn ServiceCaller>,
+    /// Slots that started serving at runtime (added or reconfigured by `apply`), for
+    /// whoever runs their delivery loops.
+    started: tokio::sync::mpsc::UnboundedSender<Arc<ServiceSlot>>,
     /// One manifest applied at a time.
     applying: tokio::sync::Mutex<()>,
 }
 
+/// What the registry is built from.
+pub struct RegistryParts {
+    pub runtime: Arc<Runtime>,
+    pub storage: Arc<dyn Storage>,
+    pub auth: Arc<crate::auth::Auth>,
+    /// Holds the component store (`<data_dir>/components`).
+    pub data_dir: std::path::PathBuf,
+}
+
 impl Registry {
-    /// Builds every service of the manifest. A service the registry has a record of
-    /// comes back as it was (active version, canary, history) unless the manifest now
-    /// names a different component for it, which then becomes active.
-    pub async fn load(
-        manifest: &Manifest,
-        runtime: Arc<Runtime>,
-        storage: Arc<dyn Storage>,
-        auth: Arc<crate::auth::Auth>,
-        data_dir: &std::path::Path,
-    ) -> anyhow::Result<Registry> {
+    /// An empty registry whose health checks make their service calls through
+    /// `caller`; [`Registry::load`] fills it. The receiver gets every slot that starts
+    /// serving at runtime.
+    pub fn new(
+        parts: RegistryParts,
+        caller: Arc<dyn ServiceCaller>,
+    ) -> (
+        Registry,
+        tokio::sync::mpsc::UnboundedReceiver<Arc<ServiceSlot>>,
+    ) {
+        let (started, receiver) = tokio::sync::mpsc::unbounded_channel();
         let registry = Registry {
-            runtime,
-            storage,
-            auth,
-            components: ComponentStore::new(data_dir.join("components")),
+            runtime: parts.runtime,
+            storage: parts.storage,
+            auth: parts.auth,
+            components: ComponentStore::new(parts.data_dir.join("components")),
             catalog: RwLock::new(Arc::new(Catalog::new(BTreeMap::new()))),
             records: Mutex::new(HashMap::new()),
             loaded: Mutex::new(VecDeque::new()),
-            caller: OnceLock::new(),
-            spawner: OnceLock::new(),
+            caller,
+            started,
             applying: tokio::sync::Mutex::new(()),
         };
+        (registry, receiver)
+    }
+
+    /// Builds every service of the manifest. A service the registry has a record of
+    /// comes back as it was (active version, canary, history) unless the manifest now
+    /// names a different component for it, which then becomes active.
+    pub async fn load(&self, manifest: &Manifest) -> anyhow::Result<()> {
         let mut services = BTreeMap::new();
         for spec in &manifest.services {
-            let slot = registry
+            let slot = self
                 .restore(manifest, spec, false)
                 .await
                 .with_context(|| format!("service {:?}", spec.name))?;
             services.insert(spec.name.to_string(), Arc::new(slot));
         }
-        registry.set_catalog(Catalog::new(services));
-        Ok(registry)
+        self.set_catalog(Catalog::new(services));
+        Ok(())
     }
 
     fn set_catalog(&self, catalog: Catalog) {
         *self.catalog.write() = Arc::new(catalog);
-    }
-
-    /// Who starts the delivery loops of services added or reconfigured at runtime.
-    pub fn set_spawner(&self, spawner: Spawner) {
-        let _ = self.spawner.set(spawner);
     }
 
     /// Makes the running services what `manifest` says, without a restart: adds new
@@ -320,10 +332,9 @@ impl Registry {
             }
         }
         self.set_catalog(Catalog::new(services));
-        if let Some(spawn) = self.spawner.get() {
-            for slot in &started {
-                spawn(slot);
-            }
+        for slot in started {
+            // Nobody listening: the host is shutting down.
+            let _ = self.started.send(slot);
         }
         tracing::info!(?report, "manifest applied");
         report
@@ -360,11 +371,6 @@ impl Registry {
         let version = record.active.clone();
         self.commit(slot, &mut held, record, entry, true).await?;
         Ok(Some(version))
-    }
-
-    /// Who serves the service-to-service calls that health checks make.
-    pub fn set_caller(&self, caller: Arc<dyn ServiceCaller>) {
-        let _ = self.caller.set(caller);
     }
 
     fn catalog(&self) -> Arc<Catalog> {
@@ -597,7 +603,7 @@ impl Registry {
         prepared: &Prepared,
     ) -> Result<(), String> {
         let cx = RequestContext {
-            caller: self.caller.get().cloned(),
+            caller: Some(self.caller.clone()),
             ..RequestContext::new(label)
         };
         match self.runtime.check_health(prepared, &slot.grants, &cx).await {
