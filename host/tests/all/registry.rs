@@ -697,3 +697,79 @@ async fn the_contract_gate_refuses_a_version_that_cannot_serve_the_subscriptions
     host.shutdown().await;
     Ok(())
 }
+
+/// The `window` counters of the active version and the canary.
+async fn windows(host: &Host) -> anyhow::Result<[(u64, u64); 2]> {
+    let s = status(host, "echo").await?;
+    let counts = |v: &serde_json::Value| {
+        (
+            v["window"]["ok"].as_u64().unwrap_or(u64::MAX),
+            v["window"]["failed"].as_u64().unwrap_or(u64::MAX),
+        )
+    };
+    Ok([counts(&s["active"]), counts(&s["canary"])])
+}
+
+/// The outcome table's rows as the breaker and the canary analysis see them: a 503 the
+/// service answers is no verdict for either, a 4xx is a success for both, a 500 a
+/// failure for both (the active version's against the breaker, the canary's against
+/// its analysis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_and_canary_count_a_guest_503_alike() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let svc = Svc::new("echo", "/", "test-echo")
+        .set("breaker = { failures = 3, open_ms = 60000 }")
+        .set("canary = { min_requests = 10, error_margin_pct = 20, window_ms = 600000 }");
+    let host = Host::start(&[svc], dir.path()).await?;
+    let r = host
+        .deploy_with("echo", "version=v2&canary=50", echo()?)
+        .await?;
+    expect(&r, 201, "canary deploy");
+
+    // A guest's own 503 (a dependency of its is down): no verdict either way.
+    for _ in 0..40 {
+        let r = host.post("/x?status=503", "").await?;
+        expect(&r, 503, "the service's own 503");
+        assert!(r.served_by().is_some(), "answered by a version");
+    }
+    assert_eq!(windows(&host).await?, [(0, 0), (0, 0)], "503s counted");
+    assert_eq!(crate::policies::breaker(&host, "echo").await?, "closed");
+    assert!(status(&host, "echo").await?["canary"].is_object());
+
+    // A 4xx is the caller's fault: a success for both.
+    for _ in 0..10 {
+        expect(
+            &host.post("/x?status=404", "").await?,
+            404,
+            "the service's 404",
+        );
+    }
+    let [(active_ok, active_failed), (canary_ok, canary_failed)] = windows(&host).await?;
+    assert_eq!((active_failed, canary_failed), (0, 0));
+    assert_eq!(active_ok + canary_ok, 10, "every 404 counted as a success");
+
+    // A 500 is the service's failure: the active version's open the breaker after 3,
+    // the canary's go to its window; once open, nothing reaches either.
+    let mut answered = 0;
+    for _ in 0..40 {
+        let r = host.post("/x?status=500", "").await?;
+        match r.status {
+            500 => answered += 1,
+            503 => {}
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert_eq!(crate::policies::breaker(&host, "echo").await?, "open");
+    let [(_, active_failed), (_, canary_failed)] = windows(&host).await?;
+    assert_eq!(
+        active_failed, 3,
+        "the breaker opened on the third active failure"
+    );
+    assert_eq!(
+        active_failed + canary_failed,
+        answered,
+        "every 500 the service answered counted once"
+    );
+    host.shutdown().await;
+    Ok(())
+}
