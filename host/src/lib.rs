@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod bus;
 pub mod capability;
 pub mod config;

@@ -12,7 +12,7 @@ use crate::headers::{
     SUBJECT_HEADER, TRACEPARENT_HEADER,
 };
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -167,11 +167,9 @@ impl WasiHttpHooks for Outgoing {
             let hops = self.hops + 1;
             return Box::new(async move {
                 let (mut parts, body) = request.into_parts();
-                let body = Limited::new(body, MAX_CALL_BODY)
-                    .collect()
+                let body = crate::body::collect(body, MAX_CALL_BODY)
                     .await
-                    .map_err(|_| HttpError::HttpRequestBodySize(None))?
-                    .to_bytes();
+                    .map_err(|_| HttpError::HttpRequestBodySize(None))?;
                 strip_identity_headers(&mut parts.headers);
                 if let Ok(v) = http::HeaderValue::from_str(&service) {
                     parts.headers.insert(CALLER_HEADER, v);

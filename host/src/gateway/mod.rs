@@ -12,6 +12,7 @@ pub mod trace;
 pub mod transform;
 
 use crate::auth::Auth;
+use crate::body::BodyError;
 use crate::capability::outgoing::{set_identity_headers, strip_identity_headers};
 use crate::config::RateLimitKey;
 use crate::dispatch::Dispatcher;
@@ -20,7 +21,7 @@ use crate::problem::problem_bytes;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -267,10 +268,10 @@ async fn read_body(
         return Err(too_large());
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Box::new(problem_bytes(
+    match crate::body::collect(body, limit).await {
+        Ok(body) => Ok(body),
+        Err(BodyError::TooLarge(_)) => Err(too_large()),
+        Err(BodyError::Failed(e)) => Err(Box::new(problem_bytes(
             StatusCode::BAD_REQUEST,
             format!("failed to read the request body: {e}"),
             serde_json::Map::new(),

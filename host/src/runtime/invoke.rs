@@ -4,11 +4,12 @@
 
 use super::component::Warm;
 use super::{InvocationState, Prepared, Runtime};
+use crate::body::BodyError;
 use crate::bus::envelope::Envelope;
 use crate::bus::unit::UnitOfWork;
 use crate::capability::{RequestContext, ServiceGrants, WitEvent};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -46,6 +47,12 @@ pub enum InvokeError {
     NotASubscriber,
     #[error("the handler returned an error: {0}")]
     Rejected(String),
+}
+
+impl InvokeError {
+    fn instantiate(e: wasmtime::Error) -> InvokeError {
+        InvokeError::Instantiate(format!("{e:#}"))
+    }
 }
 
 /// How a guest call ended, and the store (with the unit of work and the limiter's
@@ -117,7 +124,6 @@ impl Runtime {
         request: http::Request<Bytes>,
     ) -> Result<(http::Response<Bytes>, UnitOfWork), InvokeError> {
         let timeout = grants.timeout();
-        let memory_bytes = grants.memory_bytes();
         let reuse = grants.limits.instance_reuse;
         // A warm instance when the service allows reuse and one is idle; else a fresh one.
         let (store, warm) = match prepared.warm.take().filter(|_| reuse > 1) {
@@ -135,8 +141,7 @@ impl Runtime {
                 store,
                 warm.map(|(proxy, _)| proxy),
                 request,
-                memory_bytes,
-                timeout,
+                grants,
             ),
         )
         .await?;
@@ -168,7 +173,6 @@ impl Runtime {
             .clone()
             .ok_or(InvokeError::NotASubscriber)?;
         let timeout = grants.timeout();
-        let memory_bytes = grants.memory_bytes();
         let mut store = self.new_store(grants, cx);
         let event = WitEvent {
             id: event.id.clone(),
@@ -183,16 +187,16 @@ impl Runtime {
             attempt,
         };
         Self::bounded(timeout, async move {
-            let bindings = match pre.instantiate_async(&mut store).await {
-                Ok(b) => b,
-                Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
-            };
+            let bindings = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(InvokeError::instantiate)?;
             let result = bindings
                 .microhost_platform_subscriber()
                 .call_handle(&mut store, &event)
                 .await
                 .map_err(GuestFailure::Call);
-            check_guest(result, &store, memory_bytes, timeout)?.map_err(InvokeError::Rejected)?;
+            check_guest(result, &store, grants)?.map_err(InvokeError::Rejected)?;
             Ok(store.into_data().granted.unit)
         })
         .await
@@ -211,22 +215,21 @@ impl Runtime {
             return Ok(Ok(()));
         };
         let timeout = grants.timeout();
-        let memory_bytes = grants.memory_bytes();
         let mut store = self.new_store(grants, cx);
         Self::bounded(timeout, async move {
-            let instance = match pre.instantiate_async(&mut store).await {
-                Ok(instance) => instance,
-                Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
-            };
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(InvokeError::instantiate)?;
             let health = instance
                 .get_typed_func::<(), (Result<(), String>,)>(&mut store, &index)
-                .map_err(|e| InvokeError::Instantiate(format!("{e:#}")))?;
+                .map_err(InvokeError::instantiate)?;
             let result = health
                 .call_async(&mut store, ())
                 .await
                 .map(|(verdict,)| verdict)
                 .map_err(GuestFailure::Call);
-            check_guest(result, &store, memory_bytes, timeout)
+            check_guest(result, &store, grants)
         })
         .await
     }
@@ -237,8 +240,7 @@ impl Runtime {
         mut store: Store<InvocationState>,
         warm: Option<Proxy>,
         request: http::Request<Bytes>,
-        memory_bytes: usize,
-        timeout: Duration,
+        grants: &ServiceGrants,
     ) -> Result<
         (
             http::Response<Bytes>,
@@ -248,17 +250,16 @@ impl Runtime {
         InvokeError,
     > {
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
-        let internal = |e: wasmtime::Error| InvokeError::Instantiate(format!("{e:#}"));
         let req = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request.map(Full::new))
-            .map_err(internal)?;
+            .map_err(InvokeError::instantiate)?;
         let out = store
             .data_mut()
             .http()
             .new_response_outparam(sender)
-            .map_err(internal)?;
+            .map_err(InvokeError::instantiate)?;
 
         let pre = prepared.pre.clone();
         let guest = async move {
@@ -291,12 +292,7 @@ impl Runtime {
         let (parts, body) = match head {
             Some(Ok(response)) => {
                 let (parts, body) = response.into_parts();
-                let collect = async {
-                    Limited::new(body, MAX_RESPONSE_BYTES)
-                        .collect()
-                        .await
-                        .map(|c| c.to_bytes())
-                };
+                let collect = crate::body::collect(body, MAX_RESPONSE_BYTES);
                 // The guest may still be writing the body: drive both.
                 let body = match finished {
                     Some(_) => collect.await,
@@ -313,7 +309,7 @@ impl Runtime {
                     Some(outcome) => outcome,
                     None => guest.await,
                 };
-                check_guest(result, &store, memory_bytes, timeout)?;
+                check_guest(result, &store, grants)?;
                 return Err(InvokeError::ErrorResponse(describe_error_code(&code)));
             }
             None => (None, Ok(Bytes::new())),
@@ -323,16 +319,13 @@ impl Runtime {
             Some(outcome) => outcome,
             None => guest.await,
         };
-        check_guest(result, &store, memory_bytes, timeout)?;
+        check_guest(result, &store, grants)?;
         let Some(parts) = parts else {
             return Err(InvokeError::NoResponse);
         };
-        let body = body.map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                InvokeError::ResponseTooLarge
-            } else {
+        let body = body.map_err(|e| match e {
+            BodyError::TooLarge(_) => InvokeError::ResponseTooLarge,
+            BodyError::Failed(e) => {
                 InvokeError::ErrorResponse(format!("the response body failed: {e}"))
             }
         })?;
@@ -349,21 +342,20 @@ impl Runtime {
 fn check_guest<T>(
     result: Result<T, GuestFailure>,
     store: &Store<InvocationState>,
-    memory_bytes: usize,
-    timeout: Duration,
+    grants: &ServiceGrants,
 ) -> Result<T, InvokeError> {
     let e = match result {
         Ok(value) => return Ok(value),
         Err(GuestFailure::Instantiate(e)) => {
-            return Err(InvokeError::Instantiate(format!("{e:#}")));
+            return Err(InvokeError::instantiate(e));
         }
         Err(GuestFailure::Call(e)) => e,
     };
     if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        return Err(InvokeError::Timeout(timeout));
+        return Err(InvokeError::Timeout(grants.timeout()));
     }
     if store.data().granted.limiter.hit {
-        return Err(InvokeError::MemoryLimit(memory_bytes));
+        return Err(InvokeError::MemoryLimit(grants.memory_bytes()));
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         return Err(InvokeError::Trap(trap.to_string()));
