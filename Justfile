@@ -46,9 +46,11 @@ watch *ARGS: build-components
         fi; \
     done
 
-# Build the components, then run every test (unit and integration, real host over HTTP).
+# Build the components, then run every test: the host's (unit and integration, real host
+# over HTTP) and the guest helper's unit tests (natively, on the host's target).
 test: build-components
     cargo test --workspace
+    cd components && cargo test -p microhost-guest --target "$(rustc -vV | sed -n 's/^host: //p')"
 
 # Format both workspaces.
 fmt:
