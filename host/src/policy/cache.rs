@@ -1,38 +1,47 @@
 //! The response cache of a route: which `GET` answers may be kept and for how long
-//! (`Cache-Control`), a bounded store per active version, and invalidation by path.
+//! (`Cache-Control`, decided here), in a store bounded by entries (moka, least recently
+//! used out first) holding the active version's answers, invalidated by path.
 
 use crate::config::CacheSpec;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use moka::policy::EvictionPolicy;
+use parking_lot::RwLock;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A cached response.
-#[derive(Clone)]
 struct Entry {
+    /// The version that answered it: one from before a version change is never served.
+    version: String,
     /// The request path, for invalidation by writes.
     path: String,
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
     stored: Instant,
+    /// How long it is fresh; after that only a fallback serves it.
     ttl: Duration,
+}
+
+impl Entry {
+    fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored)
+    }
+
+    fn is_fresh(&self, now: Instant) -> bool {
+        self.age(now) < self.ttl
+    }
 }
 
 /// `GET` responses of one service's active version.
 pub struct Cache {
     pub spec: CacheSpec,
-    state: Mutex<CacheState>,
-}
-
-#[derive(Default)]
-struct CacheState {
-    /// The version the entries came from; another one empties the cache.
-    version: String,
-    entries: HashMap<String, Entry>,
-    /// Keys, oldest first, for eviction.
-    order: VecDeque<String>,
+    /// The version the entries came from; another one empties the store.
+    version: RwLock<String>,
+    /// Keyed by [`Cache::key`]. Nothing expires here: an entry past its lifetime stays
+    /// until it is evicted, invalidated or the version changes, for `fallback = cached`.
+    entries: moka::sync::Cache<String, Arc<Entry>>,
 }
 
 /// The directives of a `Cache-Control` header that matter here.
@@ -76,11 +85,42 @@ impl CacheControl {
     }
 }
 
+/// How long `response` may be served from the cache, or `None` if it may not be kept:
+/// only a `200` without `Set-Cookie` or `Vary`, no larger than `max_entry_kib`, and not
+/// `no-store`, `no-cache` or `private`; fresh for its `s-maxage`, else `max-age`, else
+/// the route's `ttl_ms` (a lifetime of zero is not kept).
+pub fn lifetime(spec: &CacheSpec, response: &http::Response<Bytes>) -> Option<Duration> {
+    if response.status() != StatusCode::OK
+        || response.headers().contains_key(header::SET_COOKIE)
+        || response.headers().contains_key(header::VARY)
+        || response.body().len() as u64 > spec.max_entry_kib.saturating_mul(1024)
+    {
+        return None;
+    }
+    let cc = CacheControl::parse(response.headers());
+    if cc.no_store || cc.no_cache || cc.private {
+        return None;
+    }
+    match cc.s_maxage.or(cc.max_age) {
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+        None => Some(Duration::from_millis(spec.ttl_ms)),
+    }
+}
+
 impl Cache {
     pub(super) fn new(spec: &CacheSpec) -> Cache {
+        let capacity = u64::try_from(spec.max_entries).unwrap_or(u64::MAX);
         Cache {
             spec: spec.clone(),
-            state: Mutex::new(CacheState::default()),
+            version: RwLock::new(String::new()),
+            // Least recently used out first: moka's default (TinyLFU) may refuse a new
+            // answer while the store is full of popular ones, and a refused answer
+            // would be a MISS on every request for it.
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
         }
     }
 
@@ -93,29 +133,41 @@ impl Cache {
 
     /// Drops every entry for `path` (any query, anyone's).
     pub fn invalidate_path(&self, path: &str) {
-        let mut state = self.state.lock();
-        let CacheState { entries, order, .. } = &mut *state;
-        entries.retain(|_, entry| entry.path != path);
-        order.retain(|key| entries.contains_key(key));
+        for (key, entry) in self.entries.iter() {
+            if entry.path == path {
+                self.entries.invalidate(&*key);
+            }
+        }
     }
 
-    fn state_for(&self, version: &str) -> parking_lot::MutexGuard<'_, CacheState> {
-        let mut state = self.state.lock();
-        if state.version != version {
-            state.entries.clear();
-            state.order.clear();
-            state.version = version.to_string();
+    /// Empties the store if its entries are not `version`'s.
+    fn switch_to(&self, version: &str) {
+        if *self.version.read() == version {
+            return;
         }
-        state
+        let mut current = self.version.write();
+        if *current != version {
+            self.entries.invalidate_all();
+            *current = version.to_string();
+        }
     }
 
     /// The cached response for `key` of `version`: a fresh one only, or one past its
     /// lifetime too (`stale_ok`, for fallbacks).
     pub fn get(&self, version: &str, key: &str, stale_ok: bool) -> Option<http::Response<Bytes>> {
-        let state = self.state_for(version);
-        let entry = state.entries.get(key)?;
-        let age = entry.stored.elapsed();
-        if age >= entry.ttl && !stale_ok {
+        self.get_at(version, key, stale_ok, Instant::now())
+    }
+
+    fn get_at(
+        &self,
+        version: &str,
+        key: &str,
+        stale_ok: bool,
+        now: Instant,
+    ) -> Option<http::Response<Bytes>> {
+        self.switch_to(version);
+        let entry = self.entries.get(key)?;
+        if entry.version != version || !(stale_ok || entry.is_fresh(now)) {
             return None;
         }
         let mut response = http::Response::new(entry.body.clone());
@@ -123,51 +175,43 @@ impl Cache {
         *response.headers_mut() = entry.headers.clone();
         response
             .headers_mut()
-            .insert(header::AGE, HeaderValue::from(age.as_secs()));
+            .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
         Some(response)
     }
 
-    /// Keeps `response` (answered by `version`) if it may be cached.
+    /// Keeps `response` (answered by `version`) if it may be cached (see [`lifetime`]).
     pub fn store(&self, version: &str, key: &str, path: &str, response: &http::Response<Bytes>) {
-        if response.status() != StatusCode::OK
-            || response.headers().contains_key(header::SET_COOKIE)
-            || response.headers().contains_key(header::VARY)
-            || response.body().len() as u64 > self.spec.max_entry_kib.saturating_mul(1024)
-        {
+        self.store_at(version, key, path, response, Instant::now());
+    }
+
+    fn store_at(
+        &self,
+        version: &str,
+        key: &str,
+        path: &str,
+        response: &http::Response<Bytes>,
+        now: Instant,
+    ) {
+        let Some(ttl) = lifetime(&self.spec, response) else {
             return;
-        }
-        let cc = CacheControl::parse(response.headers());
-        if cc.no_store || cc.no_cache || cc.private {
-            return;
-        }
-        let ttl = match cc.s_maxage.or(cc.max_age) {
-            Some(0) => return,
-            Some(secs) => Duration::from_secs(secs),
-            None => Duration::from_millis(self.spec.ttl_ms),
         };
+        self.switch_to(version);
         let entry = Entry {
+            version: version.to_string(),
             path: path.to_string(),
             status: response.status(),
             headers: response.headers().clone(),
             body: response.body().clone(),
-            stored: Instant::now(),
+            stored: now,
             ttl,
         };
-        let mut state = self.state_for(version);
-        if state.entries.insert(key.to_string(), entry).is_none() {
-            state.order.push_back(key.to_string());
-        }
-        while state.entries.len() > self.spec.max_entries {
-            let Some(oldest) = state.order.pop_front() else {
-                break;
-            };
-            state.entries.remove(&oldest);
-        }
+        self.entries.insert(key.to_string(), Arc::new(entry));
     }
 
-    /// Entries now held.
+    /// Entries now held (after the store's pending evictions and invalidations).
     pub fn len(&self) -> usize {
-        self.state.lock().entries.len()
+        self.entries.run_pending_tasks();
+        usize::try_from(self.entries.entry_count()).unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -220,6 +264,7 @@ mod tests {
         );
         cache.store("v1", "e", "/e", &ok("e", None));
         cache.store("v1", "f", "/f", &ok("f", None));
+        assert_eq!(cache.len(), 2, "bounded by max_entries");
         assert!(cache.get("v1", "a", true).is_none(), "oldest evicted");
         assert!(
             cache.get("v2", "f", true).is_none(),
@@ -234,5 +279,151 @@ mod tests {
         cache.store("v2", "y\n/other", "/other", &ok("o", None));
         cache.invalidate_path("/p");
         assert_eq!(cache.len(), 1, "a write to /p drops its entries, whoever's");
+    }
+
+    fn spec() -> CacheSpec {
+        CacheSpec {
+            ttl_ms: 1_500,
+            max_entries: 10,
+            max_entry_kib: 1,
+        }
+    }
+
+    fn with(
+        response: http::Response<Bytes>,
+        name: &'static str,
+        value: &'static str,
+    ) -> http::Response<Bytes> {
+        let mut response = response;
+        response
+            .headers_mut()
+            .append(name, HeaderValue::from_static(value));
+        response
+    }
+
+    #[test]
+    fn lifetime_follows_the_response() {
+        let spec = spec();
+        let kept = |r: &http::Response<Bytes>| lifetime(&spec, r);
+        assert_eq!(
+            kept(&ok("a", None)),
+            Some(Duration::from_millis(1_500)),
+            "ttl_ms"
+        );
+        assert_eq!(
+            kept(&ok("a", Some("max-age=60"))),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            kept(&ok("a", Some("max-age=60, s-maxage=30"))),
+            Some(Duration::from_secs(30)),
+            "s-maxage is for shared caches"
+        );
+        assert_eq!(
+            kept(&ok("a", Some("public"))),
+            Some(Duration::from_millis(1_500))
+        );
+        for cc in [
+            "no-store",
+            "no-cache",
+            "private",
+            "max-age=0",
+            "s-maxage=0, max-age=60",
+        ] {
+            assert_eq!(kept(&ok("a", Some(cc))), None, "{cc}");
+        }
+        assert_eq!(kept(&with(ok("a", None), "pragma", "no-cache")), None);
+        assert_eq!(
+            kept(&with(ok("a", Some("public")), "set-cookie", "sid=1")),
+            None
+        );
+        assert_eq!(kept(&with(ok("a", None), "vary", "accept-language")), None);
+        let mut missing = ok("a", Some("max-age=60"));
+        *missing.status_mut() = StatusCode::NOT_FOUND;
+        assert_eq!(kept(&missing), None, "200 only");
+        let big = ok(Box::leak("x".repeat(1025).into_boxed_str()), None);
+        assert_eq!(kept(&big), None, "over max_entry_kib");
+    }
+
+    #[test]
+    fn requests_ask_for_fresh_answers() {
+        let asked = |name: &'static str, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            CacheControl::parse(&h)
+        };
+        assert!(asked("cache-control", "no-cache").no_cache);
+        assert!(asked("pragma", "No-Cache").no_cache);
+        assert!(asked("cache-control", "max-age=0, no-store").no_store);
+        assert_eq!(
+            asked("cache-control", "max-age=5"),
+            CacheControl {
+                max_age: Some(5),
+                ..CacheControl::default()
+            }
+        );
+    }
+
+    #[test]
+    fn fresh_for_its_lifetime_then_only_for_fallbacks() {
+        let cache = Cache::new(&spec());
+        let t0 = Instant::now();
+        cache.store_at("v1", "k", "/k", &ok("k", Some("max-age=10")), t0);
+        let age = |r: Option<http::Response<Bytes>>| {
+            r.and_then(|r| {
+                r.headers()
+                    .get(header::AGE)?
+                    .to_str()
+                    .ok()?
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
+        assert_eq!(age(cache.get_at("v1", "k", false, t0)), Some(0));
+        assert_eq!(
+            age(cache.get_at("v1", "k", false, t0 + Duration::from_millis(9_999))),
+            Some(9)
+        );
+        assert!(
+            cache
+                .get_at("v1", "k", false, t0 + Duration::from_secs(10))
+                .is_none(),
+            "stale"
+        );
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            age(cache.get_at("v1", "k", true, t0 + day)),
+            Some(86_400),
+            "a fallback takes it however old"
+        );
+        assert!(
+            cache.get_at("v2", "k", true, t0).is_none(),
+            "not another version's"
+        );
+        assert!(
+            cache.get_at("v1", "k", true, t0).is_none(),
+            "the version change emptied it"
+        );
+    }
+
+    #[test]
+    fn the_least_recently_used_goes_first() {
+        let cache = Cache::new(&CacheSpec {
+            max_entries: 2,
+            ..spec()
+        });
+        cache.store("v1", "a", "/a", &ok("a", None));
+        cache.store("v1", "b", "/b", &ok("b", None));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("v1", "a", false).is_some());
+        assert_eq!(cache.len(), 2);
+        cache.store("v1", "c", "/c", &ok("c", None));
+        assert_eq!(cache.len(), 2);
+        assert!(
+            cache.get("v1", "b", true).is_none(),
+            "b was read least recently"
+        );
+        assert!(cache.get("v1", "a", false).is_some());
+        assert!(cache.get("v1", "c", false).is_some());
     }
 }
