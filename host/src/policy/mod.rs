@@ -1,16 +1,19 @@
 //! The running state of a route's policies (`config::PolicySpec` is the manifest side),
 //! one [`Policy`] per service slot, applied by the dispatcher and the gateway: a keyed
 //! rate limit (`rate`), a concurrency limit with a bounded queue (`shed`), a retry
-//! budget (`budget`), a response cache (`cache`) and the circuit breakers (`breaker`).
+//! budget (`budget`), a response cache (`cache`, its rules in `freshness`) and the circuit
+//! breakers (`breaker`).
 
 pub mod breaker;
 mod budget;
 mod cache;
+mod freshness;
 mod rate;
 mod shed;
 
 pub use budget::RetryBudget;
-pub use cache::{Cache, CacheControl};
+pub use cache::Cache;
+pub use freshness::CacheControl;
 pub use rate::{RateDecision, RateLimit};
 pub use shed::{Shed, Shedder};
 
