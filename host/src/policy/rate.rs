@@ -1,0 +1,74 @@
+//! A token bucket per client key (governor's GCRA), with what the `RateLimit-*`
+//! headers say about it.
+
+use crate::config::RateLimitSpec;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+type KeyedLimiter =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// A token bucket per client key.
+pub struct RateLimit {
+    limiter: KeyedLimiter,
+    pub spec: RateLimitSpec,
+    checks: AtomicU64,
+}
+
+/// A rate-limit decision, with what the `RateLimit-*` headers say.
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// When a token is next available (0 if one is now).
+    pub reset: Duration,
+}
+
+impl RateLimit {
+    pub(super) fn new(spec: &RateLimitSpec) -> RateLimit {
+        let per_second = NonZeroU32::new(spec.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(spec.burst()).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(per_second).allow_burst(burst);
+        RateLimit {
+            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
+            spec: spec.clone(),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket, if there is one.
+    pub fn check(&self, key: &str) -> RateDecision {
+        // Forget buckets that have refilled now and then, so idle clients cost nothing.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.retain_recent();
+        }
+        let limit = self.spec.burst();
+        let key = key.to_string();
+        match self.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                // Until the bucket is full again.
+                let missing = f64::from(limit.saturating_sub(remaining));
+                RateDecision {
+                    allowed: true,
+                    limit,
+                    remaining,
+                    reset: Duration::from_secs_f64(
+                        missing / f64::from(self.spec.per_second.max(1)),
+                    ),
+                }
+            }
+            Err(not_until) => RateDecision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset: not_until.wait_time_from(DefaultClock::default().now()),
+            },
+        }
+    }
+}
