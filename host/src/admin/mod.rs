@@ -23,6 +23,7 @@
 
 mod bus;
 pub mod client;
+mod views;
 
 use crate::bus::Bus;
 use crate::config::{Manifest, VersionLabel};
@@ -38,6 +39,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use std::sync::Arc;
+use views::{CatalogView, ChangeView, HistoryView, ServiceStatus, ServiceView, VersionsView};
 
 /// Largest component upload.
 pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
@@ -152,15 +154,18 @@ async fn not_found(request: Request) -> Response {
     .into_response()
 }
 
-async fn list_services(State(state): State<AdminState>) -> Response {
-    let mut services = state.registry.catalog_json().await;
-    for service in &mut services {
-        if let Some(name) = service["name"].as_str() {
-            let breaker = state.dispatcher.breakers().status(name);
-            service["breaker"] = serde_json::json!(breaker);
-        }
+/// A service's status with its callers' circuit breaker.
+fn service_view(state: &AdminState, service: &crate::registry::ServiceState) -> ServiceView {
+    ServiceView {
+        status: ServiceStatus::new(service),
+        breaker: state.dispatcher.breakers().status(service.slot.name()),
     }
-    axum::Json(serde_json::json!({ "services": services })).into_response()
+}
+
+async fn list_services(State(state): State<AdminState>) -> Response {
+    let services = state.registry.states().await;
+    let services = services.iter().map(|s| service_view(&state, s)).collect();
+    axum::Json(CatalogView { services }).into_response()
 }
 
 /// A refused registry change as a problem: 404 unknown service or version, 400 invalid
@@ -287,10 +292,12 @@ async fn changed(
     result: Result<crate::registry::record::HistoryEntry, RegistryError>,
 ) -> Response {
     match result {
-        Ok(entry) => match state.registry.status(name).await {
-            Ok(status) => {
-                axum::Json(serde_json::json!({ "change": entry, "status": status })).into_response()
-            }
+        Ok(change) => match state.registry.state(name).await {
+            Ok(service) => axum::Json(ChangeView {
+                change,
+                status: ServiceStatus::new(&service),
+            })
+            .into_response(),
             Err(error) => registry_problem(name, error),
         },
         Err(error) => registry_problem(name, error),
@@ -343,18 +350,15 @@ async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> 
 }
 
 async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    match state.registry.status(&name).await {
-        Ok(mut status) => {
-            status["breaker"] = serde_json::json!(state.dispatcher.breakers().status(&name));
-            axum::Json(status).into_response()
-        }
+    match state.registry.state(&name).await {
+        Ok(service) => axum::Json(service_view(&state, &service)).into_response(),
         Err(error) => registry_problem(&name, error),
     }
 }
 
 async fn versions(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    match state.registry.versions(&name).await {
-        Ok(versions) => axum::Json(versions).into_response(),
+    match state.registry.state(&name).await {
+        Ok(service) => axum::Json(VersionsView::new(&name, &service.record)).into_response(),
         Err(error) => registry_problem(&name, error),
     }
 }
@@ -384,9 +388,11 @@ async fn history(
         .registry
         .history(&name, query.after, query.limit.clamp(1, 1000))
     {
-        Ok(entries) => {
-            axum::Json(serde_json::json!({ "service": name, "history": entries })).into_response()
-        }
+        Ok(history) => axum::Json(HistoryView {
+            service: name,
+            history,
+        })
+        .into_response(),
         Err(error) => registry_problem(&name, error),
     }
 }

@@ -26,7 +26,6 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use record::{CanaryRecord, ComponentStore, HistoryEntry, ServiceRecord, VersionMeta};
 use router::Router;
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -112,6 +111,12 @@ pub struct Deployed {
     /// Whether the version was new to the service's store.
     pub stored: bool,
     pub from_cache: bool,
+}
+
+/// A service as it is now, for whoever shows it (the admin API).
+pub struct ServiceState {
+    pub slot: Arc<ServiceSlot>,
+    pub record: ServiceRecord,
 }
 
 /// The contract gate: a version must export what the manifest routes it to. (The HTTP
@@ -902,41 +907,12 @@ impl Registry {
         self.commit(&slot, &mut held, record, entry, false).await
     }
 
-    /// The service's state: routing, health, draining versions, rollback stack.
-    pub async fn status(&self, service: &str) -> Result<serde_json::Value, RegistryError> {
+    /// The service as it is now: its slot (settings, routing, health, draining
+    /// versions) and its record (stored versions, canary, rollback stack).
+    pub async fn state(&self, service: &str) -> Result<ServiceState, RegistryError> {
         let slot = self.slot(service)?;
         let record = self.record_of(service)?.lock().await.clone();
-        Ok(status_json(&slot, &record))
-    }
-
-    /// Every stored version of the service and its role.
-    pub async fn versions(&self, service: &str) -> Result<serde_json::Value, RegistryError> {
-        self.slot(service)?;
-        let record = self.record_of(service)?.lock().await.clone();
-        let versions: Vec<serde_json::Value> = record
-            .versions
-            .iter()
-            .map(|(label, meta)| {
-                let role = if *label == record.active {
-                    "active"
-                } else if record.canary.as_ref().is_some_and(|c| c.version == *label) {
-                    "canary"
-                } else if record.previous.contains(label) {
-                    "previous"
-                } else {
-                    "stored"
-                };
-                json!({
-                    "version": label,
-                    "role": role,
-                    "sha256": meta.sha256,
-                    "size": meta.size,
-                    "deployed_at_ms": meta.deployed_at_ms,
-                    "exports": meta.exports,
-                })
-            })
-            .collect();
-        Ok(json!({ "service": service, "versions": versions }))
+        Ok(ServiceState { slot, record })
     }
 
     /// The service's history after sequence number `after`, oldest first.
@@ -950,17 +926,17 @@ impl Registry {
         Ok(record::history(&*self.storage, service, after, limit)?)
     }
 
-    /// The catalog entry of every service (for `GET /admin/services`).
-    pub async fn catalog_json(&self) -> Vec<serde_json::Value> {
-        let mut services = Vec::new();
+    /// Every service as it is now, by name.
+    pub async fn states(&self) -> Vec<ServiceState> {
+        let mut states = Vec::new();
         for slot in self.services() {
             let record = match self.record_of(slot.name()) {
                 Ok(lock) => lock.lock().await.clone(),
                 Err(_) => continue,
             };
-            services.push(status_json(&slot, &record));
+            states.push(ServiceState { slot, record });
         }
-        services
+        states
     }
 
     /// Runs health checks and canary analysis until `stop` turns true.
@@ -1048,53 +1024,4 @@ fn meta_of(prepared: &Prepared, size: u64) -> VersionMeta {
         deployed_at_ms: record::now_ms(),
         exports: prepared.exports.clone(),
     }
-}
-
-fn version_json(version: &Version) -> serde_json::Value {
-    let window = version.window();
-    json!({
-        "version": version.label,
-        "sha256": version.prepared.sha256,
-        "deployed_at_ms": version
-            .deployed_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        "in_flight": version.in_flight(),
-        "served": version.served(),
-        "loaded_from_cache": version.prepared.from_cache,
-        "window": { "ok": window.ok, "failed": window.failed },
-    })
-}
-
-fn status_json(slot: &ServiceSlot, record: &ServiceRecord) -> serde_json::Value {
-    let routing = slot.routing();
-    json!({
-        "name": slot.name(),
-        "route": slot.spec.route,
-        "publishes": slot.spec.publishes,
-        "subscribes": slot.spec.subscribe.iter().map(|s| &s.topic).collect::<Vec<_>>(),
-        "calls": slot.spec.calls,
-        "protected": slot.spec.protected,
-        "limits": {
-            "memory_mib": slot.spec.limits.memory_mib,
-            "timeout_ms": slot.spec.limits.timeout_ms,
-            "max_body_kib": slot.spec.limits.max_body_kib,
-        },
-        "active": version_json(&routing.active),
-        "canary": routing.canary.as_ref().map(|(version, weight)| {
-            let mut v = version_json(version);
-            v["weight"] = json!(weight);
-            v
-        }),
-        "previous": record.previous,
-        "versions": record.versions.len(),
-        "draining": slot
-            .draining()
-            .into_iter()
-            .map(|(version, in_flight)| json!({ "version": version, "in_flight": in_flight }))
-            .collect::<Vec<_>>(),
-        "health": slot.health(),
-        "policy": slot.policy.status(),
-    })
 }
