@@ -1,0 +1,283 @@
+//! Reconciliation with the manifest: each service built as its record says when the
+//! host starts, and a changed manifest applied at runtime (services added, removed,
+//! reconfigured, or given a changed component).
+
+use super::catalog::Catalog;
+use super::gate::check_contract;
+use super::prepared::meta_of;
+use super::record::{self, HistoryEntry, ServiceRecord};
+use super::{Registry, RegistryError, ServiceSlot};
+use crate::config::{Manifest, ServiceSpec};
+use crate::runtime::Prepared;
+use anyhow::Context as _;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What applying a manifest changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Services whose settings (route, limits, config, subscriptions...) changed.
+    pub reconfigured: Vec<String>,
+    /// Services whose component changed: `service@version`.
+    pub deployed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Services left as they were, and why.
+    pub refused: Vec<Refusal>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub service: String,
+    pub reason: String,
+}
+
+impl Registry {
+    /// Makes the running services what `manifest` says, without a restart: adds new
+    /// services, removes those no longer listed (their records and history are kept for
+    /// a later return), rebuilds those whose settings changed, and deploys a component
+    /// that changed (through the health gate; a refused one leaves its service as it
+    /// was). Requests in flight finish on what they started on.
+    pub async fn apply(&self, manifest: &Manifest) -> ApplyReport {
+        let _one_at_a_time = self.applying.lock().await;
+        let old = self.catalog();
+        let mut report = ApplyReport::default();
+        let mut services = BTreeMap::new();
+        let mut started = Vec::new();
+        for spec in &manifest.services {
+            let name = spec.name.to_string();
+            let Some(current) = old.services.get(&name) else {
+                match self.restore(manifest, spec, true).await {
+                    Ok(slot) => {
+                        let slot = Arc::new(slot);
+                        started.push(slot.clone());
+                        services.insert(name.clone(), slot);
+                        report.added.push(name);
+                    }
+                    Err(e) => report.refused.push(Refusal {
+                        service: name,
+                        reason: format!("{e:#}"),
+                    }),
+                }
+                continue;
+            };
+            let reconfigured = current.spec != *spec;
+            let outcome = async {
+                let slot = if reconfigured {
+                    let routing = current.routing();
+                    // The versions serving now must fit the new subscriptions too.
+                    for version in routing.versions() {
+                        check_contract(&name, &spec.subscribe, &version.prepared)?;
+                    }
+                    Arc::new(
+                        current
+                            .reconfigured(spec, self.storage.clone(), self.auth.clone())
+                            .map_err(|e| RegistryError::InvalidVersion(format!("{e:#}")))?,
+                    )
+                } else {
+                    current.clone()
+                };
+                let deployed = self.deploy_manifest_version(manifest, spec, &slot).await?;
+                Ok::<_, RegistryError>((slot, deployed))
+            }
+            .await;
+            match outcome {
+                Ok((slot, deployed)) => {
+                    let redeployed = deployed.is_some();
+                    if let Some(version) = deployed {
+                        report.deployed.push(format!("{name}@{version}"));
+                    }
+                    if reconfigured {
+                        report.reconfigured.push(name.clone());
+                        started.push(slot.clone());
+                    } else if !redeployed {
+                        report.unchanged.push(name.clone());
+                    }
+                    services.insert(name.clone(), slot);
+                }
+                Err(e) => {
+                    // Left as it was: the old slot and the old entry.
+                    report.refused.push(Refusal {
+                        service: name.clone(),
+                        reason: e.to_string(),
+                    });
+                    services.insert(name.clone(), current.clone());
+                }
+            }
+        }
+        for (name, slot) in &old.services {
+            if !services.contains_key(name) {
+                // Its record lock stays: an operation may hold it, and the service may
+                // come back.
+                report.removed.push(name.clone());
+            }
+            if !services.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                slot.retire();
+            }
+        }
+        self.set_catalog(Catalog::new(services));
+        for slot in started {
+            // Nobody listening: the host is shutting down.
+            let _ = self.started.send(slot);
+        }
+        tracing::info!(?report, "manifest applied");
+        report
+    }
+
+    /// Deploys the manifest's component of an existing service if it differs from what
+    /// the manifest said when last applied; returns the version it activated.
+    async fn deploy_manifest_version(
+        &self,
+        manifest: &Manifest,
+        spec: &ServiceSpec,
+        slot: &ServiceSlot,
+    ) -> Result<Option<String>, RegistryError> {
+        let path = manifest.component_path(spec);
+        let wasm = Bytes::from(std::fs::read(&path).map_err(|e| {
+            RegistryError::InvalidVersion(format!("failed to read component {path:?}: {e}"))
+        })?);
+        let prepared = self.prepare(wasm.clone()).await?;
+        check_contract(&spec.name, &spec.subscribe, &prepared)?;
+        let lock = self.record_of(&spec.name)?;
+        let mut held = lock.lock().await;
+        let desired = (spec.component.version.to_string(), prepared.sha256.clone());
+        if held.manifest == desired {
+            return Ok(None);
+        }
+        self.store_component(&prepared.sha256, wasm.clone()).await?;
+        let (record, entry) = manifest_change(
+            Some(held.clone()),
+            desired,
+            &prepared,
+            wasm.len() as u64,
+            &path,
+        );
+        let version = record.active.clone();
+        self.commit(slot, &mut held, record, entry, true).await?;
+        Ok(Some(version))
+    }
+
+    /// The service's slot as its record says (see [`Registry::load`]). With `gate` (a
+    /// service added at runtime) the versions it routes to pass their health checks
+    /// before anything is saved.
+    pub(super) async fn restore(
+        &self,
+        manifest: &Manifest,
+        spec: &ServiceSpec,
+        gate: bool,
+    ) -> anyhow::Result<ServiceSlot> {
+        let path = manifest.component_path(spec);
+        let wasm = Bytes::from(std::fs::read(&path).with_context(|| {
+            format!("failed to read component {path:?} (run `just build-components`?)")
+        })?);
+        let size = wasm.len() as u64;
+        let prepared = self
+            .prepare(wasm.clone())
+            .await
+            .with_context(|| format!("component {path:?}"))?;
+        check_contract(&spec.name, &spec.subscribe, &prepared)
+            .with_context(|| format!("component {path:?}"))?;
+        let desired = (spec.component.version.to_string(), prepared.sha256.clone());
+        let stored = record::load(&*self.storage, &spec.name)?;
+        let (record, entry) = match stored {
+            Some(record) if record.manifest == desired => (record, None),
+            stored => {
+                self.store_component(&prepared.sha256, wasm).await?;
+                let (record, entry) = manifest_change(stored, desired, &prepared, size, &path);
+                (record, Some(entry))
+            }
+        };
+        let routing = self
+            .routing_for(&spec.name, &spec.subscribe, &record, None, None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let slot = ServiceSlot::new(
+            spec,
+            self.storage.clone(),
+            self.auth.clone(),
+            routing.clone(),
+        )?;
+        if gate {
+            for version in routing.versions() {
+                self.check(&slot, &version.label, &version.prepared)
+                    .await
+                    .map_err(|reason| RegistryError::Unhealthy {
+                        service: spec.name.to_string(),
+                        version: version.label.clone(),
+                        reason,
+                    })?;
+            }
+        }
+        if let Some(entry) = entry {
+            record::save(&*self.storage, &spec.name, Some(&record), entry).await?;
+        }
+        tracing::info!(
+            service = %spec.name,
+            active = %routing.active.label,
+            canary = ?record.canary,
+            sha256 = %&routing.active.prepared.sha256[..12],
+            cached = routing.active.prepared.from_cache,
+            "service ready"
+        );
+        let existing = self.records_lock().get(spec.name.as_str()).cloned();
+        match existing {
+            Some(lock) => *lock.lock().await = record,
+            None => {
+                self.records_lock().insert(
+                    spec.name.to_string(),
+                    Arc::new(tokio::sync::Mutex::new(record)),
+                );
+            }
+        }
+        Ok(slot)
+    }
+}
+
+/// The record after the manifest names new content (or a new label) for a service: the
+/// manifest's version becomes active and any canary ends. A label names one content for
+/// good, so rebuilt content under the same label gets its hash appended
+/// (`0.1.0+1a2b3c4d`).
+fn manifest_change(
+    stored: Option<ServiceRecord>,
+    desired: (String, String),
+    prepared: &Prepared,
+    size: u64,
+    path: &std::path::Path,
+) -> (ServiceRecord, HistoryEntry) {
+    let mut record = stored.unwrap_or_else(|| ServiceRecord {
+        active: String::new(),
+        canary: None,
+        previous: Vec::new(),
+        versions: BTreeMap::new(),
+        manifest: desired.clone(),
+    });
+    let mut label = desired.0.clone();
+    if record
+        .versions
+        .get(&label)
+        .is_some_and(|meta| meta.sha256 != prepared.sha256)
+    {
+        label.truncate(64 - 9);
+        label = format!("{label}+{}", &prepared.sha256[..8]);
+    }
+    record
+        .versions
+        .entry(label.clone())
+        .or_insert_with(|| meta_of(prepared, size));
+    let from = record.active.clone();
+    if from.is_empty() {
+        record.active = label.clone();
+    } else {
+        record.activate(&label);
+    }
+    record.canary = None;
+    record.manifest = desired;
+    let mut entry =
+        HistoryEntry::new("manifest", &label).detail(format!("from {}", path.display()));
+    if !from.is_empty() && from != label {
+        entry = entry.from(&from);
+    }
+    (record, entry)
+}
