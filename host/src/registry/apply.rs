@@ -5,10 +5,10 @@
 use super::catalog::Catalog;
 use super::gate::check_contract;
 use super::prepared::meta_of;
-use super::record::{self, HistoryEntry, ServiceRecord};
+use super::record;
+use super::transition;
 use super::{Registry, RegistryError, ServiceSlot};
 use crate::config::{Manifest, ServiceSpec};
-use crate::runtime::Prepared;
 use anyhow::Context as _;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -147,15 +147,10 @@ impl Registry {
             return Ok(None);
         }
         self.store_component(&prepared.sha256, wasm.clone()).await?;
-        let (record, entry) = manifest_change(
-            Some(held.clone()),
-            desired,
-            &prepared,
-            wasm.len() as u64,
-            &path,
-        );
-        let version = record.active.clone();
-        self.commit(slot, &mut held, record, entry, true).await?;
+        let meta = meta_of(&prepared, wasm.len() as u64);
+        let next = transition::manifest_change(Some(&held), desired, meta, &path, record::now_ms());
+        let version = next.record.active.clone();
+        self.commit(slot, &mut held, next, true).await?;
         Ok(Some(version))
     }
 
@@ -185,8 +180,15 @@ impl Registry {
             Some(record) if record.manifest == desired => (record, None),
             stored => {
                 self.store_component(&prepared.sha256, wasm).await?;
-                let (record, entry) = manifest_change(stored, desired, &prepared, size, &path);
-                (record, Some(entry))
+                let meta = meta_of(&prepared, size);
+                let next = transition::manifest_change(
+                    stored.as_ref(),
+                    desired,
+                    meta,
+                    &path,
+                    record::now_ms(),
+                );
+                (next.record, Some(next.entry))
             }
         };
         let routing = self
@@ -233,51 +235,4 @@ impl Registry {
         }
         Ok(slot)
     }
-}
-
-/// The record after the manifest names new content (or a new label) for a service: the
-/// manifest's version becomes active and any canary ends. A label names one content for
-/// good, so rebuilt content under the same label gets its hash appended
-/// (`0.1.0+1a2b3c4d`).
-fn manifest_change(
-    stored: Option<ServiceRecord>,
-    desired: (String, String),
-    prepared: &Prepared,
-    size: u64,
-    path: &std::path::Path,
-) -> (ServiceRecord, HistoryEntry) {
-    let mut record = stored.unwrap_or_else(|| ServiceRecord {
-        active: String::new(),
-        canary: None,
-        previous: Vec::new(),
-        versions: BTreeMap::new(),
-        manifest: desired.clone(),
-    });
-    let mut label = desired.0.clone();
-    if record
-        .versions
-        .get(&label)
-        .is_some_and(|meta| meta.sha256 != prepared.sha256)
-    {
-        label.truncate(64 - 9);
-        label = format!("{label}+{}", &prepared.sha256[..8]);
-    }
-    record
-        .versions
-        .entry(label.clone())
-        .or_insert_with(|| meta_of(prepared, size));
-    let from = record.active.clone();
-    if from.is_empty() {
-        record.active = label.clone();
-    } else {
-        record.activate(&label);
-    }
-    record.canary = None;
-    record.manifest = desired;
-    let mut entry =
-        HistoryEntry::new("manifest", &label).detail(format!("from {}", path.display()));
-    if !from.is_empty() && from != label {
-        entry = entry.from(&from);
-    }
-    (record, entry)
 }

@@ -5,6 +5,7 @@
 use super::gate::check_contract;
 use super::prepared::meta_of;
 use super::record::{self, CanaryRecord, HistoryEntry, ServiceRecord};
+use super::transition::{self, Transition};
 use super::{Registry, RegistryError, ServiceSlot};
 use crate::config::VersionLabel;
 use bytes::Bytes;
@@ -47,16 +48,17 @@ pub struct Deployed {
 }
 
 impl Registry {
-    /// Applies a change: computes the routing for `record` (loading and gating new
-    /// versions), persists record and history entry, then switches traffic.
+    /// Applies a change: computes the routing for the next record (loading and gating
+    /// the versions it newly routes to), persists record and history entry, then
+    /// switches traffic.
     pub(super) async fn commit(
         &self,
         slot: &ServiceSlot,
         held: &mut ServiceRecord,
-        record: ServiceRecord,
-        entry: HistoryEntry,
+        next: Transition,
         gate: bool,
     ) -> Result<HistoryEntry, RegistryError> {
+        let Transition { record, entry } = next;
         let current = slot.routing();
         let routing = self
             .routing_for(
@@ -84,7 +86,8 @@ impl Registry {
     /// Records a refused change in the history (best effort: the refusal is what the
     /// caller needs to see).
     async fn refused(&self, service: &str, version: &str, error: &RegistryError) {
-        let entry = HistoryEntry::new("refused", version).detail(error.to_string());
+        let entry =
+            HistoryEntry::new("refused", version, record::now_ms()).detail(error.to_string());
         if let Err(e) = record::save(&*self.storage, service, None, entry).await {
             tracing::warn!(service, error = %e, "could not record a refused change");
         }
@@ -121,12 +124,9 @@ impl Registry {
         mode: DeployMode,
     ) -> Result<Deployed, RegistryError> {
         let service = slot.name();
-        if let DeployMode::Canary(weight) = mode
-            && !(1..=100).contains(&weight)
-        {
-            return Err(RegistryError::InvalidVersion(format!(
-                "a canary weight is a percentage from 1 to 100, got {weight}"
-            )));
+        if let DeployMode::Canary(weight) = mode {
+            // Before anything is compiled, as the transition would refuse it after.
+            transition::check_weight(weight, 1)?;
         }
         let size = wasm.len() as u64;
         let prepared = self.prepare(wasm.clone()).await?;
@@ -135,41 +135,16 @@ impl Registry {
 
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
-        if let Some(meta) = held.versions.get(&label)
-            && meta.sha256 != prepared.sha256
-        {
-            return Err(RegistryError::VersionConflict {
-                service: service.to_string(),
-                label,
-                existing_sha256: meta.sha256.clone(),
-            });
-        }
-        let mut record = held.clone();
-        record
-            .versions
-            .entry(label.clone())
-            .or_insert_with(|| meta_of(&prepared, size));
-        let mut entry = HistoryEntry::new("deploy", &label).from(&held.active);
-        match mode {
-            DeployMode::Activate => record.activate(&label),
-            DeployMode::Canary(weight) => {
-                not_active(&record, service, &label)?;
-                record.canary = Some(CanaryRecord {
-                    version: label.clone(),
-                    weight,
-                });
-                entry = entry.weight(weight);
-            }
-            DeployMode::Store => entry = entry.detail("stored, not routed to"),
-        }
+        let meta = meta_of(&prepared, size);
+        let next = transition::deploy(&held, service, &label, meta, mode, record::now_ms())?;
         let previous = held.active.clone();
-        let switched = record.active != held.active || record.canary != held.canary;
+        let switched = next.record.active != held.active || next.record.canary != held.canary;
         let stored = !held.versions.contains_key(&label);
         if switched || stored {
             self.store_component(&prepared.sha256, wasm).await?;
             // The slot in the catalog now (a manifest may have replaced it meanwhile).
             let slot = self.slot(service)?;
-            self.commit(&slot, &mut held, record, entry, true).await?;
+            self.commit(&slot, &mut held, next, true).await?;
         }
         Ok(Deployed {
             service: service.to_string(),
@@ -193,16 +168,8 @@ impl Registry {
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
         let slot = self.slot(service)?;
-        let mut record = held.clone();
-        known(&record, service, label)?;
-        if record.active == label {
-            return Err(RegistryError::Refused(format!(
-                "version {label:?} is already the active version of {service:?}"
-            )));
-        }
-        record.activate(label);
-        let entry = HistoryEntry::new("activate", label).from(&held.active);
-        self.commit(&slot, &mut held, record, entry, true).await
+        let next = transition::activate(&held, service, label, record::now_ms())?;
+        self.commit(&slot, &mut held, next, true).await
     }
 
     /// Sends `weight` percent of calls to a stored version; 0 ends the canary.
@@ -212,30 +179,13 @@ impl Registry {
         label: &str,
         weight: u8,
     ) -> Result<HistoryEntry, RegistryError> {
-        if weight > 100 {
-            return Err(RegistryError::InvalidVersion(format!(
-                "a canary weight is a percentage from 0 to 100, got {weight}"
-            )));
-        }
+        // Before anything is looked up, as the transition would refuse it after.
+        transition::check_weight(weight, 0)?;
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
         let slot = self.slot(service)?;
-        let mut record = held.clone();
-        known(&record, service, label)?;
-        not_active(&record, service, label)?;
-        if weight == 0 && record.canary.as_ref().is_none_or(|c| c.version != label) {
-            return Err(RegistryError::Refused(format!(
-                "version {label:?} is not the canary of {service:?}; weight 0 ends a canary"
-            )));
-        }
-        record.canary = (weight > 0).then(|| CanaryRecord {
-            version: label.to_string(),
-            weight,
-        });
-        let entry = HistoryEntry::new("canary", label)
-            .from(&held.active)
-            .weight(weight);
-        self.commit(&slot, &mut held, record, entry, true).await
+        let next = transition::set_canary(&held, service, label, weight, record::now_ms())?;
+        self.commit(&slot, &mut held, next, true).await
     }
 
     /// Makes the canary the active version.
@@ -243,20 +193,13 @@ impl Registry {
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
         let slot = self.slot(service)?;
-        let mut record = held.clone();
-        let Some(canary) = record.canary.clone() else {
-            return Err(RegistryError::Refused(format!(
-                "service {service:?} has no canary to promote"
-            )));
-        };
-        record.activate(&canary.version);
-        let entry = HistoryEntry::new("promote", &canary.version).from(&held.active);
-        self.commit(&slot, &mut held, record, entry, true).await
+        let next = transition::promote(&held, service, record::now_ms())?;
+        self.commit(&slot, &mut held, next, true).await
     }
 
     /// Undoes the last change: ends the canary if there is one, otherwise makes the
     /// previously active version active again. Not gated, so that it cannot be blocked.
-    /// `reason` marks an automatic rollback.
+    /// `auto` marks an automatic rollback.
     pub async fn rollback(
         &self,
         service: &str,
@@ -265,65 +208,7 @@ impl Registry {
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
         let slot = self.slot(service)?;
-        let mut record = held.clone();
-        if let Some(judged) = &auto
-            && record
-                .canary
-                .as_ref()
-                .is_none_or(|c| c.version != judged.canary)
-        {
-            // Changed since it was judged (promoted, replaced, already rolled back).
-            return Err(RegistryError::Refused(format!(
-                "canary {:?} of {service:?} is no longer the canary",
-                judged.canary
-            )));
-        }
-        let action = if auto.is_some() {
-            "auto-rollback"
-        } else {
-            "rollback"
-        };
-        let entry = if let Some(canary) = record.canary.take() {
-            HistoryEntry::new(action, &record.active)
-                .detail(format!("canary {:?} removed", canary.version))
-                .weight(0)
-        } else if let Some(previous) = record.previous.pop() {
-            record.active = previous.clone();
-            HistoryEntry::new(action, &previous).from(&held.active)
-        } else {
-            return Err(RegistryError::Refused(format!(
-                "service {service:?} has no canary and no previous version to roll back to"
-            )));
-        };
-        let entry = match auto {
-            Some(judged) => {
-                let detail = entry.detail.clone().unwrap_or_default();
-                entry.detail(format!("{detail}: {}", judged.reason))
-            }
-            None => entry,
-        };
-        self.commit(&slot, &mut held, record, entry, false).await
-    }
-}
-
-/// A canary must be another version than the active one.
-fn not_active(record: &ServiceRecord, service: &str, label: &str) -> Result<(), RegistryError> {
-    if record.active == label {
-        return Err(RegistryError::Refused(format!(
-            "version {label:?} is the active version of {service:?}; a canary must be \
-             another version"
-        )));
-    }
-    Ok(())
-}
-
-fn known(record: &ServiceRecord, service: &str, label: &str) -> Result<(), RegistryError> {
-    if record.versions.contains_key(label) {
-        Ok(())
-    } else {
-        Err(RegistryError::UnknownVersion {
-            service: service.to_string(),
-            version: label.to_string(),
-        })
+        let next = transition::rollback(&held, service, auto.as_ref(), record::now_ms())?;
+        self.commit(&slot, &mut held, next, false).await
     }
 }

@@ -9,7 +9,8 @@
 //! ([`ServiceSlot::pin`]), so a switch drops nothing.
 //!
 //! By job: `catalog` (which services exist, lookup by name and route), `lifecycle`
-//! (deploy, activate, canary, promote, rollback, and the commit they share), `apply`
+//! (deploy, activate, canary, promote, rollback, and the commit they share),
+//! `transition` (the pure record change each of those computes), `apply`
 //! (the manifest at start and applied at runtime), `gate` (contract and health gates),
 //! `prepared` (compiled versions, the component store, the routing a record asks for),
 //! `record` (what is persisted), `slot` (a service as the request path sees it),
@@ -26,6 +27,7 @@ pub mod record;
 mod router;
 mod slot;
 mod supervisor;
+mod transition;
 pub mod watch;
 
 pub use apply::{ApplyReport, Refusal};

@@ -111,10 +111,12 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    pub fn new(action: &str, version: &str) -> HistoryEntry {
+    /// An entry made at `at_ms` (Unix milliseconds; the sequence number comes when it is
+    /// saved).
+    pub fn new(action: &str, version: &str, at_ms: u64) -> HistoryEntry {
         HistoryEntry {
             seq: 0,
-            at_ms: now_ms(),
+            at_ms,
             action: action.to_string(),
             version: version.to_string(),
             from: None,
