@@ -1,5 +1,6 @@
 //! The admin API's JSON bodies about services (status, catalog, versions, history,
-//! changes), as typed views built from what the registry returns.
+//! changes), as typed views built from what the registry returns. A view with a
+//! constructor is only built from the registry's data, so its fields are private.
 
 use crate::config::{ServiceName, Topic};
 use crate::policy::breaker::Status as BreakerStatus;
@@ -26,82 +27,82 @@ pub struct CatalogView {
 /// A service's settings, routing, health and rollback stack.
 #[derive(Debug, Serialize)]
 pub struct ServiceStatus {
-    pub name: ServiceName,
-    pub route: String,
-    pub publishes: Vec<Topic>,
-    pub subscribes: Vec<Topic>,
-    pub calls: Vec<ServiceName>,
-    pub protected: bool,
-    pub limits: LimitsView,
-    pub active: VersionView,
+    name: ServiceName,
+    route: String,
+    publishes: Vec<Topic>,
+    subscribes: Vec<Topic>,
+    calls: Vec<ServiceName>,
+    protected: bool,
+    limits: LimitsView,
+    active: VersionView,
     /// `null` without a canary.
-    pub canary: Option<CanaryView>,
+    canary: Option<CanaryView>,
     /// Versions `rollback` walks back through, the most recent last.
-    pub previous: Vec<String>,
+    previous: Vec<String>,
     /// How many versions are stored.
-    pub versions: usize,
+    versions: usize,
     /// Versions switched away from that still have requests running.
-    pub draining: Vec<DrainingView>,
-    pub health: Health,
+    draining: Vec<DrainingView>,
+    health: Health,
     /// The route's policies and their state, as the policy module reports them.
-    pub policy: serde_json::Value,
+    policy: serde_json::Value,
 }
 
 #[derive(Debug, Serialize)]
 pub struct LimitsView {
-    pub memory_mib: u32,
-    pub timeout_ms: u64,
-    pub max_body_kib: u64,
+    memory_mib: u32,
+    timeout_ms: u64,
+    max_body_kib: u64,
 }
 
 /// A version taking traffic, with its counters in this process.
 #[derive(Debug, Serialize)]
 pub struct VersionView {
-    pub version: String,
-    pub sha256: String,
-    pub deployed_at_ms: u64,
-    pub in_flight: usize,
-    pub served: u64,
-    pub loaded_from_cache: bool,
+    version: String,
+    sha256: String,
+    deployed_at_ms: u64,
+    in_flight: usize,
+    served: u64,
+    loaded_from_cache: bool,
     /// Outcomes in the current canary-analysis window.
-    pub window: WindowView,
+    window: WindowView,
 }
 
 #[derive(Debug, Serialize)]
 pub struct WindowView {
-    pub ok: u64,
-    pub failed: u64,
+    ok: u64,
+    failed: u64,
 }
 
 /// The canary: a version view and its share of calls in percent.
 #[derive(Debug, Serialize)]
 pub struct CanaryView {
     #[serde(flatten)]
-    pub version: VersionView,
-    pub weight: u8,
+    version: VersionView,
+    weight: u8,
 }
 
 #[derive(Debug, Serialize)]
 pub struct DrainingView {
-    pub version: String,
-    pub in_flight: usize,
+    version: String,
+    in_flight: usize,
 }
 
 /// `GET /admin/services/{name}/versions`.
 #[derive(Debug, Serialize)]
 pub struct VersionsView {
-    pub service: String,
-    pub versions: Vec<StoredVersionView>,
+    service: String,
+    versions: Vec<StoredVersionView>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct StoredVersionView {
-    pub version: String,
-    pub role: Role,
-    pub sha256: String,
-    pub size: u64,
-    pub deployed_at_ms: u64,
-    pub exports: Vec<String>,
+    version: String,
+    role: Role,
+    sha256: String,
+    size: u64,
+    deployed_at_ms: u64,
+    exports: Vec<String>,
 }
 
 /// `GET /admin/services/{name}/history`.
