@@ -203,13 +203,7 @@ impl Registry {
         )?;
         if gate {
             for version in routing.versions() {
-                self.check(&slot, &version.label, &version.prepared)
-                    .await
-                    .map_err(|reason| RegistryError::Unhealthy {
-                        service: spec.name.to_string(),
-                        version: version.label.clone(),
-                        reason,
-                    })?;
+                self.gate(&slot, &version.label, &version.prepared).await?;
             }
         }
         if let Some(entry) = entry {

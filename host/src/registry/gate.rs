@@ -2,7 +2,7 @@
 //! what the manifest routes to it) and the health gate (its `health` export, then the
 //! smoke request).
 
-use super::{Registry, ServiceSlot};
+use super::{Registry, RegistryError, ServiceSlot};
 use crate::capability::RequestContext;
 use crate::config::SubscriptionSpec;
 use crate::runtime::{ComponentError, Prepared};
@@ -29,6 +29,22 @@ pub(super) fn check_contract(
 }
 
 impl Registry {
+    /// [`Registry::check`] as a refusal of the change that would route to the version.
+    pub(super) async fn gate(
+        &self,
+        slot: &ServiceSlot,
+        label: &str,
+        prepared: &Prepared,
+    ) -> Result<(), RegistryError> {
+        self.check(slot, label, prepared)
+            .await
+            .map_err(|reason| RegistryError::Unhealthy {
+                service: slot.name().to_string(),
+                version: label.to_string(),
+                reason,
+            })
+    }
+
     /// The health gate: the version's `health` export, then the smoke request. Neither
     /// commits anything.
     pub(crate) async fn check(

@@ -66,8 +66,8 @@ impl Registry {
     }
 
     /// The routing `record` asks for. Versions already routed to in `current` are
-    /// reused (their in-flight counts go on); the others are loaded and, when `gate` is
-    /// given, health-checked first.
+    /// reused (their in-flight counts go on); the others are loaded, pass the contract
+    /// gate and, when `gate` is given, the health gate.
     pub(super) async fn routing_for(
         &self,
         service: &str,
@@ -76,50 +76,33 @@ impl Registry {
         current: Option<&Routing>,
         gate: Option<&ServiceSlot>,
     ) -> Result<Routing, RegistryError> {
-        let version =
-            |label: String| self.version_for(service, subscriptions, record, current, gate, label);
+        let version = |label: String| async move {
+            let reused = current.and_then(|r| r.versions().find(|v| v.label == label).cloned());
+            if let Some(version) = reused {
+                return Ok(version);
+            }
+            let meta =
+                record
+                    .versions
+                    .get(&label)
+                    .ok_or_else(|| RegistryError::UnknownVersion {
+                        service: service.to_string(),
+                        version: label.clone(),
+                    })?;
+            let prepared = self.prepared(&meta.sha256).await?;
+            check_contract(service, subscriptions, &prepared)?;
+            if let Some(slot) = gate {
+                self.gate(slot, &label, &prepared).await?;
+            }
+            let deployed_at = SystemTime::UNIX_EPOCH + Duration::from_millis(meta.deployed_at_ms);
+            Ok::<_, RegistryError>(Arc::new(Version::new(label, prepared, deployed_at)))
+        };
         let active = version(record.active.clone()).await?;
         let canary = match &record.canary {
             Some(c) => Some((version(c.version.clone()).await?, c.weight)),
             None => None,
         };
         Ok(Routing { active, canary })
-    }
-
-    /// One version of `record`: reused from `current`, or loaded (and gated).
-    async fn version_for(
-        &self,
-        service: &str,
-        subscriptions: &[SubscriptionSpec],
-        record: &ServiceRecord,
-        current: Option<&Routing>,
-        gate: Option<&ServiceSlot>,
-        label: String,
-    ) -> Result<Arc<Version>, RegistryError> {
-        let reused = current.and_then(|r| r.versions().find(|v| v.label == label).cloned());
-        if let Some(version) = reused {
-            return Ok(version);
-        }
-        let meta = record
-            .versions
-            .get(&label)
-            .ok_or_else(|| RegistryError::UnknownVersion {
-                service: service.to_string(),
-                version: label.clone(),
-            })?;
-        let prepared = self.prepared(&meta.sha256).await?;
-        check_contract(service, subscriptions, &prepared)?;
-        if let Some(slot) = gate {
-            self.check(slot, &label, &prepared)
-                .await
-                .map_err(|reason| RegistryError::Unhealthy {
-                    service: service.to_string(),
-                    version: label.clone(),
-                    reason,
-                })?;
-        }
-        let deployed_at = SystemTime::UNIX_EPOCH + Duration::from_millis(meta.deployed_at_ms);
-        Ok(Arc::new(Version::new(label, prepared, deployed_at)))
     }
 }
 
