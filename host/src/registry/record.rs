@@ -65,6 +65,30 @@ impl ServiceRecord {
             self.canary = None;
         }
     }
+
+    /// What the stored version `label` does now.
+    pub fn role(&self, label: &str) -> Role {
+        if self.active == label {
+            Role::Active
+        } else if self.canary.as_ref().is_some_and(|c| c.version == label) {
+            Role::Canary
+        } else if self.previous.iter().any(|v| v == label) {
+            Role::Previous
+        } else {
+            Role::Stored
+        }
+    }
+}
+
+/// What a stored version does: takes the traffic, takes the canary's share, waits on
+/// the rollback stack, or is only stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Active,
+    Canary,
+    Previous,
+    Stored,
 }
 
 /// One entry of a service's deployment history.
@@ -87,10 +111,12 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    pub fn new(action: &str, version: &str) -> HistoryEntry {
+    /// An entry made at `at_ms` (Unix milliseconds; the sequence number comes when it is
+    /// saved).
+    pub fn new(action: &str, version: &str, at_ms: u64) -> HistoryEntry {
         HistoryEntry {
             seq: 0,
-            at_ms: now_ms(),
+            at_ms,
             action: action.to_string(),
             version: version.to_string(),
             from: None,
@@ -246,5 +272,23 @@ mod tests {
         assert_eq!(r.canary, None, "promoting the canary ends it");
         r.activate("v4");
         assert_eq!(r.previous, ["v2", "v3", "v1"], "re-activating is a no-op");
+    }
+
+    #[test]
+    fn roles_of_stored_versions() {
+        let mut r = record();
+        r.activate("v2");
+        r.canary = Some(CanaryRecord {
+            version: "v3".into(),
+            weight: 10,
+        });
+        assert_eq!(r.role("v2"), Role::Active);
+        assert_eq!(r.role("v3"), Role::Canary);
+        assert_eq!(r.role("v1"), Role::Previous);
+        assert_eq!(r.role("v0"), Role::Stored);
+        assert_eq!(
+            serde_json::to_value([Role::Active, Role::Stored]).expect("roles serialize"),
+            serde_json::json!(["active", "stored"])
+        );
     }
 }
