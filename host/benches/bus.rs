@@ -155,7 +155,7 @@ backoff_ms = 10
     // Wait for the subscriber to catch up (lag 0).
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let cursor = host.bus.cursor("bench.events", "sub")?;
+        let cursor = host.cursor("bench.events", "sub")?;
         if cursor as usize >= events {
             break;
         }
@@ -184,7 +184,7 @@ backoff_ms = 10
             "publish l{i}: {status} {}",
             String::from_utf8_lossy(&body)
         );
-        while (host.bus.cursor("bench.events", "sub")? as usize) < events + i + 1 {
+        while (host.cursor("bench.events", "sub")? as usize) < events + i + 1 {
             tokio::time::sleep(Duration::from_micros(100)).await;
         }
     }

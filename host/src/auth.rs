@@ -20,12 +20,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 /// Name of the file in the data directory holding a generated signing secret.
-pub const JWT_SECRET_FILE: &str = "jwt-secret";
+pub(crate) const JWT_SECRET_FILE: &str = "jwt-secret";
 
 /// A key that verifies other issuers' tokens.
-pub struct VerifyKey {
-    pub kid: String,
-    pub alg: Algorithm,
+pub(crate) struct VerifyKey {
+    pub(crate) kid: String,
+    pub(crate) alg: Algorithm,
     key: DecodingKey,
     issuer: String,
     audience: String,
@@ -33,7 +33,7 @@ pub struct VerifyKey {
 
 /// The verification keys `[auth]` names: `[[auth.key]]` entries and the JWKS file, read
 /// relative to `base_dir`. Errors name the file and the key.
-pub fn load_keys(spec: &AuthSpec, base_dir: &Path) -> anyhow::Result<Vec<VerifyKey>> {
+pub(crate) fn load_keys(spec: &AuthSpec, base_dir: &Path) -> anyhow::Result<Vec<VerifyKey>> {
     let mut keys = Vec::new();
     for k in &spec.keys {
         let alg = Algorithm::from_str(&k.alg)
@@ -185,7 +185,7 @@ fn jwks_key(jwk: &serde_json::Value, spec: &AuthSpec) -> Result<Option<VerifyKey
 }
 
 /// The bearer token of `Authorization` (the scheme is case-insensitive).
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -198,23 +198,23 @@ const RESERVED: [&str; 6] = ["sub", "iss", "aud", "exp", "iat", "nbf"];
 
 /// A verified caller: the token's subject and its claims.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Identity {
-    pub subject: String,
+pub(crate) struct Identity {
+    pub(crate) subject: String,
     /// Every claim of the token (registered ones included), as JSON.
-    pub claims: Map<String, Value>,
+    pub(crate) claims: Map<String, Value>,
 }
 
 impl Identity {
     /// Who this is across issuers (`iss`, newline, `sub`): subjects of different
     /// issuers never share a rate-limit bucket or cache entries.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         let issuer = self.claims.get("iss").and_then(Value::as_str).unwrap_or("");
         format!("{issuer}\n{}", self.subject)
     }
 }
 
 /// Token settings and keys, and the password-hashing pool.
-pub struct Auth {
+pub(crate) struct Auth {
     issuer: String,
     audience: String,
     /// Accepted clock difference when checking `exp` and `nbf`, in seconds.
@@ -230,7 +230,7 @@ pub struct Auth {
 impl Auth {
     /// HS256 with `secret`; `issuer` and `audience` go into every token and are required
     /// of every token presented.
-    pub fn new(secret: &[u8], issuer: &str, audience: &str, leeway_secs: u64) -> Auth {
+    pub(crate) fn new(secret: &[u8], issuer: &str, audience: &str, leeway_secs: u64) -> Auth {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Auth {
             issuer: issuer.to_string(),
@@ -244,7 +244,7 @@ impl Auth {
     }
 
     /// Adds keys that verify other issuers' tokens.
-    pub fn with_keys(mut self, keys: Vec<VerifyKey>) -> Auth {
+    pub(crate) fn with_keys(mut self, keys: Vec<VerifyKey>) -> Auth {
         self.keys
             .extend(keys.into_iter().map(|key| (key.kid.clone(), key)));
         self
@@ -252,7 +252,10 @@ impl Auth {
 
     /// The signing secret: `configured` if given, else `<data_dir>/jwt-secret`, which is
     /// generated (random, mode 0600) on first start so tokens survive restarts.
-    pub fn load_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    pub(crate) fn load_secret(
+        configured: Option<&str>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Vec<u8>> {
         if let Some(secret) = configured {
             anyhow::ensure!(
                 secret.len() >= 32,
@@ -282,7 +285,7 @@ impl Auth {
     }
 
     /// Signs a token for `subject` with `extra` claims, valid for `ttl_secs`.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         subject: &str,
         extra: &Map<String, Value>,
@@ -312,7 +315,7 @@ impl Auth {
     /// Verifies a token: the key its `kid` names (the host's own without one), with
     /// that key's algorithm only, whatever the header says; `exp` (required), `nbf`,
     /// `iss` and `aud`, within the leeway.
-    pub fn verify(&self, token: &str) -> Result<Identity, String> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Identity, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("invalid token: {e}"))?;
         let (key, alg, issuer, audience) = match header.kid.as_deref() {
@@ -354,7 +357,7 @@ impl Auth {
     }
 
     /// An argon2id PHC string for `password`, computed on a blocking thread.
-    pub async fn hash_password(&self, password: String) -> Result<String, String> {
+    pub(crate) async fn hash_password(&self, password: String) -> Result<String, String> {
         self.on_hashing_pool(move || {
             use argon2::password_hash::{PasswordHasher as _, SaltString, rand_core::OsRng};
             let salt = SaltString::generate(&mut OsRng);
@@ -367,7 +370,11 @@ impl Auth {
     }
 
     /// Whether `password` matches `hash` (a PHC string), checked on a blocking thread.
-    pub async fn verify_password(&self, password: String, hash: String) -> Result<bool, String> {
+    pub(crate) async fn verify_password(
+        &self,
+        password: String,
+        hash: String,
+    ) -> Result<bool, String> {
         self.on_hashing_pool(move || {
             use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
             let parsed =

@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Limited};
 
 /// Why a body could not be read whole.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("the body could not be read: {0}")]
@@ -14,7 +14,7 @@ pub enum BodyError {
 }
 
 /// Reads `body` whole, refusing more than `limit` bytes.
-pub async fn collect<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+pub(crate) async fn collect<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -6,24 +6,26 @@
 //! library on `127.0.0.1:0`.
 
 pub mod admin;
-pub mod auth;
-pub mod body;
-pub mod bus;
-pub mod capability;
+mod auth;
+mod body;
+mod bus;
+mod capability;
 pub mod config;
-pub mod dispatch;
-pub mod gateway;
-pub mod headers;
-pub mod metrics;
-pub mod outcome;
-pub mod policy;
-pub mod problem;
-pub mod registry;
-pub mod runtime;
-pub mod store;
+mod dispatch;
+mod gateway;
+mod headers;
+mod metrics;
+mod outcome;
+mod policy;
+mod problem;
+mod registry;
+mod runtime;
+mod store;
+
+pub use gateway::server::ServerLimits;
 
 use anyhow::{Context as _, bail};
-use gateway::server::{ServerLimits, serve};
+use gateway::server::serve;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,8 +97,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The admin bearer token in force (configured or generated).
     pub admin_token: String,
-    pub registry: Arc<registry::Registry>,
-    pub bus: Arc<bus::Bus>,
+    bus: Arc<bus::Bus>,
     shutdown: watch::Sender<bool>,
     /// The two servers, the subscription loops and the registry's supervisor.
     tasks: Vec<JoinHandle<()>>,
@@ -105,6 +106,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The next log offset the subscription of `service` to `topic` will deliver.
+    pub fn cursor(&self, topic: &str, service: &str) -> anyhow::Result<u64> {
+        Ok(self.bus.cursor(topic, service)?)
+    }
+
     /// Stops accepting connections, lets in-flight requests and deliveries finish (up to
     /// the grace period), and closes the state database.
     pub async fn shutdown(self) {
@@ -271,7 +277,6 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         gateway_addr,
         admin_addr,
         admin_token,
-        registry,
         bus,
         shutdown,
         later,

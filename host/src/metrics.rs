@@ -22,7 +22,7 @@ fn histogram() -> Histogram {
 }
 
 /// Every metric of the host.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: prometheus_client::registry::Registry,
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -117,7 +117,7 @@ impl prometheus_client::collector::Collector for Live {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = prometheus_client::registry::Registry::default();
         let requests = Family::<Labels, Counter>::default();
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -183,7 +183,12 @@ impl Metrics {
     }
 
     /// Adds the breaker and bus states, read at each scrape.
-    pub fn observe(&mut self, breakers: &Arc<Breakers>, registry: &Arc<Registry>, bus: &Arc<Bus>) {
+    pub(crate) fn observe(
+        &mut self,
+        breakers: &Arc<Breakers>,
+        registry: &Arc<Registry>,
+        bus: &Arc<Bus>,
+    ) {
         self.registry.register_collector(Box::new(Live {
             breakers: Arc::downgrade(breakers),
             registry: Arc::downgrade(registry),
@@ -191,7 +196,7 @@ impl Metrics {
         }));
     }
 
-    pub fn request(&self, service: &str, version: &str, status: u16, elapsed: Duration) {
+    pub(crate) fn request(&self, service: &str, version: &str, status: u16, elapsed: Duration) {
         let labels: Labels = vec![
             ("service", service.to_string()),
             ("version", version.to_string()),
@@ -204,7 +209,7 @@ impl Metrics {
     }
 
     /// The in-flight gauge of `service` (callers keep it, so a request costs no lookup).
-    pub fn in_flight_gauge(&self, service: &str) -> Gauge {
+    pub(crate) fn in_flight_gauge(&self, service: &str) -> Gauge {
         self.in_flight
             .get_or_create(&vec![("service", service.to_string())])
             .clone()
@@ -214,19 +219,19 @@ impl Metrics {
         family.get_or_create(&labels).inc();
     }
 
-    pub fn rate_limited(&self, service: &str) {
+    pub(crate) fn rate_limited(&self, service: &str) {
         Self::count(&self.rate_limited, vec![("service", service.to_string())]);
     }
 
-    pub fn shed(&self, service: &str) {
+    pub(crate) fn shed(&self, service: &str) {
         Self::count(&self.shed, vec![("service", service.to_string())]);
     }
 
-    pub fn retried(&self, service: &str) {
+    pub(crate) fn retried(&self, service: &str) {
         Self::count(&self.retries, vec![("service", service.to_string())]);
     }
 
-    pub fn cache(&self, service: &str, result: &'static str) {
+    pub(crate) fn cache(&self, service: &str, result: &'static str) {
         Self::count(
             &self.cache,
             vec![
@@ -236,7 +241,7 @@ impl Metrics {
         );
     }
 
-    pub fn fallback(&self, service: &str, kind: &'static str) {
+    pub(crate) fn fallback(&self, service: &str, kind: &'static str) {
         Self::count(
             &self.fallbacks,
             vec![("service", service.to_string()), ("kind", kind.to_string())],
@@ -244,7 +249,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(error = %e, "encoding metrics failed");
@@ -260,10 +265,10 @@ impl Default for Metrics {
 }
 
 /// Counts a request as in flight until dropped.
-pub struct InFlightGuard(Gauge);
+pub(crate) struct InFlightGuard(Gauge);
 
 impl InFlightGuard {
-    pub fn new(gauge: &Gauge) -> InFlightGuard {
+    pub(crate) fn new(gauge: &Gauge) -> InFlightGuard {
         gauge.inc();
         InFlightGuard(gauge.clone())
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// Why a call produced no response of the service's own: the invocation's failure, or
 /// a refusal or fault of the host around it.
 #[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
+pub(crate) enum DispatchError {
     /// The invocation itself failed (trap, timeout, memory, no or broken response, a
     /// handler error, no instance).
     #[error(transparent)]
@@ -30,7 +30,7 @@ pub enum DispatchError {
 
 /// What an outcome is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// A 1xx–3xx answer, or an event the handler acknowledged.
     Success,
     /// A 4xx answer: the caller's fault; the service did its job.
@@ -48,7 +48,7 @@ pub enum Class {
 
 impl Class {
     /// The class of an answer the service gave with `status`.
-    pub fn of_status(status: StatusCode) -> Class {
+    pub(crate) fn of_status(status: StatusCode) -> Class {
         match status.as_u16() {
             ..=399 => Class::Success,
             400..=499 => Class::ClientError,
@@ -68,13 +68,13 @@ impl Class {
     }
 
     /// Whether the invocation's writes, events and acknowledgement commit.
-    pub fn commits(self) -> bool {
+    pub(crate) fn commits(self) -> bool {
         matches!(self, Class::Success | Class::ClientError)
     }
 
     /// The verdict for the service's circuit breaker and its canary analysis: `Some(true)`
     /// a failure held against it, `Some(false)` a success, `None` no verdict.
-    pub fn failed(self) -> Option<bool> {
+    pub(crate) fn failed(self) -> Option<bool> {
         match self {
             Class::Success | Class::ClientError => Some(false),
             Class::ServerFailure { blamed: true, .. } => Some(true),
@@ -84,7 +84,7 @@ impl Class {
 
     /// Whether another attempt may help (idempotent requests only; the caller decides
     /// about the method).
-    pub fn retriable(self) -> bool {
+    pub(crate) fn retriable(self) -> bool {
         match self {
             Class::Success | Class::ClientError => false,
             Class::ServerFailure { retriable, .. } | Class::HostRefusal { retriable } => retriable,
@@ -94,7 +94,7 @@ impl Class {
 
 impl InvokeError {
     /// What the invocation's own failure is.
-    pub fn class(&self) -> Class {
+    pub(crate) fn class(&self) -> Class {
         match self {
             // Blocked in the host or no instance: the host's capacity, not the guest.
             InvokeError::Instantiate(_) => Class::HostRefusal { retriable: true },
@@ -117,7 +117,7 @@ impl InvokeError {
     }
 
     /// The status the caller gets.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             InvokeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -133,7 +133,7 @@ impl InvokeError {
 }
 
 impl DispatchError {
-    pub fn class(&self) -> Class {
+    pub(crate) fn class(&self) -> Class {
         match self {
             DispatchError::Invoke(e) => e.class(),
             // Another attempt of the whole request may read data that no longer races.
@@ -145,7 +145,7 @@ impl DispatchError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             DispatchError::Invoke(e) => e.status(),
             DispatchError::BreakerOpen(_)
@@ -157,7 +157,7 @@ impl DispatchError {
     }
 
     /// Seconds for `Retry-After`: how long the refusal will last, where the host knows.
-    pub fn retry_after(&self) -> Option<u64> {
+    pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
             DispatchError::BreakerOpen(open) => Some(open.as_secs().max(1)),
             DispatchError::Overloaded(_) | DispatchError::Unhealthy(_) => Some(1),
@@ -169,7 +169,7 @@ impl DispatchError {
 }
 
 /// The class of a call's result: the service's answer, or why there is none.
-pub fn classify<T>(result: &Result<http::Response<T>, DispatchError>) -> Class {
+pub(crate) fn classify<T>(result: &Result<http::Response<T>, DispatchError>) -> Class {
     match result {
         Ok(response) => Class::of_status(response.status()),
         Err(error) => error.class(),

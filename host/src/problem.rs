@@ -6,12 +6,15 @@ use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
 /// A problem response body: `{"type","title","status","detail", ...extra}`.
-pub fn problem(status: StatusCode, detail: impl Into<String>) -> http::Response<Full<Bytes>> {
+pub(crate) fn problem(
+    status: StatusCode,
+    detail: impl Into<String>,
+) -> http::Response<Full<Bytes>> {
     problem_with(status, detail, serde_json::Map::new())
 }
 
 /// A problem response with extra members (e.g. `service`, `version`).
-pub fn problem_with(
+pub(crate) fn problem_with(
     status: StatusCode,
     detail: impl Into<String>,
     extra: serde_json::Map<String, serde_json::Value>,
@@ -20,7 +23,7 @@ pub fn problem_with(
 }
 
 /// [`problem_with`], with the body as plain bytes.
-pub fn problem_bytes(
+pub(crate) fn problem_bytes(
     status: StatusCode,
     detail: impl Into<String>,
     extra: serde_json::Map<String, serde_json::Value>,

@@ -17,7 +17,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 /// `GET /admin/topics`: every topic the manifest names, its length, and each
 /// subscription's cursor, lag, dead letters and counters.
-pub async fn topics(State(state): State<AdminState>) -> Response {
+pub(super) async fn topics(State(state): State<AdminState>) -> Response {
     let mut names = BTreeSet::new();
     for slot in state.registry.services() {
         names.extend(slot.spec.publishes.iter().map(ToString::to_string));
@@ -86,13 +86,13 @@ fn subscription(state: &AdminState, service: &str, topic: &str) -> Result<(), Bo
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Page {
+pub(super) struct Page {
     after: Option<u64>,
     limit: Option<usize>,
 }
 
 /// `GET /admin/subscriptions/{service}/{topic}/dead-letters?after=N&limit=M`.
-pub async fn dead_letters(
+pub(super) async fn dead_letters(
     State(state): State<AdminState>,
     Path((service, topic)): Path<(String, String)>,
     Query(page): Query<Page>,
@@ -113,7 +113,7 @@ pub async fn dead_letters(
 
 /// `POST /admin/subscriptions/{service}/{topic}/redrive`: every dead letter goes back to
 /// this subscriber, ahead of the rest of its topic.
-pub async fn redrive(
+pub(super) async fn redrive(
     State(state): State<AdminState>,
     Path((service, topic)): Path<(String, String)>,
 ) -> Response {
@@ -129,13 +129,13 @@ pub async fn redrive(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayQuery {
+pub(super) struct ReplayQuery {
     from: u64,
 }
 
 /// `POST /admin/subscriptions/{service}/{topic}/replay?from=N`: the subscriber receives
 /// every event from offset N again.
-pub async fn replay(
+pub(super) async fn replay(
     State(state): State<AdminState>,
     Path((service, topic)): Path<(String, String)>,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,

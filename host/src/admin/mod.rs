@@ -39,7 +39,7 @@ use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
 
 /// Largest component upload.
-pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Clone)]
 struct AdminState {
@@ -52,7 +52,7 @@ struct AdminState {
 }
 
 /// The admin API's routes, every one behind the bearer token.
-pub fn router(
+pub(crate) fn router(
     registry: Arc<Registry>,
     bus: Arc<Bus>,
     dispatcher: Dispatcher,

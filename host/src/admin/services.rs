@@ -23,7 +23,7 @@ fn service_view(state: &AdminState, service: &ServiceState) -> ServiceView {
     }
 }
 
-pub async fn list_services(State(state): State<AdminState>) -> Response {
+pub(super) async fn list_services(State(state): State<AdminState>) -> Response {
     let services = state.registry.states().await;
     let services = services.iter().map(|s| service_view(&state, s)).collect();
     axum::Json(CatalogView { services }).into_response()
@@ -54,7 +54,7 @@ fn bad_query(what: &str) -> Response {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeployQuery {
+pub(super) struct DeployQuery {
     version: Option<String>,
     /// Deploy as a canary with this weight (percent).
     canary: Option<u8>,
@@ -62,7 +62,7 @@ pub struct DeployQuery {
     activate: Option<bool>,
 }
 
-pub async fn deploy(
+pub(super) async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
@@ -109,7 +109,7 @@ pub async fn deploy(
 /// `POST /admin/apply`: 200 with what changed; 422 with the same report when a
 /// service's change was refused (that service is left as it was); 400 when the
 /// manifest itself is invalid (nothing changes).
-pub async fn apply(State(state): State<AdminState>) -> Response {
+pub(super) async fn apply(State(state): State<AdminState>) -> Response {
     let Some(path) = &state.manifest else {
         return problem(
             StatusCode::CONFLICT,
@@ -141,13 +141,13 @@ pub async fn apply(State(state): State<AdminState>) -> Response {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ActivateQuery {
+pub(super) struct ActivateQuery {
     version: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CanaryQuery {
+pub(super) struct CanaryQuery {
     version: String,
     weight: u8,
 }
@@ -171,7 +171,7 @@ async fn changed(
     }
 }
 
-pub async fn activate(
+pub(super) async fn activate(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     query: Result<Query<ActivateQuery>, axum::extract::rejection::QueryRejection>,
@@ -183,7 +183,7 @@ pub async fn activate(
     changed(&state, &name, result).await
 }
 
-pub async fn canary(
+pub(super) async fn canary(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     query: Result<Query<CanaryQuery>, axum::extract::rejection::QueryRejection>,
@@ -198,24 +198,30 @@ pub async fn canary(
     changed(&state, &name, result).await
 }
 
-pub async fn promote(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+pub(super) async fn promote(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
     let result = state.registry.promote(&name).await;
     changed(&state, &name, result).await
 }
 
-pub async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+pub(super) async fn rollback(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Response {
     let result = state.registry.rollback(&name, None).await;
     changed(&state, &name, result).await
 }
 
-pub async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+pub(super) async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
     match state.registry.state(&name).await {
         Ok(service) => axum::Json(service_view(&state, &service)).into_response(),
         Err(error) => registry_problem(&name, error),
     }
 }
 
-pub async fn versions(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+pub(super) async fn versions(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Response {
     match state.registry.state(&name).await {
         Ok(service) => axum::Json(VersionsView::new(&name, &service.record)).into_response(),
         Err(error) => registry_problem(&name, error),
@@ -224,7 +230,7 @@ pub async fn versions(State(state): State<AdminState>, Path(name): Path<String>)
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HistoryQuery {
+pub(super) struct HistoryQuery {
     #[serde(default)]
     after: u64,
     #[serde(default = "default_history_limit")]
@@ -235,7 +241,7 @@ fn default_history_limit() -> usize {
     100
 }
 
-pub async fn history(
+pub(super) async fn history(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,

@@ -12,21 +12,21 @@ use std::time::SystemTime;
 /// `GET /admin/services/{name}` and each entry of the catalog: the service's state with
 /// its callers' circuit breaker.
 #[derive(Debug, Serialize)]
-pub struct ServiceView {
+pub(super) struct ServiceView {
     #[serde(flatten)]
-    pub status: ServiceStatus,
-    pub breaker: BreakerStatus,
+    pub(crate) status: ServiceStatus,
+    pub(crate) breaker: BreakerStatus,
 }
 
 /// `GET /admin/services`.
 #[derive(Debug, Serialize)]
-pub struct CatalogView {
-    pub services: Vec<ServiceView>,
+pub(super) struct CatalogView {
+    pub(crate) services: Vec<ServiceView>,
 }
 
 /// A service's settings, routing, health and rollback stack.
 #[derive(Debug, Serialize)]
-pub struct ServiceStatus {
+pub(super) struct ServiceStatus {
     name: ServiceName,
     route: String,
     publishes: Vec<Topic>,
@@ -49,7 +49,7 @@ pub struct ServiceStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub struct LimitsView {
+pub(super) struct LimitsView {
     memory_mib: u32,
     timeout_ms: u64,
     max_body_kib: u64,
@@ -57,7 +57,7 @@ pub struct LimitsView {
 
 /// A version taking traffic, with its counters in this process.
 #[derive(Debug, Serialize)]
-pub struct VersionView {
+pub(super) struct VersionView {
     version: String,
     sha256: String,
     deployed_at_ms: u64,
@@ -69,34 +69,34 @@ pub struct VersionView {
 }
 
 #[derive(Debug, Serialize)]
-pub struct WindowView {
+pub(super) struct WindowView {
     ok: u64,
     failed: u64,
 }
 
 /// The canary: a version view and its share of calls in percent.
 #[derive(Debug, Serialize)]
-pub struct CanaryView {
+pub(super) struct CanaryView {
     #[serde(flatten)]
     version: VersionView,
     weight: u8,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DrainingView {
+pub(super) struct DrainingView {
     version: String,
     in_flight: usize,
 }
 
 /// `GET /admin/services/{name}/versions`.
 #[derive(Debug, Serialize)]
-pub struct VersionsView {
+pub(super) struct VersionsView {
     service: String,
     versions: Vec<StoredVersionView>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct StoredVersionView {
+pub(super) struct StoredVersionView {
     version: String,
     role: Role,
     sha256: String,
@@ -107,21 +107,21 @@ pub struct StoredVersionView {
 
 /// `GET /admin/services/{name}/history`.
 #[derive(Debug, Serialize)]
-pub struct HistoryView {
-    pub service: String,
-    pub history: Vec<HistoryEntry>,
+pub(super) struct HistoryView {
+    pub(crate) service: String,
+    pub(crate) history: Vec<HistoryEntry>,
 }
 
 /// The answer to a change: the history entry it wrote and the service's state after
 /// (without the breaker).
 #[derive(Debug, Serialize)]
-pub struct ChangeView {
-    pub change: HistoryEntry,
-    pub status: ServiceStatus,
+pub(super) struct ChangeView {
+    pub(crate) change: HistoryEntry,
+    pub(crate) status: ServiceStatus,
 }
 
 impl ServiceStatus {
-    pub fn new(state: &ServiceState) -> ServiceStatus {
+    pub(super) fn new(state: &ServiceState) -> ServiceStatus {
         let ServiceState { slot, record } = state;
         let spec = &slot.spec;
         let routing = slot.routing();
@@ -159,7 +159,7 @@ fn draining(slot: &ServiceSlot) -> Vec<DrainingView> {
 }
 
 impl VersionView {
-    pub fn new(version: &Version) -> VersionView {
+    pub(super) fn new(version: &Version) -> VersionView {
         let window = version.window();
         VersionView {
             version: version.label.clone(),
@@ -181,7 +181,7 @@ impl VersionView {
 }
 
 impl VersionsView {
-    pub fn new(service: &str, record: &ServiceRecord) -> VersionsView {
+    pub(super) fn new(service: &str, record: &ServiceRecord) -> VersionsView {
         VersionsView {
             service: service.to_string(),
             versions: record

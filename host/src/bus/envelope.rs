@@ -6,33 +6,33 @@ use serde::{Deserialize, Serialize};
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// Unique id (32 hex digits), assigned when published.
-    pub id: String,
+    pub(crate) id: String,
     /// `service@version` of the publisher.
-    pub source: String,
+    pub(crate) source: String,
     /// The topic (CloudEvents `type`).
     #[serde(rename = "type")]
-    pub topic: String,
+    pub(crate) topic: String,
     /// RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub(crate) time: String,
     /// Position in the topic's log; assigned at commit.
     #[serde(default)]
-    pub offset: u64,
+    pub(crate) offset: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datacontenttype: Option<String>,
+    pub(crate) datacontenttype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
+    pub(crate) traceparent: Option<String>,
     /// The payload, base64 in JSON.
     #[serde(with = "data_base64")]
-    pub data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
 impl Envelope {
     /// A new event with a fresh id and the current time.
-    pub fn new(source: String, topic: String, data: Vec<u8>) -> Envelope {
+    pub(crate) fn new(source: String, topic: String, data: Vec<u8>) -> Envelope {
         use rand::RngCore as _;
         let mut id = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut id);
@@ -49,11 +49,11 @@ impl Envelope {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an envelope always serializes")
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope, String> {
         serde_json::from_slice(bytes).map_err(|e| format!("corrupt event in the log: {e}"))
     }
 }
@@ -61,11 +61,11 @@ impl Envelope {
 mod data_base64 {
     use super::*;
 
-    pub fn serialize<S: serde::Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
             .decode(text)

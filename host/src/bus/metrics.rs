@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 
 /// Counters of one subscription.
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct SubscriptionCounters {
-    pub delivered: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
+pub(crate) struct SubscriptionCounters {
+    pub(crate) delivered: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead_lettered: u64,
 }
 
 /// All bus counters since the host started.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     published: Mutex<BTreeMap<String, u64>>,
     subscriptions: Mutex<BTreeMap<(String, String), SubscriptionCounters>>,
 }
@@ -25,7 +25,7 @@ fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    pub fn published(&self, topic: &str) {
+    pub(crate) fn published(&self, topic: &str) {
         *lock(&self.published).entry(topic.to_string()).or_default() += 1;
     }
 
@@ -35,34 +35,34 @@ impl Metrics {
             .or_default());
     }
 
-    pub fn delivered(&self, topic: &str, service: &str) {
+    pub(crate) fn delivered(&self, topic: &str, service: &str) {
         self.update(topic, service, |c| c.delivered += 1);
     }
 
-    pub fn retried(&self, topic: &str, service: &str) {
+    pub(crate) fn retried(&self, topic: &str, service: &str) {
         self.update(topic, service, |c| c.retried += 1);
     }
 
-    pub fn dead_lettered(&self, topic: &str, service: &str) {
+    pub(crate) fn dead_lettered(&self, topic: &str, service: &str) {
         self.update(topic, service, |c| c.dead_lettered += 1);
     }
 
     /// Events published to `topic` since start.
-    pub fn published_count(&self, topic: &str) -> u64 {
+    pub(crate) fn published_count(&self, topic: &str) -> u64 {
         lock(&self.published).get(topic).copied().unwrap_or(0)
     }
 
     /// Every topic's published count.
-    pub fn published_all(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn published_all(&self) -> BTreeMap<String, u64> {
         lock(&self.published).clone()
     }
 
     /// Every subscription's counters, by (topic, service).
-    pub fn subscriptions_all(&self) -> BTreeMap<(String, String), SubscriptionCounters> {
+    pub(crate) fn subscriptions_all(&self) -> BTreeMap<(String, String), SubscriptionCounters> {
         lock(&self.subscriptions).clone()
     }
 
-    pub fn subscription(&self, topic: &str, service: &str) -> SubscriptionCounters {
+    pub(crate) fn subscription(&self, topic: &str, service: &str) -> SubscriptionCounters {
         lock(&self.subscriptions)
             .get(&(topic.to_string(), service.to_string()))
             .copied()

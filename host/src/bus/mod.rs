@@ -7,9 +7,9 @@
 //! with the cursor advance, so in embedded mode an event's effects on a subscriber
 //! happen exactly once, even across crashes.
 
-pub mod envelope;
-pub mod metrics;
-pub mod unit;
+pub(crate) mod envelope;
+pub(crate) mod metrics;
+pub(crate) mod unit;
 
 use crate::store::{Batch, Storage, StoreError, keys};
 use envelope::Envelope;
@@ -22,32 +22,32 @@ use tokio::sync::watch;
 use unit::{Ack, UnitOfWork};
 
 /// The bus: storage, wake-ups for subscription loops, and counters.
-pub struct Bus {
+pub(crate) struct Bus {
     storage: Arc<dyn Storage>,
     /// Per topic, a counter bumped on every commit that appends to it.
     signals: Mutex<HashMap<String, watch::Sender<u64>>>,
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
 }
 
 /// The next thing a subscription has to deliver.
 #[derive(Debug, Clone)]
-pub struct Item {
+pub(crate) struct Item {
     /// Names the item for attempt counting: `log:{offset}` or `redrive:{seq}`.
-    pub id: String,
-    pub event: Envelope,
-    pub ack: Ack,
+    pub(crate) id: String,
+    pub(crate) event: Envelope,
+    pub(crate) ack: Ack,
 }
 
 /// An event that failed `max_deliver` times, with why.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// Position in the dead-letter topic (not stored; from the key).
     #[serde(default)]
-    pub seq: u64,
-    pub event: Envelope,
-    pub reason: String,
-    pub attempts: u32,
-    pub failed_at: String,
+    pub(crate) seq: u64,
+    pub(crate) event: Envelope,
+    pub(crate) reason: String,
+    pub(crate) attempts: u32,
+    pub(crate) failed_at: String,
 }
 
 /// Delivery attempts of a subscription's current item.
@@ -58,12 +58,12 @@ struct Attempts {
 }
 
 /// The name under which a subscription's dead letters are shown.
-pub fn dead_letter_topic(topic: &str, service: &str) -> String {
+pub(crate) fn dead_letter_topic(topic: &str, service: &str) -> String {
     format!("{topic}.dlq.{service}")
 }
 
 impl Bus {
-    pub fn new(storage: Arc<dyn Storage>) -> Arc<Bus> {
+    pub(crate) fn new(storage: Arc<dyn Storage>) -> Arc<Bus> {
         Arc::new(Bus {
             storage,
             signals: Mutex::new(HashMap::new()),
@@ -80,7 +80,7 @@ impl Bus {
     }
 
     /// A receiver that changes whenever something is appended to `topic`.
-    pub fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+    pub(crate) fn watch(&self, topic: &str) -> watch::Receiver<u64> {
         self.signal(topic).subscribe()
     }
 
@@ -91,7 +91,7 @@ impl Bus {
     /// Commits an invocation's effects (and a delivery's acknowledgement) atomically and
     /// durably, then wakes the subscribers of every topic it appended to. Returns the
     /// (topic, offset) of each appended event.
-    pub async fn commit(
+    pub(crate) async fn commit(
         &self,
         unit: &UnitOfWork,
         ack: Option<&Ack>,
@@ -109,11 +109,11 @@ impl Bus {
     }
 
     /// Next offset of `topic` (= its length).
-    pub fn length(&self, topic: &str) -> Result<u64, StoreError> {
+    pub(crate) fn length(&self, topic: &str) -> Result<u64, StoreError> {
         unit::next_offset(&*self.storage, topic)
     }
 
-    pub fn cursor(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
+    pub(crate) fn cursor(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
         Ok(self
             .storage
             .get(&keys::cursor(topic, service))?
@@ -121,7 +121,7 @@ impl Bus {
     }
 
     /// The subscription's next item: redriven events first, then the log at the cursor.
-    pub fn next_item(&self, topic: &str, service: &str) -> Result<Option<Item>, StoreError> {
+    pub(crate) fn next_item(&self, topic: &str, service: &str) -> Result<Option<Item>, StoreError> {
         let redrive = keys::redrive_prefix(topic, service);
         if let Some((key, value)) = self.storage.scan(&redrive, None, 1)?.into_iter().next() {
             let event = Envelope::decode(&value).map_err(StoreError::Backend)?;
@@ -151,7 +151,12 @@ impl Bus {
     }
 
     /// Failed deliveries of `item` so far (survives restarts).
-    pub fn attempts(&self, topic: &str, service: &str, item: &str) -> Result<u32, StoreError> {
+    pub(crate) fn attempts(
+        &self,
+        topic: &str,
+        service: &str,
+        item: &str,
+    ) -> Result<u32, StoreError> {
         let Some(bytes) = self.storage.get(&keys::attempts(topic, service))? else {
             return Ok(0);
         };
@@ -166,7 +171,7 @@ impl Bus {
 
     /// Records a failed delivery. Not waited to disk: after a crash an event may get a
     /// delivery more than `max_deliver` allows, never fewer.
-    pub fn record_failure(
+    pub(crate) fn record_failure(
         &self,
         topic: &str,
         service: &str,
@@ -187,7 +192,7 @@ impl Bus {
 
     /// Moves `item` to the subscription's dead-letter topic and acknowledges it, in one
     /// atomic, durable step; delivery goes on with the next item.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         item: &Item,
         topic: &str,
@@ -217,7 +222,7 @@ impl Bus {
     }
 
     /// Up to `limit` dead letters of a subscription, oldest first, after `after`.
-    pub fn dead_letters(
+    pub(crate) fn dead_letters(
         &self,
         topic: &str,
         service: &str,
@@ -238,14 +243,14 @@ impl Bus {
             .collect()
     }
 
-    pub fn dead_letter_count(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
+    pub(crate) fn dead_letter_count(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
         let prefix = keys::dead_prefix(topic, service);
         Ok(self.storage.scan(&prefix, None, usize::MAX)?.len() as u64)
     }
 
     /// Moves every dead letter of a subscription back into delivery (to this subscriber
     /// only, before the rest of the log), atomically. Returns how many moved.
-    pub async fn redrive(&self, topic: &str, service: &str) -> Result<usize, StoreError> {
+    pub(crate) async fn redrive(&self, topic: &str, service: &str) -> Result<usize, StoreError> {
         let dead = keys::dead_prefix(topic, service);
         let queue = keys::redrive_prefix(topic, service);
         let mut moved = 0;
@@ -268,7 +273,12 @@ impl Bus {
 
     /// Moves a subscription's cursor to `offset`: it receives every event from there
     /// again (or skips ahead). A delivery running meanwhile does not commit.
-    pub async fn replay(&self, topic: &str, service: &str, offset: u64) -> Result<(), StoreError> {
+    pub(crate) async fn replay(
+        &self,
+        topic: &str,
+        service: &str,
+        offset: u64,
+    ) -> Result<(), StoreError> {
         let length = self.length(topic)?;
         if offset > length {
             return Err(StoreError::Conflict(format!(

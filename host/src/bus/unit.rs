@@ -8,30 +8,30 @@ use std::collections::BTreeMap;
 
 /// The effects of one invocation, buffered until it ends.
 #[derive(Debug, Default)]
-pub struct UnitOfWork {
+pub(crate) struct UnitOfWork {
     /// The service whose keyspace `kv` writes to.
-    pub service: String,
+    pub(crate) service: String,
     /// By (bucket, key): `Some` sets, `None` deletes.
-    pub kv: BTreeMap<(String, String), Option<Vec<u8>>>,
+    pub(crate) kv: BTreeMap<(String, String), Option<Vec<u8>>>,
     /// Events to append, in publish order; offsets are assigned at commit.
-    pub events: Vec<Envelope>,
+    pub(crate) events: Vec<Envelope>,
     /// What the invocation read from committed state (storage key → digest of the value
     /// seen, `None` for absent), checked again at commit: optimistic concurrency.
-    pub reads: BTreeMap<Vec<u8>, Option<[u8; 32]>>,
+    pub(crate) reads: BTreeMap<Vec<u8>, Option<[u8; 32]>>,
     /// Prefix scans (prefix → digest of the keys seen), checked again at commit, so a
     /// key added or removed meanwhile is a conflict too.
-    pub scans: BTreeMap<Vec<u8>, [u8; 32]>,
+    pub(crate) scans: BTreeMap<Vec<u8>, [u8; 32]>,
 }
 
 /// The digest a read is remembered by.
-pub fn digest(value: &[u8]) -> [u8; 32] {
+pub(crate) fn digest(value: &[u8]) -> [u8; 32] {
     use sha2::Digest as _;
     sha2::Sha256::digest(value).into()
 }
 
 /// The digest of a list of keys (length-prefixed, so that no two lists collide by
 /// concatenation).
-pub fn digest_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+pub(crate) fn digest_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
     for key in keys {
@@ -42,21 +42,21 @@ pub fn digest_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
 }
 
 impl UnitOfWork {
-    pub fn new(service: &str) -> UnitOfWork {
+    pub(crate) fn new(service: &str) -> UnitOfWork {
         UnitOfWork {
             service: service.to_string(),
             ..UnitOfWork::default()
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.kv.is_empty() && self.events.is_empty()
     }
 }
 
 /// What a successful event delivery acknowledges, committed with its effects.
 #[derive(Debug, Clone)]
-pub enum Ack {
+pub(crate) enum Ack {
     /// The event at `offset` of the topic's log: the cursor moves past it.
     Log {
         topic: String,
@@ -74,7 +74,7 @@ pub enum Ack {
 impl Ack {
     /// Checks that the item is still the subscription's to acknowledge (a replay or a
     /// concurrent acknowledgement may have moved on), and adds the acknowledgement.
-    pub fn apply(&self, view: &dyn ReadView, batch: &mut Batch) -> Result<(), StoreError> {
+    pub(crate) fn apply(&self, view: &dyn ReadView, batch: &mut Batch) -> Result<(), StoreError> {
         match self {
             Ack::Log {
                 topic,
@@ -139,13 +139,13 @@ fn validate(
 }
 
 /// The next offset of `topic`'s log, as `view` sees it.
-pub fn next_offset(view: &dyn ReadView, topic: &str) -> Result<u64, StoreError> {
+pub(crate) fn next_offset(view: &dyn ReadView, topic: &str) -> Result<u64, StoreError> {
     view.next_seq(&keys::log_prefix(topic), 0)
 }
 
 /// Applies `unit` (and `ack`) atomically; returns the (topic, offset) of every event it
 /// appended. Not yet durable: see [`Storage::durable`].
-pub fn apply(
+pub(crate) fn apply(
     storage: &dyn Storage,
     unit: &UnitOfWork,
     ack: Option<&Ack>,

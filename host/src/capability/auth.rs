@@ -8,12 +8,12 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 /// Longest token lifetime a service may ask for (one week).
-pub const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
+pub(crate) const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
 
 /// The host's token issuer and password hasher (every service has it).
-pub type AuthGrant = Arc<crate::auth::Auth>;
+pub(crate) type AuthGrant = Arc<crate::auth::Auth>;
 
-pub struct AuthView<'a> {
+pub(crate) struct AuthView<'a> {
     auth: &'a AuthGrant,
 }
 
@@ -23,7 +23,7 @@ impl HasData for HasAuth {
     type Data<'a> = AuthView<'a>;
 }
 
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     auth::add_to_linker::<_, HasAuth>(linker, |s: &mut InvocationState| AuthView {
         auth: &s.granted.auth,
     })

@@ -12,19 +12,19 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 /// Largest payload of one event.
-pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// Most events one invocation may publish.
-pub const MAX_EVENTS_PER_INVOCATION: usize = 1000;
+pub(crate) const MAX_EVENTS_PER_INVOCATION: usize = 1000;
 
 /// Where a service may publish (its manifest's `publishes`), built once per service.
 #[derive(Clone)]
-pub struct EventsGrant {
+pub(crate) struct EventsGrant {
     service: String,
     allowed: Arc<BTreeSet<String>>,
 }
 
 impl EventsGrant {
-    pub fn new(spec: &ServiceSpec) -> EventsGrant {
+    pub(crate) fn new(spec: &ServiceSpec) -> EventsGrant {
         EventsGrant {
             service: spec.name.to_string(),
             allowed: Arc::new(spec.publishes.iter().map(ToString::to_string).collect()),
@@ -32,7 +32,7 @@ impl EventsGrant {
     }
 
     /// The publisher of one invocation serving `request`.
-    pub fn publisher(&self, request: &RequestContext) -> Publisher {
+    pub(crate) fn publisher(&self, request: &RequestContext) -> Publisher {
         Publisher {
             source: format!("{}@{}", self.service, request.version),
             grant: self.clone(),
@@ -42,7 +42,7 @@ impl EventsGrant {
 }
 
 /// Who publishes, and where it may.
-pub struct Publisher {
+pub(crate) struct Publisher {
     grant: EventsGrant,
     /// `service@version`, the events' `source`.
     source: String,
@@ -50,7 +50,7 @@ pub struct Publisher {
     traceparent: Option<String>,
 }
 
-pub struct EventsView<'a> {
+pub(crate) struct EventsView<'a> {
     publisher: &'a Publisher,
     unit: &'a mut UnitOfWork,
 }
@@ -61,7 +61,7 @@ impl HasData for HasEvents {
     type Data<'a> = EventsView<'a>;
 }
 
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     events::add_to_linker::<_, HasEvents>(linker, |s: &mut InvocationState| EventsView {
         publisher: &s.granted.events,
         unit: &mut s.granted.unit,

@@ -10,13 +10,17 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
 
 /// Longest key a guest may use, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
 /// Largest value a guest may store, in bytes.
-pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 /// Most keys one `list-keys` page returns; the cursor is the offset of the next page.
-pub const LIST_PAGE: usize = 1000;
+pub(crate) const LIST_PAGE: usize = 1000;
 
 /// The error a guest sees (`wasi:keyvalue/store.error`).
+#[expect(
+    unreachable_pub,
+    reason = "the generated bindings re-export it with `pub use`"
+)]
 pub enum KvError {
     NoSuchStore,
     Other(String),
@@ -29,6 +33,10 @@ impl From<ResourceTableError> for KvError {
 }
 
 /// An open bucket: just its name; the keyspace is the invocation's.
+#[expect(
+    unreachable_pub,
+    reason = "the generated bindings re-export it with `pub use`"
+)]
 pub struct BucketHandle {
     name: String,
 }
@@ -36,12 +44,12 @@ pub struct BucketHandle {
 /// Committed state, read through the service's keyspace only (the keyspace is the
 /// unit of work's service). Shared by all the service's invocations.
 #[derive(Clone)]
-pub struct KvGrant {
+pub(crate) struct KvGrant {
     storage: Arc<dyn Storage>,
 }
 
 impl KvGrant {
-    pub fn new(storage: Arc<dyn Storage>) -> KvGrant {
+    pub(crate) fn new(storage: Arc<dyn Storage>) -> KvGrant {
         KvGrant { storage }
     }
 }
@@ -70,7 +78,7 @@ fn read(
 }
 
 /// The view the generated bindings are implemented for.
-pub struct KvView<'a> {
+pub(crate) struct KvView<'a> {
     reader: &'a KvGrant,
     unit: &'a mut UnitOfWork,
     table: &'a mut ResourceTable,
@@ -82,7 +90,7 @@ impl HasData for HasKv {
     type Data<'a> = KvView<'a>;
 }
 
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     store::add_to_linker::<_, HasKv>(linker, |s: &mut InvocationState| KvView {
         reader: &s.granted.kv,
         unit: &mut s.granted.unit,

@@ -2,13 +2,13 @@
 //! module with one shape (state, view, `impl Host`); [`add_to_linker`] is the only place
 //! where the linker learns about them.
 
-pub mod auth;
-pub mod events;
-pub mod kv;
-pub mod outgoing;
+pub(crate) mod auth;
+pub(crate) mod events;
+pub(crate) mod kv;
+pub(crate) mod outgoing;
 mod state;
 
-pub use state::{InvocationState, MemoryLimiter, RequestContext, ServiceGrants};
+pub(crate) use state::{InvocationState, RequestContext, ServiceGrants};
 use wasmtime::component::Linker;
 
 mod generated {
@@ -30,15 +30,15 @@ mod generated {
     });
 }
 
+pub(crate) use generated::PlatformPre as SubscriberPre;
 /// The `microhost:platform/subscriber` export, for the runtime to call.
-pub use generated::microhost::platform::types::Event as WitEvent;
-pub use generated::{Platform as SubscriberBindings, PlatformPre as SubscriberPre};
+pub(crate) use generated::microhost::platform::types::Event as WitEvent;
 
 /// Links everything the `service` world imports: WASI (cli, clocks, random, io,
 /// filesystem and sockets, all without ambient authority), `wasi:http`,
 /// `wasi:config/store`, `wasi:keyvalue/store`, `microhost:platform/events` and
 /// `microhost:platform/auth`.
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     wasmtime_wasi_config::add_to_linker(linker, |s: &mut InvocationState| {

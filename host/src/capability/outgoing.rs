@@ -20,18 +20,18 @@ use std::sync::Arc;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// The suffix that names a service instead of a host.
-pub const INTERNAL_SUFFIX: &str = ".internal";
+pub(crate) const INTERNAL_SUFFIX: &str = ".internal";
 /// Deepest chain of service-to-service calls.
-pub const MAX_HOPS: u32 = 8;
+pub(crate) const MAX_HOPS: u32 = 8;
 /// Largest request body a service may send to another.
-pub const MAX_CALL_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_CALL_BODY: usize = 16 * 1024 * 1024;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Serves a service-to-service call in-process. The answer is always an HTTP response:
 /// failures of the callee come back as problem responses (502, 503, 504...), as at the
 /// edge.
-pub trait ServiceCaller: Send + Sync {
+pub(crate) trait ServiceCaller: Send + Sync {
     fn call(
         &self,
         target: String,
@@ -40,7 +40,7 @@ pub trait ServiceCaller: Send + Sync {
 }
 
 /// Strips every `x-microhost-*` header: only the host sets them.
-pub fn strip_identity_headers(headers: &mut http::HeaderMap) {
+pub(crate) fn strip_identity_headers(headers: &mut http::HeaderMap) {
     let names: Vec<http::HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().starts_with(HOST_HEADER_PREFIX))
@@ -52,7 +52,7 @@ pub fn strip_identity_headers(headers: &mut http::HeaderMap) {
 }
 
 /// Sets the identity headers for `identity`.
-pub fn set_identity_headers(headers: &mut http::HeaderMap, identity: &Identity) {
+pub(crate) fn set_identity_headers(headers: &mut http::HeaderMap, identity: &Identity) {
     if let Ok(v) = http::HeaderValue::from_str(&identity.subject) {
         headers.insert(SUBJECT_HEADER, v);
     }
@@ -65,7 +65,7 @@ pub fn set_identity_headers(headers: &mut http::HeaderMap, identity: &Identity) 
 /// What a service may call (its manifest's `calls` and `allowed_hosts`), built once per
 /// service.
 #[derive(Clone)]
-pub struct HttpGrant {
+pub(crate) struct HttpGrant {
     /// The calling service.
     service: String,
     /// Services it may call (manifest `calls`).
@@ -75,7 +75,7 @@ pub struct HttpGrant {
 }
 
 impl HttpGrant {
-    pub fn new(spec: &ServiceSpec) -> HttpGrant {
+    pub(crate) fn new(spec: &ServiceSpec) -> HttpGrant {
         HttpGrant {
             service: spec.name.to_string(),
             services: Arc::new(spec.calls.iter().map(ToString::to_string).collect()),
@@ -84,7 +84,7 @@ impl HttpGrant {
     }
 
     /// What one invocation serving `request` may call, and as whom.
-    pub fn outgoing(&self, request: &RequestContext) -> Outgoing {
+    pub(crate) fn outgoing(&self, request: &RequestContext) -> Outgoing {
         Outgoing {
             grant: self.clone(),
             caller: request.caller.clone(),
@@ -97,7 +97,7 @@ impl HttpGrant {
 }
 
 /// What one invocation may call, and as whom.
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     grant: HttpGrant,
     /// Who serves its calls to services (the dispatcher).
     caller: Option<Arc<dyn ServiceCaller>>,

@@ -20,21 +20,25 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What a service is granted, built once from its manifest entry when its slot is made
 /// and shared by all its invocations.
-pub struct ServiceGrants {
+pub(crate) struct ServiceGrants {
     /// The service: its keyspace and the source of its events.
-    pub service: String,
-    pub kv: KvGrant,
-    pub events: EventsGrant,
-    pub http: HttpGrant,
-    pub auth: AuthGrant,
+    pub(crate) service: String,
+    pub(crate) kv: KvGrant,
+    pub(crate) events: EventsGrant,
+    pub(crate) http: HttpGrant,
+    pub(crate) auth: AuthGrant,
     /// The service's `[service.config]` values.
-    pub config: Arc<WasiConfigVariables>,
+    pub(crate) config: Arc<WasiConfigVariables>,
     /// Memory, CPU time and instance reuse of one invocation.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 impl ServiceGrants {
-    pub fn new(spec: &ServiceSpec, storage: Arc<dyn Storage>, auth: Arc<Auth>) -> ServiceGrants {
+    pub(crate) fn new(
+        spec: &ServiceSpec,
+        storage: Arc<dyn Storage>,
+        auth: Arc<Auth>,
+    ) -> ServiceGrants {
         ServiceGrants {
             service: spec.name.to_string(),
             kv: KvGrant::new(storage),
@@ -46,11 +50,11 @@ impl ServiceGrants {
         }
     }
 
-    pub fn memory_bytes(&self) -> usize {
+    pub(crate) fn memory_bytes(&self) -> usize {
         self.limits.memory_mib as usize * 1024 * 1024
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_millis(self.limits.timeout_ms)
     }
 }
@@ -58,22 +62,22 @@ impl ServiceGrants {
 /// The request one invocation serves: the version that runs it, and what the host
 /// passes on with its calls and events.
 #[derive(Clone, Default)]
-pub struct RequestContext {
-    pub version: String,
+pub(crate) struct RequestContext {
+    pub(crate) version: String,
     /// W3C trace context to stamp on published events and pass on with outgoing calls.
-    pub traceparent: Option<String>,
+    pub(crate) traceparent: Option<String>,
     /// The edge request's `x-request-id`, passed on with outgoing calls.
-    pub request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
     /// Verified identity of the request being served, passed on to calls it makes.
-    pub identity: Option<Identity>,
+    pub(crate) identity: Option<Identity>,
     /// Service-to-service hops that led to this invocation.
-    pub hops: u32,
+    pub(crate) hops: u32,
     /// Who serves the guest's calls to other services (the dispatcher).
-    pub caller: Option<Arc<dyn ServiceCaller>>,
+    pub(crate) caller: Option<Arc<dyn ServiceCaller>>,
 }
 
 impl RequestContext {
-    pub fn new(version: &str) -> RequestContext {
+    pub(crate) fn new(version: &str) -> RequestContext {
         RequestContext {
             version: version.to_string(),
             ..RequestContext::default()
@@ -83,7 +87,7 @@ impl RequestContext {
 
 /// Per-invocation store data. A new one for every request (or renewed, for a warm
 /// instance): nothing a guest does survives the invocation except committed writes.
-pub struct InvocationState {
+pub(crate) struct InvocationState {
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
     http_ctx: WasiHttpCtx,
@@ -123,7 +127,7 @@ impl Granted {
 }
 
 impl InvocationState {
-    pub fn new(grants: &ServiceGrants, request: &RequestContext) -> Self {
+    pub(crate) fn new(grants: &ServiceGrants, request: &RequestContext) -> Self {
         // No environment, arguments, preopened directories or network: a guest gets only
         // what its manifest grants. Its stdout/stderr go to the host's.
         let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
@@ -137,12 +141,12 @@ impl InvocationState {
 
     /// Gives a warm instance's state to the next request: its grants and identity, an
     /// empty unit of work, the memory limiter reset. The WASI contexts stay.
-    pub fn renew(&mut self, grants: &ServiceGrants, request: &RequestContext) {
+    pub(crate) fn renew(&mut self, grants: &ServiceGrants, request: &RequestContext) {
         self.granted = Granted::new(grants, request);
     }
 
     /// The invocation's effects, leaving an empty unit of work behind.
-    pub fn take_unit(&mut self) -> UnitOfWork {
+    pub(crate) fn take_unit(&mut self) -> UnitOfWork {
         let empty = UnitOfWork::new(&self.granted.unit.service);
         std::mem::replace(&mut self.granted.unit, empty)
     }
@@ -169,7 +173,7 @@ impl WasiHttpView for InvocationState {
 
 /// Caps a store's linear memory at the service's limit and remembers whether the guest
 /// ran into it, so the failure can be reported as what it is.
-pub struct MemoryLimiter {
+pub(crate) struct MemoryLimiter {
     memory_bytes: usize,
     pub(crate) hit: bool,
 }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Starts a delivery loop for every subscription of every service.
-pub fn spawn_all(
+pub(crate) fn spawn_all(
     bus: &Arc<Bus>,
     services: impl Iterator<Item = Arc<ServiceSlot>>,
     dispatcher: &Dispatcher,
@@ -31,7 +31,7 @@ pub fn spawn_all(
 /// Starts a delivery loop for every subscription of `slot`. The loops stop when the
 /// host shuts down or the slot is retired (its service removed or reconfigured by an
 /// applied manifest; the new slot's loops take over from the stored cursors).
-pub fn spawn_slot(
+pub(crate) fn spawn_slot(
     bus: &Arc<Bus>,
     slot: &Arc<ServiceSlot>,
     dispatcher: &Dispatcher,

@@ -4,7 +4,7 @@
 //! other services alike, first pass the service's policies ([`Dispatcher::serve`]):
 //! response cache, concurrency limit, circuit breaker, retries and fallback.
 
-pub mod delivery;
+pub(crate) mod delivery;
 
 use crate::auth::Identity;
 use crate::bus::{Bus, Item};
@@ -32,22 +32,22 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How often a request whose commit conflicted is run again before giving up.
-pub const MAX_CONFLICT_RETRIES: u32 = 8;
+pub(crate) const MAX_CONFLICT_RETRIES: u32 = 8;
 
 /// The result of one HTTP call, with the version that handled it.
-pub struct Outcome {
-    pub version: String,
-    pub result: Result<http::Response<Bytes>, DispatchError>,
+pub(crate) struct Outcome {
+    pub(crate) version: String,
+    pub(crate) result: Result<http::Response<Bytes>, DispatchError>,
 }
 
 impl Outcome {
     /// What the outcome is (see [`crate::outcome`]).
-    pub fn class(&self) -> Class {
+    pub(crate) fn class(&self) -> Class {
         classify(&self.result)
     }
 
     /// The status the response will have.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match &self.result {
             Ok(response) => response.status(),
             Err(error) => error.status(),
@@ -56,7 +56,7 @@ impl Outcome {
 
     /// The response to send: the service's, or a problem body saying what failed;
     /// either way tagged `x-microhost-service: name@version`.
-    pub fn into_response(self, service: &str) -> http::Response<Bytes> {
+    pub(crate) fn into_response(self, service: &str) -> http::Response<Bytes> {
         let mut response = match self.result {
             Ok(response) => response,
             Err(error) => {
@@ -84,7 +84,7 @@ impl Outcome {
 
 /// Why an event delivery did not take.
 #[derive(Debug)]
-pub enum DeliveryError {
+pub(crate) enum DeliveryError {
     /// The handler failed (error, trap, timeout) or its effects could not be saved: retry.
     Failed(String),
     /// The item is no longer the subscription's to acknowledge (replayed, or already
@@ -94,7 +94,7 @@ pub enum DeliveryError {
 
 /// Calls services.
 #[derive(Clone)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     inner: Arc<Inner>,
 }
 
@@ -149,7 +149,7 @@ impl Dispatcher {
     /// The dispatcher and the registry it routes through, made together: the registry's
     /// health checks make their service calls through this dispatcher. Returns the
     /// receiver of slots that start serving at runtime (see [`Registry::new`]).
-    pub fn new(
+    pub(crate) fn new(
         runtime: Arc<Runtime>,
         bus: Arc<Bus>,
         registry: RegistryParts,
@@ -176,20 +176,20 @@ impl Dispatcher {
         (Dispatcher { inner }, started)
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
     }
 
     /// A handle that does not keep the dispatcher alive (for what the registry holds).
-    pub fn downgrade(&self) -> WeakDispatcher {
+    pub(crate) fn downgrade(&self) -> WeakDispatcher {
         WeakDispatcher(Arc::downgrade(&self.inner))
     }
 
-    pub fn breakers(&self) -> &Breakers {
+    pub(crate) fn breakers(&self) -> &Breakers {
         &self.inner.breakers
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
@@ -199,7 +199,7 @@ impl Dispatcher {
     /// The invocation's writes and events commit only if it answers below 500. If what
     /// it read changed before it could commit (a concurrent invocation wrote it), it is
     /// run again from the start, on fresh state, up to [`MAX_CONFLICT_RETRIES`] times.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         slot: &ServiceSlot,
         parts: &http::request::Parts,
@@ -266,7 +266,7 @@ impl Dispatcher {
 
     /// A service-to-service call: through `target`'s circuit breaker, then as
     /// [`Dispatcher::call`]. Always an HTTP response (problem bodies for failures).
-    pub async fn call_service(
+    pub(crate) async fn call_service(
         &self,
         target: &str,
         request: http::Request<Bytes>,
@@ -286,7 +286,7 @@ impl Dispatcher {
     /// breaker, the call (retried for idempotent methods on 502/503/504, within the
     /// retry budget), and the fallback if it still failed (`GET`/`HEAD`). Returns the
     /// response (tagged with the service and version) and the version.
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         slot: &ServiceSlot,
         request: http::Request<Bytes>,
@@ -480,7 +480,7 @@ impl Dispatcher {
 
     /// Delivers `item` to the active version of `slot`. On success the handler's
     /// effects and the acknowledgement commit together.
-    pub async fn deliver(
+    pub(crate) async fn deliver(
         &self,
         slot: &ServiceSlot,
         item: &Item,
@@ -525,10 +525,10 @@ impl Dispatcher {
 
 /// A dispatcher that may be gone.
 #[derive(Clone)]
-pub struct WeakDispatcher(Weak<Inner>);
+pub(crate) struct WeakDispatcher(Weak<Inner>);
 
 impl WeakDispatcher {
-    pub fn upgrade(&self) -> Option<Dispatcher> {
+    pub(crate) fn upgrade(&self) -> Option<Dispatcher> {
         self.0.upgrade().map(|inner| Dispatcher { inner })
     }
 }

@@ -26,7 +26,10 @@ fn allow_origin_value(spec: &CorsSpec, origin: &str) -> Option<HeaderValue> {
 
 /// The answer to a preflight (`OPTIONS` with `Origin` and
 /// `Access-Control-Request-Method`), or `None` if the request is not one.
-pub fn preflight(spec: &CorsSpec, parts: &http::request::Parts) -> Option<http::Response<Bytes>> {
+pub(crate) fn preflight(
+    spec: &CorsSpec,
+    parts: &http::request::Parts,
+) -> Option<http::Response<Bytes>> {
     if parts.method != Method::OPTIONS {
         return None;
     }
@@ -102,7 +105,7 @@ fn vary(headers: &mut HeaderMap) {
 }
 
 /// Adds the CORS headers of an actual request from `origin` to its response.
-pub fn decorate(spec: &CorsSpec, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+pub(crate) fn decorate(spec: &CorsSpec, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     let Some(origin) = origin.and_then(|o| o.to_str().ok()) else {
         return;

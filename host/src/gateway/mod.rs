@@ -6,10 +6,10 @@
 //! retries, fallback). Every answer carries `x-request-id` and is written to the access
 //! log (target `microhost::access`).
 
-pub mod cors;
-pub mod server;
-pub mod trace;
-pub mod transform;
+pub(crate) mod cors;
+pub(crate) mod server;
+pub(crate) mod trace;
+pub(crate) mod transform;
 
 use crate::auth::Auth;
 use crate::body::BodyError;
@@ -27,10 +27,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use crate::headers::SERVICE_HEADER;
-
 /// The gateway: a router over the registry's services.
-pub struct Gateway {
+pub(crate) struct Gateway {
     registry: Arc<Registry>,
     dispatcher: Dispatcher,
     auth: Arc<Auth>,
@@ -44,7 +42,7 @@ struct Answer {
 }
 
 impl Gateway {
-    pub fn new(registry: Arc<Registry>, dispatcher: Dispatcher, auth: Arc<Auth>) -> Gateway {
+    pub(crate) fn new(registry: Arc<Registry>, dispatcher: Dispatcher, auth: Arc<Auth>) -> Gateway {
         Gateway {
             registry,
             dispatcher,
@@ -53,7 +51,7 @@ impl Gateway {
     }
 
     /// Serves one request from `peer`. Never fails: every outcome is an HTTP response.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         req: http::Request<Incoming>,
         peer: SocketAddr,

@@ -50,7 +50,7 @@ impl Default for ServerLimits {
 }
 
 /// A TLS server configuration from PEM files: the certificate chain and its private key.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
@@ -74,7 +74,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 /// Accepts connections on `listener` until `shutdown` turns true, serving each with the
 /// service `make(peer)` returns (over TLS if `tls` is set); then stops accepting and
 /// waits (up to the grace period) for open connections to finish their requests.
-pub async fn serve<M, S, B>(
+pub(crate) async fn serve<M, S, B>(
     name: &'static str,
     listener: TcpListener,
     make: M,

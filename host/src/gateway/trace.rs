@@ -8,7 +8,7 @@ use rand::Rng as _;
 
 /// The incoming request id if it is 1 to 128 visible characters without spaces, else
 /// a new random one (UUID v4 form).
-pub fn request_id(incoming: Option<&http::HeaderValue>) -> String {
+pub(crate) fn request_id(incoming: Option<&http::HeaderValue>) -> String {
     if let Some(id) = incoming.and_then(|v| v.to_str().ok())
         && (1..=128).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_graphic())
@@ -59,7 +59,7 @@ fn parse(value: &str) -> Option<(&str, &str)> {
 }
 
 /// A `traceparent` for the gateway's hop: the incoming trace continued, or a new one.
-pub fn child_traceparent(incoming: Option<&http::HeaderValue>) -> String {
+pub(crate) fn child_traceparent(incoming: Option<&http::HeaderValue>) -> String {
     let mut rng = rand::thread_rng();
     let mut out = String::with_capacity(55);
     out.push_str("00-");
@@ -82,7 +82,7 @@ pub fn child_traceparent(incoming: Option<&http::HeaderValue>) -> String {
 }
 
 /// The trace id of a `traceparent` we made or accepted.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
+pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
     parse(traceparent).map(|(trace, _)| trace)
 }
 

@@ -5,7 +5,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 /// The path the service sees: `strip_prefix` removed (whole segments only), then
 /// `add_prefix` put in front; the query is kept.
-pub fn rewrite_uri(spec: &TransformSpec, uri: &Uri) -> Uri {
+pub(crate) fn rewrite_uri(spec: &TransformSpec, uri: &Uri) -> Uri {
     if spec.strip_prefix.is_none() && spec.add_prefix.is_none() {
         return uri.clone();
     }
@@ -37,7 +37,7 @@ pub fn rewrite_uri(spec: &TransformSpec, uri: &Uri) -> Uri {
 }
 
 /// Removes, then sets, the configured headers.
-pub fn apply_headers(ops: &HeaderOps, headers: &mut HeaderMap) {
+pub(crate) fn apply_headers(ops: &HeaderOps, headers: &mut HeaderMap) {
     for name in &ops.remove {
         if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
             headers.remove(name);

@@ -55,14 +55,14 @@ fn closed(now: Instant) -> State {
 
 /// The breakers of every target service.
 #[derive(Debug, Default)]
-pub struct Breakers {
+pub(crate) struct Breakers {
     states: Mutex<HashMap<String, State>>,
 }
 
 /// A breaker's state, for the admin API and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Status {
+pub(crate) enum Status {
     Closed,
     Open,
     HalfOpen,
@@ -76,7 +76,7 @@ impl Breakers {
     /// Whether a call to `target` may go ahead now. When the open period is over, the
     /// first caller becomes the probe; if it has not reported after `probe_timeout`
     /// (its caller went away), the next caller probes.
-    pub fn allow(&self, target: &str, probe_timeout: Duration) -> bool {
+    pub(crate) fn allow(&self, target: &str, probe_timeout: Duration) -> bool {
         self.allow_at(target, probe_timeout, Instant::now())
     }
 
@@ -96,7 +96,7 @@ impl Breakers {
     }
 
     /// Reports how an allowed call to `target` ended.
-    pub fn record(&self, target: &str, spec: &BreakerSpec, ok: bool) {
+    pub(crate) fn record(&self, target: &str, spec: &BreakerSpec, ok: bool) {
         self.record_at(target, spec, ok, Instant::now());
     }
 
@@ -158,7 +158,7 @@ impl Breakers {
         *state = next;
     }
 
-    pub fn status(&self, target: &str) -> Status {
+    pub(crate) fn status(&self, target: &str) -> Status {
         match self.lock().get(target) {
             None | Some(State::Closed { .. }) => Status::Closed,
             Some(State::Open { .. }) => Status::Open,

@@ -7,12 +7,12 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 
 /// How long a request's deposit counts, and the span `min_per_sec` is granted over
 /// (tower's and finagle's default).
-pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+pub(super) const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// Tokens for retries: every request deposits `budget_pct` % of a retry, which counts
 /// for [`BUDGET_WINDOW`], and `min_per_sec` retries a second are allowed on top (as
 /// `min_per_sec` × 10 per window), so retries cannot multiply load.
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     budget: TpsBudget,
     /// `TpsBudget` deposits once per call and a retry costs a whole number of deposits,
     /// so `budget_pct` % is `deposits` calls per request at `100 / gcd(budget_pct, 100)`
@@ -49,14 +49,14 @@ impl RetryBudget {
     }
 
     /// A request came in.
-    pub fn deposit(&self) {
+    pub(crate) fn deposit(&self) {
         for _ in 0..self.deposits {
             self.budget.deposit();
         }
     }
 
     /// Takes a retry's token, if the budget has one.
-    pub fn withdraw(&self) -> bool {
+    pub(crate) fn withdraw(&self) -> bool {
         self.budget.withdraw()
     }
 }

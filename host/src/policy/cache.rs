@@ -36,8 +36,8 @@ impl Entry {
 }
 
 /// `GET` responses of one service's active version.
-pub struct Cache {
-    pub spec: CacheSpec,
+pub(crate) struct Cache {
+    pub(crate) spec: CacheSpec,
     /// The version the entries came from; another one empties the store.
     version: RwLock<String>,
     /// Keyed by [`Cache::key`]. Nothing expires here: an entry past its lifetime stays
@@ -63,13 +63,13 @@ impl Cache {
 
     /// The cache key of a request: whose answers it may share (see `cache_owner`) and
     /// what it asks for.
-    pub fn key(owner: &str, uri: &http::Uri) -> String {
+    pub(crate) fn key(owner: &str, uri: &http::Uri) -> String {
         let what = uri.path_and_query().map_or("/", |pq| pq.as_str());
         format!("{owner}\n{what}")
     }
 
     /// Drops every entry for `path` (any query, anyone's).
-    pub fn invalidate_path(&self, path: &str) {
+    pub(crate) fn invalidate_path(&self, path: &str) {
         for (key, entry) in self.entries.iter() {
             if entry.path == path {
                 self.entries.invalidate(&*key);
@@ -91,7 +91,12 @@ impl Cache {
 
     /// The cached response for `key` of `version`: a fresh one only, or one past its
     /// lifetime too (`stale_ok`, for fallbacks).
-    pub fn get(&self, version: &str, key: &str, stale_ok: bool) -> Option<http::Response<Bytes>> {
+    pub(crate) fn get(
+        &self,
+        version: &str,
+        key: &str,
+        stale_ok: bool,
+    ) -> Option<http::Response<Bytes>> {
         self.get_at(version, key, stale_ok, Instant::now())
     }
 
@@ -117,7 +122,13 @@ impl Cache {
     }
 
     /// Keeps `response` (answered by `version`) if it may be cached (see [`lifetime`]).
-    pub fn store(&self, version: &str, key: &str, path: &str, response: &http::Response<Bytes>) {
+    pub(crate) fn store(
+        &self,
+        version: &str,
+        key: &str,
+        path: &str,
+        response: &http::Response<Bytes>,
+    ) {
         self.store_at(version, key, path, response, Instant::now());
     }
 
@@ -146,12 +157,13 @@ impl Cache {
     }
 
     /// Entries now held (after the store's pending evictions and invalidations).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.run_pending_tasks();
         usize::try_from(self.entries.entry_count()).unwrap_or(usize::MAX)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

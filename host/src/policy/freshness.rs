@@ -9,16 +9,16 @@ use std::time::Duration;
 
 /// The directives of a `Cache-Control` header that matter here.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct CacheControl {
-    pub no_store: bool,
-    pub no_cache: bool,
-    pub private: bool,
-    pub max_age: Option<u64>,
-    pub s_maxage: Option<u64>,
+pub(crate) struct CacheControl {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
 }
 
 impl CacheControl {
-    pub fn parse(headers: &HeaderMap) -> CacheControl {
+    pub(crate) fn parse(headers: &HeaderMap) -> CacheControl {
         let mut cc = CacheControl::default();
         for value in headers.get_all(header::CACHE_CONTROL) {
             let Ok(value) = value.to_str() else { continue };
@@ -52,7 +52,7 @@ impl CacheControl {
 /// only a `200` without `Set-Cookie` or `Vary`, no larger than `max_entry_kib`, and not
 /// `no-store`, `no-cache` or `private`; fresh for its `s-maxage`, else `max-age`, else
 /// the route's `ttl_ms` (a lifetime of zero is not kept).
-pub fn lifetime(spec: &CacheSpec, response: &http::Response<Bytes>) -> Option<Duration> {
+pub(super) fn lifetime(spec: &CacheSpec, response: &http::Response<Bytes>) -> Option<Duration> {
     if response.status() != StatusCode::OK
         || response.headers().contains_key(header::SET_COOKIE)
         || response.headers().contains_key(header::VARY)

@@ -4,36 +4,36 @@
 //! budget (`budget`), a response cache (`cache`, its rules in `freshness`) and the circuit
 //! breakers (`breaker`).
 
-pub mod breaker;
+pub(crate) mod breaker;
 mod budget;
 mod cache;
 mod freshness;
 mod rate;
 mod shed;
 
-pub use budget::RetryBudget;
-pub use cache::Cache;
-pub use freshness::CacheControl;
-pub use rate::{RateDecision, RateLimit};
-pub use shed::{Shed, Shedder};
+pub(crate) use budget::RetryBudget;
+pub(crate) use cache::Cache;
+pub(crate) use freshness::CacheControl;
+pub(crate) use rate::RateLimit;
+pub(crate) use shed::{Shed, Shedder};
 
 use crate::config::{FallbackSpec, PolicySpec};
 use http::Method;
 use std::time::Duration;
 
 /// The policies of one service, with their state.
-pub struct Policy {
-    pub rate_limit: Option<RateLimit>,
-    pub concurrency: Option<Shedder>,
-    pub budget: RetryBudget,
-    pub cache: Option<Cache>,
-    pub spec: PolicySpec,
+pub(crate) struct Policy {
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) concurrency: Option<Shedder>,
+    pub(crate) budget: RetryBudget,
+    pub(crate) cache: Option<Cache>,
+    pub(crate) spec: PolicySpec,
     /// The service's in-flight gauge, looked up once.
-    pub in_flight: std::sync::OnceLock<prometheus_client::metrics::gauge::Gauge>,
+    pub(crate) in_flight: std::sync::OnceLock<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Policy {
-    pub fn new(spec: &PolicySpec) -> Policy {
+    pub(crate) fn new(spec: &PolicySpec) -> Policy {
         Policy {
             rate_limit: spec.rate_limit.as_ref().map(RateLimit::new),
             concurrency: spec.concurrency.as_ref().map(Shedder::new),
@@ -45,7 +45,7 @@ impl Policy {
     }
 
     /// The policies and their state now, for the admin API.
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         serde_json::json!({
             "rate_limit": self.rate_limit.as_ref().map(|r| serde_json::json!({
                 "per_second": r.spec.per_second,
@@ -73,7 +73,7 @@ impl Policy {
     }
 
     /// Tries a request may get: `retry.attempts` for idempotent methods, else one.
-    pub fn attempts(&self, method: &Method) -> u32 {
+    pub(crate) fn attempts(&self, method: &Method) -> u32 {
         let idempotent = matches!(
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
@@ -86,7 +86,7 @@ impl Policy {
     }
 
     /// The delay before retry `n` (1-based): `backoff_ms`, doubling.
-    pub fn backoff(&self, n: u32) -> Duration {
+    pub(crate) fn backoff(&self, n: u32) -> Duration {
         let factor = 1u64 << n.saturating_sub(1).min(10);
         Duration::from_millis(self.spec.retry.backoff_ms.saturating_mul(factor))
     }

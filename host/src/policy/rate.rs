@@ -14,19 +14,19 @@ type KeyedLimiter =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// A token bucket per client key.
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     limiter: KeyedLimiter,
-    pub spec: RateLimitSpec,
+    pub(crate) spec: RateLimitSpec,
     checks: AtomicU64,
 }
 
 /// A rate-limit decision, with what the `RateLimit-*` headers say.
-pub struct RateDecision {
-    pub allowed: bool,
-    pub limit: u32,
-    pub remaining: u32,
+pub(crate) struct RateDecision {
+    pub(crate) allowed: bool,
+    pub(crate) limit: u32,
+    pub(crate) remaining: u32,
     /// When a token is next available (0 if one is now).
-    pub reset: Duration,
+    pub(crate) reset: Duration,
 }
 
 impl RateLimit {
@@ -42,7 +42,7 @@ impl RateLimit {
     }
 
     /// Takes a token from `key`'s bucket, if there is one.
-    pub fn check(&self, key: &str) -> RateDecision {
+    pub(crate) fn check(&self, key: &str) -> RateDecision {
         // Forget buckets that have refilled now and then, so idle clients cost nothing.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             self.limiter.retain_recent();

@@ -8,7 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shed {
+pub(crate) enum Shed {
     /// Every slot busy and the queue full.
     QueueFull,
     /// Waited in the queue for `queue_timeout_ms` without a turn.
@@ -16,10 +16,10 @@ pub enum Shed {
 }
 
 /// A concurrency limit with a bounded wait queue.
-pub struct Shedder {
+pub(crate) struct Shedder {
     permits: Arc<Semaphore>,
     queued: AtomicU32,
-    pub spec: ConcurrencySpec,
+    pub(crate) spec: ConcurrencySpec,
 }
 
 impl Shedder {
@@ -32,7 +32,7 @@ impl Shedder {
     }
 
     /// A turn to run, waiting in the queue if there is room in it.
-    pub async fn enter(&self) -> Result<OwnedSemaphorePermit, Shed> {
+    pub(crate) async fn enter(&self) -> Result<OwnedSemaphorePermit, Shed> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -61,13 +61,13 @@ impl Shedder {
     }
 
     /// Requests running now.
-    pub fn running(&self) -> u32 {
+    pub(crate) fn running(&self) -> u32 {
         self.spec
             .max
             .saturating_sub(self.permits.available_permits() as u32)
     }
 
-    pub fn queued(&self) -> u32 {
+    pub(crate) fn queued(&self) -> u32 {
         self.queued.load(Ordering::Acquire)
     }
 }

@@ -16,22 +16,22 @@ use std::sync::Arc;
 
 /// What applying a manifest changed.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct ApplyReport {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
+pub(crate) struct ApplyReport {
+    pub(crate) added: Vec<String>,
+    pub(crate) removed: Vec<String>,
     /// Services whose settings (route, limits, config, subscriptions...) changed.
-    pub reconfigured: Vec<String>,
+    pub(crate) reconfigured: Vec<String>,
     /// Services whose component changed: `service@version`.
-    pub deployed: Vec<String>,
-    pub unchanged: Vec<String>,
+    pub(crate) deployed: Vec<String>,
+    pub(crate) unchanged: Vec<String>,
     /// Services left as they were, and why.
-    pub refused: Vec<Refusal>,
+    pub(crate) refused: Vec<Refusal>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Refusal {
-    pub service: String,
-    pub reason: String,
+pub(crate) struct Refusal {
+    pub(crate) service: String,
+    pub(crate) reason: String,
 }
 
 impl Registry {
@@ -40,7 +40,7 @@ impl Registry {
     /// a later return), rebuilds those whose settings changed, and deploys a component
     /// that changed (through the health gate; a refused one leaves its service as it
     /// was). Requests in flight finish on what they started on.
-    pub async fn apply(&self, manifest: &Manifest) -> ApplyReport {
+    pub(crate) async fn apply(&self, manifest: &Manifest) -> ApplyReport {
         let _one_at_a_time = self.applying.lock().await;
         let old = self.catalog();
         let mut report = ApplyReport::default();

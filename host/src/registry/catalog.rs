@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// A service as it is now, for whoever shows it (the admin API).
-pub struct ServiceState {
-    pub slot: Arc<ServiceSlot>,
-    pub record: ServiceRecord,
+pub(crate) struct ServiceState {
+    pub(crate) slot: Arc<ServiceSlot>,
+    pub(crate) record: ServiceRecord,
 }
 
 /// The services, the manifest entries they were built from, and the router over their
@@ -47,18 +47,18 @@ impl Registry {
         self.records.lock()
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<ServiceSlot>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<ServiceSlot>> {
         self.catalog().services.get(name).cloned()
     }
 
     /// The service whose route is the longest prefix of `path`.
-    pub fn route(&self, path: &str) -> Option<Arc<ServiceSlot>> {
+    pub(crate) fn route(&self, path: &str) -> Option<Arc<ServiceSlot>> {
         let catalog = self.catalog();
         let name = catalog.router.route(path)?;
         catalog.services.get(name).cloned()
     }
 
-    pub fn services(&self) -> Vec<Arc<ServiceSlot>> {
+    pub(crate) fn services(&self) -> Vec<Arc<ServiceSlot>> {
         self.catalog().services.values().cloned().collect()
     }
 
@@ -83,14 +83,14 @@ impl Registry {
 
     /// The service as it is now: its slot (settings, routing, health, draining
     /// versions) and its record (stored versions, canary, rollback stack).
-    pub async fn state(&self, service: &str) -> Result<ServiceState, RegistryError> {
+    pub(crate) async fn state(&self, service: &str) -> Result<ServiceState, RegistryError> {
         let slot = self.slot(service)?;
         let record = self.record_of(service)?.lock().await.clone();
         Ok(ServiceState { slot, record })
     }
 
     /// The service's history after sequence number `after`, oldest first.
-    pub fn history(
+    pub(crate) fn history(
         &self,
         service: &str,
         after: u64,
@@ -101,7 +101,7 @@ impl Registry {
     }
 
     /// Every service as it is now, by name.
-    pub async fn states(&self) -> Vec<ServiceState> {
+    pub(crate) async fn states(&self) -> Vec<ServiceState> {
         let mut states = Vec::new();
         for slot in self.services() {
             let record = match self.record_of(slot.name()) {

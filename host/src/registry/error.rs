@@ -6,7 +6,7 @@ use crate::store::StoreError;
 
 /// Why a registry change was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub(crate) enum RegistryError {
     #[error("service {name:?} does not exist")]
     UnknownService { name: String },
     #[error(

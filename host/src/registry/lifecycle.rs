@@ -12,14 +12,14 @@ use bytes::Bytes;
 
 /// An automatic rollback: the canary that was judged, and why.
 #[derive(Debug, Clone)]
-pub struct AutoRollback {
-    pub canary: String,
-    pub reason: String,
+pub(crate) struct AutoRollback {
+    pub(crate) canary: String,
+    pub(crate) reason: String,
 }
 
 /// What a deploy does with the new version once it is stored and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeployMode {
+pub(crate) enum DeployMode {
     /// Make it the active version.
     Activate,
     /// Send it this percentage of calls (1–100) as a canary.
@@ -30,21 +30,21 @@ pub enum DeployMode {
 
 /// What a successful deploy did.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Deployed {
-    pub service: String,
-    pub version: String,
-    pub sha256: String,
+pub(crate) struct Deployed {
+    pub(crate) service: String,
+    pub(crate) version: String,
+    pub(crate) sha256: String,
     /// The active version before.
-    pub previous: String,
+    pub(crate) previous: String,
     /// The active version now.
-    pub active: String,
-    pub canary: Option<CanaryRecord>,
+    pub(crate) active: String,
+    pub(crate) canary: Option<CanaryRecord>,
     /// Whether traffic moved (false: the version was already in the requested role, or
     /// was only stored).
-    pub switched: bool,
+    pub(crate) switched: bool,
     /// Whether the version was new to the service's store.
-    pub stored: bool,
-    pub from_cache: bool,
+    pub(crate) stored: bool,
+    pub(crate) from_cache: bool,
 }
 
 impl Registry {
@@ -98,7 +98,7 @@ impl Registry {
     /// contract gate, the label's content, then (before it takes traffic) its health
     /// check and smoke request. On any error nothing changes. Without a `label`, the
     /// version is named by its content (the first 12 digits of its sha256).
-    pub async fn deploy(
+    pub(crate) async fn deploy(
         &self,
         service: &str,
         label: Option<VersionLabel>,
@@ -160,7 +160,7 @@ impl Registry {
     }
 
     /// Makes a stored version active (after its health gate).
-    pub async fn activate(
+    pub(crate) async fn activate(
         &self,
         service: &str,
         label: &str,
@@ -173,7 +173,7 @@ impl Registry {
     }
 
     /// Sends `weight` percent of calls to a stored version; 0 ends the canary.
-    pub async fn set_canary(
+    pub(crate) async fn set_canary(
         &self,
         service: &str,
         label: &str,
@@ -189,7 +189,7 @@ impl Registry {
     }
 
     /// Makes the canary the active version.
-    pub async fn promote(&self, service: &str) -> Result<HistoryEntry, RegistryError> {
+    pub(crate) async fn promote(&self, service: &str) -> Result<HistoryEntry, RegistryError> {
         let lock = self.record_of(service)?;
         let mut held = lock.lock().await;
         let slot = self.slot(service)?;
@@ -200,7 +200,7 @@ impl Registry {
     /// Undoes the last change: ends the canary if there is one, otherwise makes the
     /// previously active version active again. Not gated, so that it cannot be blocked.
     /// `auto` marks an automatic rollback.
-    pub async fn rollback(
+    pub(crate) async fn rollback(
         &self,
         service: &str,
         auto: Option<AutoRollback>,

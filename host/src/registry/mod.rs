@@ -23,18 +23,17 @@ mod error;
 mod gate;
 mod lifecycle;
 mod prepared;
-pub mod record;
+pub(crate) mod record;
 mod router;
 mod slot;
 mod supervisor;
 mod transition;
-pub mod watch;
+pub(crate) mod watch;
 
-pub use apply::{ApplyReport, Refusal};
-pub use catalog::ServiceState;
-pub use error::RegistryError;
-pub use lifecycle::{AutoRollback, DeployMode, Deployed};
-pub use slot::{Health, InFlight, Routing, ServiceSlot, Version, Window};
+pub(crate) use catalog::ServiceState;
+pub(crate) use error::RegistryError;
+pub(crate) use lifecycle::{AutoRollback, DeployMode};
+pub(crate) use slot::{Health, Routing, ServiceSlot, Version};
 
 use crate::capability::outgoing::ServiceCaller;
 use crate::config::Manifest;
@@ -48,7 +47,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// All services, by name: their slots, records and stored versions.
-pub struct Registry {
+pub(crate) struct Registry {
     runtime: Arc<Runtime>,
     storage: Arc<dyn Storage>,
     auth: Arc<crate::auth::Auth>,
@@ -68,19 +67,19 @@ pub struct Registry {
 }
 
 /// What the registry is built from.
-pub struct RegistryParts {
-    pub runtime: Arc<Runtime>,
-    pub storage: Arc<dyn Storage>,
-    pub auth: Arc<crate::auth::Auth>,
+pub(crate) struct RegistryParts {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) auth: Arc<crate::auth::Auth>,
     /// Holds the component store (`<data_dir>/components`).
-    pub data_dir: std::path::PathBuf,
+    pub(crate) data_dir: std::path::PathBuf,
 }
 
 impl Registry {
     /// An empty registry whose health checks make their service calls through
     /// `caller`; [`Registry::load`] fills it. The receiver gets every slot that starts
     /// serving at runtime.
-    pub fn new(
+    pub(crate) fn new(
         parts: RegistryParts,
         caller: Arc<dyn ServiceCaller>,
     ) -> (
@@ -106,7 +105,7 @@ impl Registry {
     /// Builds every service of the manifest. A service the registry has a record of
     /// comes back as it was (active version, canary, history) unless the manifest now
     /// names a different component for it, which then becomes active.
-    pub async fn load(&self, manifest: &Manifest) -> anyhow::Result<()> {
+    pub(crate) async fn load(&self, manifest: &Manifest) -> anyhow::Result<()> {
         let mut services = BTreeMap::new();
         for spec in &manifest.services {
             let slot = self
@@ -120,7 +119,7 @@ impl Registry {
     }
 
     /// Runs health checks and canary analysis until `stop` turns true.
-    pub fn supervise(
+    pub(crate) fn supervise(
         self: &Arc<Self>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// How many previously active versions `rollback` can walk back through.
 const ROLLBACK_DEPTH: usize = 32;
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -21,38 +21,38 @@ pub fn now_ms() -> u64 {
 
 /// A stored version of a service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VersionMeta {
-    pub sha256: String,
-    pub size: u64,
+pub(crate) struct VersionMeta {
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
     /// Unix milliseconds of the first deploy.
-    pub deployed_at_ms: u64,
+    pub(crate) deployed_at_ms: u64,
     /// The component's exports, as checked against the service world.
-    pub exports: Vec<String>,
+    pub(crate) exports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CanaryRecord {
-    pub version: String,
+pub(crate) struct CanaryRecord {
+    pub(crate) version: String,
     /// Percentage of calls, 1 to 100.
-    pub weight: u8,
+    pub(crate) weight: u8,
 }
 
 /// The registry's record of one service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceRecord {
-    pub active: String,
-    pub canary: Option<CanaryRecord>,
+pub(crate) struct ServiceRecord {
+    pub(crate) active: String,
+    pub(crate) canary: Option<CanaryRecord>,
     /// Versions that were active before, the most recent last.
-    pub previous: Vec<String>,
-    pub versions: BTreeMap<String, VersionMeta>,
+    pub(crate) previous: Vec<String>,
+    pub(crate) versions: BTreeMap<String, VersionMeta>,
     /// The manifest's (version, sha256) when it was last applied: a manifest that names
     /// something else is a new desired state and wins over runtime changes.
-    pub manifest: (String, String),
+    pub(crate) manifest: (String, String),
 }
 
 impl ServiceRecord {
     /// Makes `label` active, remembering the one it replaces for rollback.
-    pub fn activate(&mut self, label: &str) {
+    pub(crate) fn activate(&mut self, label: &str) {
         if self.active != label {
             let old = std::mem::replace(&mut self.active, label.to_string());
             self.previous.retain(|v| v != label && *v != old);
@@ -67,7 +67,7 @@ impl ServiceRecord {
     }
 
     /// What the stored version `label` does now.
-    pub fn role(&self, label: &str) -> Role {
+    pub(crate) fn role(&self, label: &str) -> Role {
         if self.active == label {
             Role::Active
         } else if self.canary.as_ref().is_some_and(|c| c.version == label) {
@@ -84,7 +84,7 @@ impl ServiceRecord {
 /// the rollback stack, or is only stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     Active,
     Canary,
     Previous,
@@ -93,27 +93,27 @@ pub enum Role {
 
 /// One entry of a service's deployment history.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HistoryEntry {
+pub(crate) struct HistoryEntry {
     #[serde(default)]
-    pub seq: u64,
-    pub at_ms: u64,
+    pub(crate) seq: u64,
+    pub(crate) at_ms: u64,
     /// `deploy`, `activate`, `canary`, `promote`, `rollback`, `auto-rollback`,
     /// `manifest`, `refused`, `unhealthy` or `healthy`.
-    pub action: String,
-    pub version: String,
+    pub(crate) action: String,
+    pub(crate) version: String,
     /// The active version before.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u8>,
+    pub(crate) weight: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
 impl HistoryEntry {
     /// An entry made at `at_ms` (Unix milliseconds; the sequence number comes when it is
     /// saved).
-    pub fn new(action: &str, version: &str, at_ms: u64) -> HistoryEntry {
+    pub(crate) fn new(action: &str, version: &str, at_ms: u64) -> HistoryEntry {
         HistoryEntry {
             seq: 0,
             at_ms,
@@ -125,17 +125,17 @@ impl HistoryEntry {
         }
     }
 
-    pub fn from(mut self, from: &str) -> HistoryEntry {
+    pub(crate) fn from(mut self, from: &str) -> HistoryEntry {
         self.from = Some(from.to_string());
         self
     }
 
-    pub fn weight(mut self, weight: u8) -> HistoryEntry {
+    pub(crate) fn weight(mut self, weight: u8) -> HistoryEntry {
         self.weight = Some(weight);
         self
     }
 
-    pub fn detail(mut self, detail: impl Into<String>) -> HistoryEntry {
+    pub(crate) fn detail(mut self, detail: impl Into<String>) -> HistoryEntry {
         self.detail = Some(detail.into());
         self
     }
@@ -145,7 +145,10 @@ fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("unreadable {what}: {e}"))
 }
 
-pub fn load(storage: &dyn Storage, service: &str) -> Result<Option<ServiceRecord>, StoreError> {
+pub(crate) fn load(
+    storage: &dyn Storage,
+    service: &str,
+) -> Result<Option<ServiceRecord>, StoreError> {
     storage
         .get(&keys::registry_record(service))?
         .map(|bytes| serde_json::from_slice(&bytes).map_err(|e| corrupt("registry record", e)))
@@ -154,7 +157,7 @@ pub fn load(storage: &dyn Storage, service: &str) -> Result<Option<ServiceRecord
 
 /// Writes `record` (when given) and appends `entry` to the history in one transaction,
 /// and waits until both are on disk.
-pub async fn save(
+pub(crate) async fn save(
     storage: &dyn Storage,
     service: &str,
     record: Option<&ServiceRecord>,
@@ -180,7 +183,7 @@ pub async fn save(
 }
 
 /// Up to `limit` history entries after sequence number `after`, oldest first.
-pub fn history(
+pub(crate) fn history(
     storage: &dyn Storage,
     service: &str,
     after: u64,
@@ -197,12 +200,12 @@ pub fn history(
 
 /// Component files by sha256, in `<data-dir>/components`.
 #[derive(Debug, Clone)]
-pub struct ComponentStore {
+pub(crate) struct ComponentStore {
     dir: PathBuf,
 }
 
 impl ComponentStore {
-    pub fn new(dir: PathBuf) -> ComponentStore {
+    pub(crate) fn new(dir: PathBuf) -> ComponentStore {
         ComponentStore { dir }
     }
 
@@ -212,7 +215,7 @@ impl ComponentStore {
 
     /// Stores `wasm` under its sha256 (once), durably: written to a temporary file,
     /// synced, then renamed into place.
-    pub fn put(&self, sha256: &str, wasm: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn put(&self, sha256: &str, wasm: &[u8]) -> std::io::Result<()> {
         let path = self.path(sha256);
         if path.exists() {
             return Ok(());
@@ -231,7 +234,7 @@ impl ComponentStore {
         sync_dir(&self.dir)
     }
 
-    pub fn get(&self, sha256: &str) -> std::io::Result<Vec<u8>> {
+    pub(crate) fn get(&self, sha256: &str) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.path(sha256))
     }
 }

@@ -3,7 +3,7 @@
 
 /// Routes, longest prefix first.
 #[derive(Debug, Clone, Default)]
-pub struct Router {
+pub(super) struct Router {
     routes: Vec<(String, String)>,
 }
 
@@ -11,14 +11,14 @@ impl Router {
     /// Builds a router from `(prefix, service)` pairs. Prefixes are whole path segments
     /// (`/api/products` matches `/api/products` and `/api/products/7`, not
     /// `/api/productsx`); `/` matches everything.
-    pub fn new(routes: impl IntoIterator<Item = (String, String)>) -> Router {
+    pub(super) fn new(routes: impl IntoIterator<Item = (String, String)>) -> Router {
         let mut routes: Vec<(String, String)> = routes.into_iter().collect();
         routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Router { routes }
     }
 
     /// The service whose prefix is the longest match for `path`.
-    pub fn route(&self, path: &str) -> Option<&str> {
+    pub(super) fn route(&self, path: &str) -> Option<&str> {
         self.routes
             .iter()
             .find(|(prefix, _)| matches_prefix(prefix, path))

@@ -19,11 +19,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 /// One component version of a service, ready to serve.
-pub struct Version {
-    pub label: String,
-    pub prepared: Prepared,
+pub(crate) struct Version {
+    pub(crate) label: String,
+    pub(crate) prepared: Prepared,
     /// When this version was first deployed (from the registry's record).
-    pub deployed_at: SystemTime,
+    pub(crate) deployed_at: SystemTime,
     /// Requests running on this version now.
     in_flight: AtomicUsize,
     /// Requests this version has started in this process.
@@ -34,10 +34,10 @@ pub struct Version {
 
 /// Calls that succeeded and failed since `since`.
 #[derive(Debug, Clone, Copy)]
-pub struct Window {
-    pub since: Instant,
-    pub ok: u64,
-    pub failed: u64,
+pub(crate) struct Window {
+    pub(crate) since: Instant,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
 }
 
 impl Window {
@@ -49,12 +49,12 @@ impl Window {
         }
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.ok + self.failed
     }
 
     /// Failed calls in percent of all calls (0 without calls).
-    pub fn failure_pct(&self) -> f64 {
+    pub(crate) fn failure_pct(&self) -> f64 {
         if self.total() == 0 {
             0.0
         } else {
@@ -64,7 +64,7 @@ impl Window {
 }
 
 impl Version {
-    pub fn new(label: String, prepared: Prepared, deployed_at: SystemTime) -> Version {
+    pub(crate) fn new(label: String, prepared: Prepared, deployed_at: SystemTime) -> Version {
         Version {
             label,
             prepared,
@@ -75,16 +75,16 @@ impl Version {
         }
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn served(&self) -> u64 {
+    pub(crate) fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
 
     /// Counts the outcome of one call in the current window.
-    pub fn record(&self, ok: bool) {
+    pub(crate) fn record(&self, ok: bool) {
         let mut window = self.window.lock();
         if ok {
             window.ok += 1;
@@ -93,21 +93,21 @@ impl Version {
         }
     }
 
-    pub fn window(&self) -> Window {
+    pub(crate) fn window(&self) -> Window {
         *self.window.lock()
     }
 
     /// Starts a new window.
-    pub fn reset_window(&self) {
+    pub(crate) fn reset_window(&self) {
         *self.window.lock() = Window::new();
     }
 }
 
 /// Counts a request on a version for as long as it lives.
-pub struct InFlight(Arc<Version>);
+pub(crate) struct InFlight(Arc<Version>);
 
 impl InFlight {
-    pub fn version(&self) -> &Arc<Version> {
+    pub(crate) fn version(&self) -> &Arc<Version> {
         &self.0
     }
 }
@@ -120,41 +120,41 @@ impl Drop for InFlight {
 
 /// Where a service's traffic goes.
 #[derive(Clone)]
-pub struct Routing {
-    pub active: Arc<Version>,
+pub(crate) struct Routing {
+    pub(crate) active: Arc<Version>,
     /// A canary version and the percentage of calls it gets.
-    pub canary: Option<(Arc<Version>, u8)>,
+    pub(crate) canary: Option<(Arc<Version>, u8)>,
 }
 
 impl Routing {
     /// The versions taking traffic: the active one, then the canary.
-    pub fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
+    pub(crate) fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
         std::iter::once(&self.active).chain(self.canary.as_ref().map(|(c, _)| c))
     }
 }
 
 /// The outcome of the latest health checks.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Health {
-    pub healthy: bool,
+pub(crate) struct Health {
+    pub(crate) healthy: bool,
     /// Failed checks in a row.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Why the last check failed.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Unix milliseconds of the last check (0: not checked yet).
-    pub checked_at_ms: u64,
+    pub(crate) checked_at_ms: u64,
 }
 
 /// A service and the versions that serve it.
-pub struct ServiceSlot {
+pub(crate) struct ServiceSlot {
     /// The service's manifest entry, as it was when the slot was made.
-    pub spec: ServiceSpec,
+    pub(crate) spec: ServiceSpec,
     /// Routes that need no token (`spec.public`, parsed).
     public: Vec<PublicRule>,
     /// What the service's invocations may use, built once from `spec`.
-    pub grants: Arc<ServiceGrants>,
+    pub(crate) grants: Arc<ServiceGrants>,
     /// The route's gateway policies and their state (buckets, queue, cache).
-    pub policy: Arc<Policy>,
+    pub(crate) policy: Arc<Policy>,
     /// Read on every request, written by switches; never held across an `.await`.
     /// Shared with the slot that replaces this one when a manifest reconfigures the
     /// service, so a change made through either reaches both.
@@ -171,7 +171,7 @@ pub struct ServiceSlot {
 impl ServiceSlot {
     /// The slot of `spec`, routing to `routing`. Fails on a public rule that does not
     /// parse.
-    pub fn new(
+    pub(crate) fn new(
         spec: &ServiceSpec,
         storage: Arc<dyn Storage>,
         auth: Arc<Auth>,
@@ -200,7 +200,7 @@ impl ServiceSlot {
 
     /// A slot for the changed `spec` that shares this one's routing (for a reconfigured
     /// service: the versions, canary and in-flight counts carry over).
-    pub fn reconfigured(
+    pub(crate) fn reconfigured(
         &self,
         spec: &ServiceSpec,
         storage: Arc<dyn Storage>,
@@ -211,22 +211,22 @@ impl ServiceSlot {
         Ok(slot)
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.spec.name
     }
 
     /// Turns true when the slot is retired; its delivery loops stop then.
-    pub fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.retired.subscribe()
     }
 
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.retired.send_replace(true);
     }
 
     /// The version for one call (the canary for its share of calls), pinned until the
     /// returned guard is dropped.
-    pub fn pin(&self) -> InFlight {
+    pub(crate) fn pin(&self) -> InFlight {
         let version = {
             let routing = self.routing.read();
             match &routing.canary {
@@ -241,11 +241,11 @@ impl ServiceSlot {
         InFlight(version)
     }
 
-    pub fn routing(&self) -> Routing {
+    pub(crate) fn routing(&self) -> Routing {
         self.routing.read().clone()
     }
 
-    pub fn active(&self) -> Arc<Version> {
+    pub(crate) fn active(&self) -> Arc<Version> {
         self.routing().active
     }
 
@@ -278,7 +278,7 @@ impl ServiceSlot {
     }
 
     /// Versions no longer routed to that still have requests running: (label, in flight).
-    pub fn draining(&self) -> Vec<(String, usize)> {
+    pub(crate) fn draining(&self) -> Vec<(String, usize)> {
         let mut draining = self.draining.lock();
         draining.retain(|v| v.upgrade().is_some_and(|v| v.in_flight() > 0));
         draining
@@ -289,11 +289,11 @@ impl ServiceSlot {
     }
 
     /// Whether the service is in routing (its health checks pass).
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         self.health.lock().clone()
     }
 
@@ -321,7 +321,7 @@ impl ServiceSlot {
     }
 
     /// Whether a request needs a verified token.
-    pub fn requires_token(&self, method: &str, path: &str) -> bool {
+    pub(crate) fn requires_token(&self, method: &str, path: &str) -> bool {
         self.spec.protected && !self.public.iter().any(|rule| rule.matches(method, path))
     }
 }

@@ -11,8 +11,8 @@ use std::path::Path;
 /// A change to one service's record: the record after it, and its history entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Transition {
-    pub record: ServiceRecord,
-    pub entry: HistoryEntry,
+    pub(crate) record: ServiceRecord,
+    pub(crate) entry: HistoryEntry,
 }
 
 /// A canary weight is a percentage up to 100; `min` is 1 where 0 would mean nothing

@@ -32,7 +32,7 @@ fn fingerprint(path: &Path) -> Fingerprint {
     files
 }
 
-pub fn spawn(
+pub(crate) fn spawn(
     registry: Arc<Registry>,
     path: PathBuf,
     mut stop: watch::Receiver<bool>,

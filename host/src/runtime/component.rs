@@ -13,14 +13,14 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// The export every service must have.
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
 /// The export a service that subscribes to topics must have.
-pub const SUBSCRIBER: &str = "microhost:platform/subscriber";
+pub(crate) const SUBSCRIBER: &str = "microhost:platform/subscriber";
 /// The optional health export.
-pub const LIFECYCLE: &str = "microhost:platform/lifecycle";
+pub(super) const LIFECYCLE: &str = "microhost:platform/lifecycle";
 
 /// Why wasm bytes cannot become a service version. Each message says what is wrong and,
 /// where there is one, what to do about it.
 #[derive(Debug, thiserror::Error)]
-pub enum ComponentError {
+pub(crate) enum ComponentError {
     #[error("not a WebAssembly file: it does not start with the `\\0asm` magic bytes")]
     NotWasm,
     #[error(
@@ -41,7 +41,7 @@ pub enum ComponentError {
 
 /// A compiled, pre-instantiated component version: cheap to clone and to instantiate.
 #[derive(Clone)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub(crate) pre: ProxyPre<InvocationState>,
     /// Present when the component exports `microhost:platform/subscriber`.
     pub(crate) subscriber: Option<SubscriberPre<InvocationState>>,
@@ -49,11 +49,11 @@ pub struct Prepared {
     /// instantiable component and the index of its `health` function.
     pub(crate) health: Option<(InstancePre<InvocationState>, ComponentExportIndex)>,
     /// The component's exports, by name.
-    pub exports: Vec<String>,
+    pub(crate) exports: Vec<String>,
     /// Hex sha256 of the wasm bytes.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// Whether the machine code came from the precompiled cache (no compilation).
-    pub from_cache: bool,
+    pub(crate) from_cache: bool,
     /// Idle instances kept for services that allow instance reuse.
     pub(crate) warm: Arc<WarmPool>,
 }
@@ -63,10 +63,10 @@ const MAX_IDLE_INSTANCES: usize = 32;
 
 /// An instance that served a request cleanly and may serve another.
 pub(crate) struct Warm {
-    pub store: wasmtime::Store<InvocationState>,
-    pub proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    pub(crate) store: wasmtime::Store<InvocationState>,
+    pub(crate) proxy: wasmtime_wasi_http::p2::bindings::Proxy,
     /// Requests it has served.
-    pub served: u32,
+    pub(crate) served: u32,
 }
 
 /// The idle warm instances of one version, most recently used last.
@@ -76,11 +76,11 @@ pub(crate) struct WarmPool {
 }
 
 impl WarmPool {
-    pub fn take(&self) -> Option<Warm> {
+    pub(crate) fn take(&self) -> Option<Warm> {
         self.idle.lock().pop()
     }
 
-    pub fn put(&self, warm: Warm) {
+    pub(crate) fn put(&self, warm: Warm) {
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE_INSTANCES {
             idle.push(warm);
@@ -90,20 +90,15 @@ impl WarmPool {
 
 impl Prepared {
     /// Whether the component can receive events.
-    pub fn is_subscriber(&self) -> bool {
+    pub(crate) fn is_subscriber(&self) -> bool {
         self.subscriber.is_some()
-    }
-
-    /// Whether the component answers health checks itself.
-    pub fn has_health(&self) -> bool {
-        self.health.is_some()
     }
 }
 
 impl Runtime {
     /// Validates and compiles `wasm`. CPU-heavy when not cached: call it from a blocking
     /// thread.
-    pub fn prepare(&self, wasm: &[u8]) -> Result<Prepared, ComponentError> {
+    pub(crate) fn prepare(&self, wasm: &[u8]) -> Result<Prepared, ComponentError> {
         check_header(wasm)?;
         let sha256 = hex::encode(Sha256::digest(wasm));
         let (component, from_cache) = self.compile(wasm, &sha256)?;

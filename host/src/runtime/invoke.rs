@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 /// Largest response body a service may produce; the gateway buffers it whole so that
 /// nothing reaches the client before the invocation's outcome is known.
-pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+pub(super) const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Extra time after the CPU deadline before the invocation is abandoned outright (for a
 /// guest that is blocked in the host rather than running).
@@ -28,7 +28,7 @@ const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
 /// Why an invocation produced no usable result. `crate::outcome` classifies each (status,
 /// commit, breaker and canary verdict, retry).
 #[derive(Debug, thiserror::Error)]
-pub enum InvokeError {
+pub(crate) enum InvokeError {
     #[error("the service trapped: {0}")]
     Trap(String),
     #[error("the service did not answer within its timeout of {} ms", .0.as_millis())]
@@ -116,7 +116,7 @@ impl Runtime {
 
     /// Runs `request` through the component's `wasi:http/incoming-handler`. Returns the
     /// response and the invocation's effects, which the caller commits (or not).
-    pub async fn handle_http(
+    pub(crate) async fn handle_http(
         &self,
         prepared: &Prepared,
         grants: &ServiceGrants,
@@ -160,7 +160,7 @@ impl Runtime {
 
     /// Delivers `event` to the component's `microhost:platform/subscriber`. Returns the
     /// invocation's effects when the handler acknowledged the event.
-    pub async fn handle_event(
+    pub(crate) async fn handle_event(
         &self,
         prepared: &Prepared,
         grants: &ServiceGrants,
@@ -205,7 +205,7 @@ impl Runtime {
     /// Asks the component's `microhost:platform/lifecycle.health`: `Ok(Err(why))` is an
     /// unhealthy answer, `Err` a failed call (trap, timeout). A component without the
     /// export is healthy. The invocation's effects are dropped.
-    pub async fn check_health(
+    pub(crate) async fn check_health(
         &self,
         prepared: &Prepared,
         grants: &ServiceGrants,

@@ -5,9 +5,9 @@
 mod component;
 mod invoke;
 
-pub use crate::capability::InvocationState;
-pub use component::{ComponentError, Prepared, SUBSCRIBER};
-pub use invoke::InvokeError;
+pub(crate) use crate::capability::InvocationState;
+pub(crate) use component::{ComponentError, Prepared, SUBSCRIBER};
+pub(crate) use invoke::InvokeError;
 
 use anyhow::Context as _;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 /// How often the epoch advances: the granularity of CPU deadlines and of yielding a
 /// busy guest back to the async scheduler.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Bytes of a linear memory kept resident when its pool slot is freed: the dirty pages
 /// up to this size are reset to the memory's initial contents in place (found with the
@@ -33,14 +33,14 @@ const DECOMMIT_BATCH: usize = 32;
 
 /// Settings of the runtime, fixed for the life of the process.
 #[derive(Debug, Clone)]
-pub struct RuntimeConfig {
+pub(crate) struct RuntimeConfig {
     /// Most instances alive at once (each concurrent invocation holds one). The pool
     /// reserves address space for this many memories up front.
-    pub max_instances: u32,
+    pub(crate) max_instances: u32,
     /// The largest memory limit a service may ask for, in MiB.
-    pub max_memory_mib: u32,
+    pub(crate) max_memory_mib: u32,
     /// Where precompiled components are cached; `None` disables the cache.
-    pub cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -54,7 +54,7 @@ impl Default for RuntimeConfig {
 }
 
 /// The engine, the linker and the epoch ticker.
-pub struct Runtime {
+pub(crate) struct Runtime {
     engine: Engine,
     linker: Linker<InvocationState>,
     config: RuntimeConfig,
@@ -63,7 +63,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+    pub(crate) fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_instances)
             .total_memories(config.max_instances)

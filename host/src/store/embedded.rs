@@ -9,7 +9,7 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::watch;
 
 /// sled under a data directory.
-pub struct SledStorage {
+pub(crate) struct SledStorage {
     tree: sled::Tree,
     /// Serializes transactions: a transaction's reads and its batch see no other
     /// transaction in between. Held only while a batch is built and applied in memory,
@@ -21,7 +21,7 @@ pub struct SledStorage {
 impl SledStorage {
     /// Opens (or creates) the database under `dir`. sled takes a lock on the directory:
     /// a second host on the same directory fails here with a clear error.
-    pub fn open(dir: &Path) -> anyhow::Result<SledStorage> {
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<SledStorage> {
         use anyhow::Context as _;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create data directory {dir:?}"))?;

@@ -27,67 +27,67 @@ fn join(space: u8, parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Prefix of every key of `bucket` in `service`'s keyspace.
-pub fn kv_prefix(service: &str, bucket: &str) -> Vec<u8> {
+pub(crate) fn kv_prefix(service: &str, bucket: &str) -> Vec<u8> {
     let mut key = join(b'k', &[service.as_bytes(), bucket.as_bytes()]);
     key.push(SEP);
     key
 }
 
-pub fn kv(service: &str, bucket: &str, key: &str) -> Vec<u8> {
+pub(crate) fn kv(service: &str, bucket: &str, key: &str) -> Vec<u8> {
     let mut k = kv_prefix(service, bucket);
     k.extend_from_slice(key.as_bytes());
     k
 }
 
 /// Prefix of a topic's log.
-pub fn log_prefix(topic: &str) -> Vec<u8> {
+pub(crate) fn log_prefix(topic: &str) -> Vec<u8> {
     let mut key = join(b'l', &[topic.as_bytes()]);
     key.push(SEP);
     key
 }
 
-pub fn log(topic: &str, offset: u64) -> Vec<u8> {
+pub(crate) fn log(topic: &str, offset: u64) -> Vec<u8> {
     let mut key = log_prefix(topic);
     key.extend_from_slice(&offset.to_be_bytes());
     key
 }
 
-pub fn cursor(topic: &str, service: &str) -> Vec<u8> {
+pub(crate) fn cursor(topic: &str, service: &str) -> Vec<u8> {
     join(b'c', &[topic.as_bytes(), service.as_bytes()])
 }
 
-pub fn attempts(topic: &str, service: &str) -> Vec<u8> {
+pub(crate) fn attempts(topic: &str, service: &str) -> Vec<u8> {
     join(b'a', &[topic.as_bytes(), service.as_bytes()])
 }
 
 /// Prefix of a subscription's dead letters.
-pub fn dead_prefix(topic: &str, service: &str) -> Vec<u8> {
+pub(crate) fn dead_prefix(topic: &str, service: &str) -> Vec<u8> {
     let mut key = join(b'd', &[topic.as_bytes(), service.as_bytes()]);
     key.push(SEP);
     key
 }
 
 /// Prefix of a subscription's redrive queue.
-pub fn redrive_prefix(topic: &str, service: &str) -> Vec<u8> {
+pub(crate) fn redrive_prefix(topic: &str, service: &str) -> Vec<u8> {
     let mut key = join(b'r', &[topic.as_bytes(), service.as_bytes()]);
     key.push(SEP);
     key
 }
 
 /// The registry's record of `service`.
-pub fn registry_record(service: &str) -> Vec<u8> {
+pub(crate) fn registry_record(service: &str) -> Vec<u8> {
     join(b'g', &[service.as_bytes()])
 }
 
 /// Prefix of `service`'s deployment history.
-pub fn history_prefix(service: &str) -> Vec<u8> {
+pub(crate) fn history_prefix(service: &str) -> Vec<u8> {
     let mut key = join(b'h', &[service.as_bytes()]);
     key.push(SEP);
     key
 }
 
 /// `prefix` followed by a big-endian sequence number.
-pub fn seq(prefix: &[u8], n: u64) -> Vec<u8> {
+pub(crate) fn seq(prefix: &[u8], n: u64) -> Vec<u8> {
     let mut key = prefix.to_vec();
     key.extend_from_slice(&n.to_be_bytes());
     key
@@ -95,7 +95,7 @@ pub fn seq(prefix: &[u8], n: u64) -> Vec<u8> {
 
 /// The big-endian number at the end of a key built with [`log`] or [`seq`], or in a
 /// value written by [`encode_u64`].
-pub fn trailing_u64(key: &[u8]) -> u64 {
+pub(crate) fn trailing_u64(key: &[u8]) -> u64 {
     let mut n = [0u8; 8];
     if key.len() >= 8 {
         n.copy_from_slice(&key[key.len() - 8..]);
@@ -103,7 +103,7 @@ pub fn trailing_u64(key: &[u8]) -> u64 {
     u64::from_be_bytes(n)
 }
 
-pub fn encode_u64(n: u64) -> Vec<u8> {
+pub(crate) fn encode_u64(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()
 }
 

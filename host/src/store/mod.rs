@@ -4,16 +4,16 @@
 //! ([`keys`]); `bus::unit` commits an invocation's effects in one atomic batch.
 
 mod embedded;
-pub mod keys;
+pub(crate) mod keys;
 
-pub use embedded::SledStorage;
+pub(crate) use embedded::SledStorage;
 
 use std::future::Future;
 use std::pin::Pin;
 
 /// A storage failure: the backend could not read, write or flush.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("storage error: {0}")]
     Backend(String),
     /// A transaction's precondition no longer holds (e.g. the event it acknowledges was
@@ -23,33 +23,34 @@ pub enum StoreError {
 }
 
 /// A boxed future, so that the trait stays object-safe.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+pub(crate) type StoreFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// A stored key and its value.
-pub type Entry = (Vec<u8>, Vec<u8>);
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
 
 /// Writes applied together: `Some(value)` puts, `None` deletes.
 #[derive(Debug, Default)]
-pub struct Batch {
-    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+pub(crate) struct Batch {
+    pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Batch {
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.ops.push((key, Some(value)));
     }
 
-    pub fn delete(&mut self, key: Vec<u8>) {
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
         self.ops.push((key, None));
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
 }
 
 /// Reads, as a transaction sees them.
-pub trait ReadView {
+pub(crate) trait ReadView {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// The greatest key starting with `prefix`, and its value.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
@@ -64,7 +65,7 @@ pub trait ReadView {
 }
 
 /// An ordered key-value store with serialized atomic transactions.
-pub trait Storage: ReadView + Send + Sync + 'static {
+pub(crate) trait Storage: ReadView + Send + Sync + 'static {
     /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`,
     /// in key order.
     fn scan(

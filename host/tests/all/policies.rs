@@ -59,7 +59,7 @@ async fn rate_limit_answers_429_then_recovers() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn breaker(host: &Host, service: &str) -> anyhow::Result<String> {
+pub(crate) async fn breaker(host: &Host, service: &str) -> anyhow::Result<String> {
     let status = host
         .admin_get(&format!("/admin/services/{service}"))
         .await?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A built test component, by crate name (`test-echo` → `test_echo.wasm`).
-pub fn wasm(crate_name: &str) -> PathBuf {
+pub(crate) fn wasm(crate_name: &str) -> PathBuf {
     let file = format!("{}.wasm", crate_name.replace('-', "_"));
     let dir =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../components/target/wasm32-wasip2/release");
@@ -29,7 +29,7 @@ pub fn wasm(crate_name: &str) -> PathBuf {
 
 /// One `[[service]]` of the test manifest.
 #[derive(Clone)]
-pub struct Svc {
+pub(crate) struct Svc {
     pub name: &'static str,
     pub route: &'static str,
     pub wasm: PathBuf,
@@ -47,7 +47,7 @@ pub struct Svc {
 }
 
 impl Svc {
-    pub fn new(name: &'static str, route: &'static str, component: &str) -> Svc {
+    pub(crate) fn new(name: &'static str, route: &'static str, component: &str) -> Svc {
         Svc {
             name,
             route,
@@ -65,48 +65,53 @@ impl Svc {
     }
 
     /// Adds a `key = value` line to the service's table.
-    pub fn set(mut self, line: &str) -> Svc {
+    pub(crate) fn set(mut self, line: &str) -> Svc {
         self.extra.push(line.to_string());
         self
     }
 
-    pub fn publishes(mut self, topic: &'static str) -> Svc {
+    pub(crate) fn publishes(mut self, topic: &'static str) -> Svc {
         self.publishes.push(topic);
         self
     }
 
-    pub fn subscribe(mut self, topic: &'static str, max_deliver: u32, backoff_ms: u64) -> Svc {
+    pub(crate) fn subscribe(
+        mut self,
+        topic: &'static str,
+        max_deliver: u32,
+        backoff_ms: u64,
+    ) -> Svc {
         self.subscribe.push((topic, max_deliver, backoff_ms));
         self
     }
 
-    pub fn timeout_ms(mut self, ms: u64) -> Svc {
+    pub(crate) fn timeout_ms(mut self, ms: u64) -> Svc {
         self.timeout_ms = ms;
         self
     }
 
-    pub fn memory_mib(mut self, mib: u32) -> Svc {
+    pub(crate) fn memory_mib(mut self, mib: u32) -> Svc {
         self.memory_mib = mib;
         self
     }
 
-    pub fn max_body_kib(mut self, kib: u64) -> Svc {
+    pub(crate) fn max_body_kib(mut self, kib: u64) -> Svc {
         self.max_body_kib = kib;
         self
     }
 
-    pub fn instance_reuse(mut self, n: u32) -> Svc {
+    pub(crate) fn instance_reuse(mut self, n: u32) -> Svc {
         self.instance_reuse = n;
         self
     }
 
-    pub fn config(mut self, key: &'static str, value: &'static str) -> Svc {
+    pub(crate) fn config(mut self, key: &'static str, value: &'static str) -> Svc {
         self.config.push((key, value));
         self
     }
 }
 
-pub fn manifest_toml(services: &[Svc]) -> String {
+pub(crate) fn manifest_toml(services: &[Svc]) -> String {
     let mut toml = String::new();
     for s in services {
         toml.push_str(&format!(
@@ -145,7 +150,7 @@ pub fn manifest_toml(services: &[Svc]) -> String {
 }
 
 /// A fresh data directory, removed when dropped.
-pub fn data_dir() -> tempfile::TempDir {
+pub(crate) fn data_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("microhost-test-")
         .tempdir()
@@ -154,7 +159,7 @@ pub fn data_dir() -> tempfile::TempDir {
 
 /// Test configuration: ephemeral ports, a shared precompiled-component cache (so tests
 /// that start many hosts compile each component once), small pool, short timeouts.
-pub fn config(services: &[Svc], data: &Path) -> anyhow::Result<HostConfig> {
+pub(crate) fn config(services: &[Svc], data: &Path) -> anyhow::Result<HostConfig> {
     let path = data.join("microhost.toml");
     let manifest = Manifest::from_toml(&manifest_toml(services), &path, data.to_path_buf())?;
     let mut config = HostConfig::new(manifest);
@@ -169,49 +174,49 @@ pub fn config(services: &[Svc], data: &Path) -> anyhow::Result<HostConfig> {
 }
 
 /// A running host and a client for it.
-pub struct Host {
+pub(crate) struct Host {
     pub running: Running,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 /// A response, read whole.
 #[derive(Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
 impl Resp {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// `x-microhost-service`.
-    pub fn served_by(&self) -> Option<&str> {
+    pub(crate) fn served_by(&self) -> Option<&str> {
         self.header("x-microhost-service")
     }
 }
 
-pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
 impl Host {
-    pub async fn start(services: &[Svc], data: &Path) -> anyhow::Result<Host> {
+    pub(crate) async fn start(services: &[Svc], data: &Path) -> anyhow::Result<Host> {
         Host::start_with(config(services, data)?).await
     }
 
-    pub async fn start_with(config: HostConfig) -> anyhow::Result<Host> {
+    pub(crate) async fn start_with(config: HostConfig) -> anyhow::Result<Host> {
         let running = microhost::start(config).await?;
         Ok(Host {
             running,
@@ -219,26 +224,26 @@ impl Host {
         })
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.gateway_addr)
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.admin_addr)
     }
 
-    pub async fn get(&self, path: &str) -> anyhow::Result<Resp> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Resp> {
         self.send(http::Method::GET, &self.url(path), Bytes::new(), None)
             .await
     }
 
-    pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {
+    pub(crate) async fn post(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {
         self.send(http::Method::POST, &self.url(path), body.into(), None)
             .await
     }
 
     /// `GET` an admin path with the host's token; the answer as JSON.
-    pub async fn admin_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+    pub(crate) async fn admin_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let token = self.running.admin_token.clone();
         let r = self
             .send(
@@ -253,7 +258,7 @@ impl Host {
     }
 
     /// `POST` to an admin path with the host's token.
-    pub async fn admin_post(&self, path: &str) -> anyhow::Result<Resp> {
+    pub(crate) async fn admin_post(&self, path: &str) -> anyhow::Result<Resp> {
         let token = self.running.admin_token.clone();
         self.send(
             http::Method::POST,
@@ -264,13 +269,13 @@ impl Host {
         .await
     }
 
-    pub async fn put(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {
+    pub(crate) async fn put(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<Resp> {
         self.send(http::Method::PUT, &self.url(path), body.into(), None)
             .await
     }
 
     /// Deploys `wasm` bytes to `service` through the admin API, with the host's token.
-    pub async fn deploy(
+    pub(crate) async fn deploy(
         &self,
         service: &str,
         version: &str,
@@ -281,7 +286,7 @@ impl Host {
     }
 
     /// Deploys with the query string `query` (`version=v2&canary=20`, ...).
-    pub async fn deploy_with(
+    pub(crate) async fn deploy_with(
         &self,
         service: &str,
         query: &str,
@@ -293,7 +298,7 @@ impl Host {
             .await
     }
 
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: http::Method,
         url: &str,
@@ -304,7 +309,7 @@ impl Host {
     }
 
     /// A gateway request with extra headers.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: http::Method,
         path: &str,
@@ -324,7 +329,7 @@ impl Host {
     }
 
     /// Requests the active version of `service` has served (attempts included).
-    pub async fn served(&self, service: &str) -> anyhow::Result<u64> {
+    pub(crate) async fn served(&self, service: &str) -> anyhow::Result<u64> {
         let status = self
             .admin_get(&format!("/admin/services/{service}"))
             .await?;
@@ -334,7 +339,7 @@ impl Host {
     }
 
     /// The `/metrics` text, with the admin token.
-    pub async fn metrics(&self) -> anyhow::Result<String> {
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
         let token = self.running.admin_token.clone();
         let r = self
             .send(
@@ -349,7 +354,7 @@ impl Host {
     }
 
     /// Runs the real `microhost` binary against this host's admin API (with its token).
-    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    pub(crate) async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         Ok(
             tokio::process::Command::new(env!("CARGO_BIN_EXE_microhost"))
                 .args(args)
@@ -361,12 +366,12 @@ impl Host {
         )
     }
 
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.running.shutdown().await;
     }
 }
 
-pub async fn send(
+pub(crate) async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     method: http::Method,
     url: &str,
@@ -409,7 +414,7 @@ macro_rules! assert_eventually {
 
 /// The sum of the samples named `name` whose labels include `labels`, from a `/metrics`
 /// text (which must parse as Prometheus text).
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"));
     scrape
