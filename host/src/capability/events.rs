@@ -108,3 +108,78 @@ impl events::Host for EventsView<'_> {
         Ok(Ok(id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_spec::spec;
+    use super::events::Host as _;
+    use super::*;
+
+    fn options(key: &str) -> events::PublishOptions {
+        events::PublishOptions {
+            key: Some(key.to_string()),
+            content_type: Some("application/json".to_string()),
+        }
+    }
+
+    #[test]
+    fn publishes_only_to_granted_topics_and_only_into_the_unit() -> anyhow::Result<()> {
+        let grant = EventsGrant::new(&spec(r#"publishes = ["order.created"]"#));
+        let request = RequestContext {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..RequestContext::new("v2")
+        };
+        let publisher = grant.publisher(&request);
+        let mut unit = UnitOfWork::new("orders");
+        let mut view = EventsView {
+            publisher: &publisher,
+            unit: &mut unit,
+        };
+        let id = view
+            .publish("order.created".into(), b"{}".to_vec(), options("o-1"))?
+            .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+        match view.publish("billing.paid".into(), b"{}".to_vec(), options("o-1"))? {
+            Err(events::PublishError::UndeclaredTopic(why)) => assert!(
+                why.contains("\"orders\" may not publish to topic \"billing.paid\""),
+                "{why}"
+            ),
+            other => panic!("an undeclared topic: {other:?}"),
+        }
+        let big = vec![0; MAX_EVENT_BYTES + 1];
+        assert!(matches!(
+            view.publish("order.created".into(), big, options("o-2"))?,
+            Err(events::PublishError::Invalid(_))
+        ));
+        // Only the accepted event is buffered, stamped with source and trace context.
+        assert_eq!(unit.events.len(), 1);
+        let event = &unit.events[0];
+        assert_eq!(event.id, id);
+        assert_eq!(event.source, "orders@v2");
+        assert_eq!(event.topic, "order.created");
+        assert_eq!(event.key.as_deref(), Some("o-1"));
+        assert_eq!(event.traceparent, request.traceparent);
+        Ok(())
+    }
+
+    #[test]
+    fn one_invocation_publishes_a_bounded_number_of_events() -> anyhow::Result<()> {
+        let grant = EventsGrant::new(&spec(r#"publishes = ["t"]"#));
+        let publisher = grant.publisher(&RequestContext::new("v1"));
+        let mut unit = UnitOfWork::new("orders");
+        let mut view = EventsView {
+            publisher: &publisher,
+            unit: &mut unit,
+        };
+        for i in 0..MAX_EVENTS_PER_INVOCATION {
+            assert!(
+                view.publish("t".into(), vec![], options(&i.to_string()))?
+                    .is_ok()
+            );
+        }
+        assert!(matches!(
+            view.publish("t".into(), vec![], options("over"))?,
+            Err(events::PublishError::Invalid(why)) if why.contains("at most")
+        ));
+        Ok(())
+    }
+}

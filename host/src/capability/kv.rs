@@ -230,7 +230,9 @@ impl store::HostBucket for KvView<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::store::{Host as _, HostBucket as _};
     use super::*;
+    use crate::store::{Batch, SledStorage};
 
     #[test]
     fn bucket_names() {
@@ -240,5 +242,78 @@ mod tests {
         assert!(!valid_bucket_name("Upper"));
         assert!(!valid_bucket_name("a\0b"));
         assert!(!valid_bucket_name(&"x".repeat(65)));
+    }
+
+    /// A grant on a fresh store where `orders` has `committed` in bucket `default`, and
+    /// `billing` has a key of its own.
+    fn grant(dir: &std::path::Path, committed: &[(&str, &str)]) -> anyhow::Result<KvGrant> {
+        let storage = SledStorage::open(dir)?;
+        storage.transact(&mut |_| {
+            let mut batch = Batch::default();
+            for (key, value) in committed {
+                batch.put(
+                    keys::kv("orders", "default", key),
+                    value.as_bytes().to_vec(),
+                );
+            }
+            batch.put(keys::kv("billing", "default", "secret"), b"no".to_vec());
+            Ok(batch)
+        })?;
+        Ok(KvGrant::new(Arc::new(storage)))
+    }
+
+    fn err(e: KvError) -> anyhow::Error {
+        match e {
+            KvError::NoSuchStore => anyhow::anyhow!("no such store"),
+            KvError::Other(why) => anyhow::anyhow!(why),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_see_own_writes_and_only_the_services_keyspace() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let grant = grant(dir.path(), &[("a", "1"), ("b", "2")])?;
+        let mut unit = UnitOfWork::new("orders");
+        let mut table = ResourceTable::new();
+        let mut view = KvView {
+            reader: &grant,
+            unit: &mut unit,
+            table: &mut table,
+        };
+        assert!(matches!(
+            view.open("No Such".into()),
+            Err(KvError::NoSuchStore)
+        ));
+        let bucket = view.open("default".into()).map_err(err)?;
+        let b = || Resource::<BucketHandle>::new_borrow(bucket.rep());
+        assert_eq!(view.get(b(), "a".into()).map_err(err)?, Some(b"1".to_vec()));
+        assert_eq!(
+            view.get(b(), "secret".into()).map_err(err)?,
+            None,
+            "billing's key"
+        );
+        view.set(b(), "a".into(), b"10".to_vec()).map_err(err)?;
+        view.set(b(), "c".into(), b"3".to_vec()).map_err(err)?;
+        view.delete(b(), "b".into()).map_err(err)?;
+        assert_eq!(
+            view.get(b(), "a".into()).map_err(err)?,
+            Some(b"10".to_vec())
+        );
+        assert!(!view.exists(b(), "b".into()).map_err(err)?);
+        let listed = view.list_keys(b(), None).map_err(err)?;
+        assert_eq!(listed.keys, ["a", "c"]);
+        assert_eq!(listed.cursor, None);
+        assert!(view.get(b(), String::new()).is_err(), "an empty key");
+        let big = vec![0; MAX_VALUE_BYTES + 1];
+        assert!(view.set(b(), "big".into(), big).is_err());
+        // Nothing reached the store: the writes wait in the unit for the commit, and
+        // the committed reads are remembered for its conflict check.
+        assert_eq!(unit.kv.len(), 3);
+        assert!(unit.reads.contains_key(&keys::kv("orders", "default", "a")));
+        assert_eq!(
+            grant.storage.get(&keys::kv("orders", "default", "a"))?,
+            Some(b"1".to_vec())
+        );
+        Ok(())
     }
 }

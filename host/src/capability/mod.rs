@@ -49,3 +49,17 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::R
     auth::add_to_linker(linker)?;
     Ok(())
 }
+
+/// What the capability tests share: a service spec from a few manifest lines.
+#[cfg(test)]
+pub(crate) mod test_spec {
+    use crate::config::ServiceSpec;
+
+    /// The spec of service `orders` with `extra` manifest lines.
+    pub(crate) fn spec(extra: &str) -> ServiceSpec {
+        let text = format!(
+            "name = \"orders\"\nroute = \"/\"\ncomponent = {{ path = \"x.wasm\", version = \"1\" }}\n{extra}"
+        );
+        toml::from_str(&text).expect("the test spec parses")
+    }
+}

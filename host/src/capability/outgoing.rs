@@ -204,3 +204,116 @@ impl WasiHttpHooks for Outgoing {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_spec::spec;
+    use super::*;
+    use http_body_util::Empty;
+
+    /// Stands in for the dispatcher: records the calls it is handed and answers 200.
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Vec<(String, http::HeaderMap)>>);
+
+    impl ServiceCaller for Recorder {
+        fn call(
+            &self,
+            target: String,
+            request: http::Request<Bytes>,
+        ) -> BoxFuture<http::Response<Bytes>> {
+            self.0.lock().push((target, request.headers().clone()));
+            Box::pin(async { http::Response::new(Bytes::from_static(b"ok")) })
+        }
+    }
+
+    fn request(uri: &str, headers: &[(&'static str, &str)]) -> http::Request<WasiBody> {
+        let body = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let mut request = http::Request::new(body);
+        *request.uri_mut() = uri.parse().expect("a valid test uri");
+        for (name, value) in headers {
+            let value = http::HeaderValue::from_str(value).expect("a valid test header");
+            request.headers_mut().insert(*name, value);
+        }
+        request
+    }
+
+    async fn send(
+        outgoing: &mut Outgoing,
+        uri: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<u16, HttpError> {
+        let sent = outgoing.send_request(request(uri, headers), None, done());
+        let (response, _io) = Box::into_pin(sent).await?;
+        Ok(response.status().as_u16())
+    }
+
+    fn outgoing(recorder: &Arc<Recorder>, hops: u32) -> Outgoing {
+        let grant = HttpGrant::new(&spec(
+            r#"calls = ["user"]
+allowed_hosts = ["api.example.com"]"#,
+        ));
+        grant.outgoing(&RequestContext {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            request_id: Some("req-1".into()),
+            identity: Some(Identity {
+                subject: "ada".into(),
+                claims: serde_json::Map::new(),
+            }),
+            hops,
+            caller: Some(recorder.clone() as Arc<dyn ServiceCaller>),
+            ..RequestContext::new("v1")
+        })
+    }
+
+    #[tokio::test]
+    async fn calls_only_granted_services_as_the_caller_with_its_identity() -> anyhow::Result<()> {
+        let recorder = Arc::new(Recorder::default());
+        let mut calls = outgoing(&recorder, 2);
+        let forged = [(SUBJECT_HEADER, "mallory"), (CALLER_HEADER, "admin")];
+        assert_eq!(
+            send(&mut calls, "http://user.internal/users/me", &forged).await?,
+            200
+        );
+        assert!(matches!(
+            send(&mut calls, "http://billing.internal/pay", &[]).await,
+            Err(HttpError::HttpRequestDenied)
+        ));
+        assert!(matches!(
+            send(&mut calls, "http://evil.example.com/", &[]).await,
+            Err(HttpError::HttpRequestDenied)
+        ));
+        let seen = recorder.0.lock();
+        assert_eq!(
+            seen.len(),
+            1,
+            "only the granted call reached the dispatcher"
+        );
+        let (target, headers) = &seen[0];
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(target, "user");
+        assert_eq!(
+            header(CALLER_HEADER),
+            Some("orders"),
+            "never the guest's own"
+        );
+        assert_eq!(header(SUBJECT_HEADER), Some("ada"), "never the guest's own");
+        assert_eq!(header(HOPS_HEADER), Some("3"));
+        assert_eq!(header(REQUEST_ID_HEADER), Some("req-1"));
+        assert!(header(TRACEPARENT_HEADER).is_some_and(|t| t.starts_with("00-0af7")));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_chain_of_calls_stops_at_max_hops() -> anyhow::Result<()> {
+        let recorder = Arc::new(Recorder::default());
+        let mut calls = outgoing(&recorder, MAX_HOPS);
+        assert!(matches!(
+            send(&mut calls, "http://user.internal/", &[]).await,
+            Err(HttpError::LoopDetected)
+        ));
+        assert!(recorder.0.lock().is_empty());
+        Ok(())
+    }
+}
