@@ -118,7 +118,7 @@ impl Running {
         self.wait().await;
     }
 
-    /// Waits until the servers have stopped (after [`Running::trigger_shutdown`] or a
+    /// Waits until the servers have stopped (after [`Running::shutdown_trigger`] or a
     /// signal handled elsewhere).
     pub async fn wait(self) {
         for task in self.tasks {

@@ -50,7 +50,8 @@ impl Class {
     /// The class of an answer the service gave with `status`.
     pub(crate) fn of_status(status: StatusCode) -> Class {
         match status.as_u16() {
-            ..=399 => Class::Success,
+            // 600 and above are not HTTP's: taken as an answer, as they always were.
+            ..=399 | 600.. => Class::Success,
             400..=499 => Class::ClientError,
             503 => Class::ServerFailure {
                 retriable: true,
@@ -60,7 +61,7 @@ impl Class {
                 retriable: true,
                 blamed: true,
             },
-            _ => Class::ServerFailure {
+            500..=599 => Class::ServerFailure {
                 retriable: false,
                 blamed: true,
             },
@@ -96,8 +97,14 @@ impl InvokeError {
     /// What the invocation's own failure is.
     pub(crate) fn class(&self) -> Class {
         match self {
-            // Blocked in the host or no instance: the host's capacity, not the guest.
-            InvokeError::Instantiate(_) => Class::HostRefusal { retriable: true },
+            // The pool is full: the host's capacity, not the guest.
+            InvokeError::NoCapacity(_) => Class::HostRefusal { retriable: true },
+            // The component did not start (its start function trapped, an import did
+            // not link): its own fault, and another instance may fare better.
+            InvokeError::Instantiate(_) => Class::ServerFailure {
+                retriable: true,
+                blamed: true,
+            },
             // Deterministic for the request: another attempt answers the same.
             InvokeError::NotASubscriber => Class::ServerFailure {
                 retriable: false,
@@ -120,7 +127,9 @@ impl InvokeError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             InvokeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            InvokeError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Instantiate(_) | InvokeError::NoCapacity(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             InvokeError::Trap(_)
             | InvokeError::MemoryLimit(_)
             | InvokeError::NoResponse
@@ -235,6 +244,12 @@ mod tests {
         check("guest 502", answer(502), row(502, false, Some(true), true));
         check("guest 503", answer(503), row(503, false, None, true));
         check("guest 504", answer(504), row(504, false, Some(true), true));
+        check("guest 599", answer(599), row(599, false, Some(true), false));
+        check(
+            "not HTTP's 600",
+            answer(600),
+            row(600, true, Some(false), false),
+        );
     }
 
     #[test]
@@ -278,9 +293,14 @@ mod tests {
             row(502, false, Some(true), false),
         );
         check(
-            "no instance",
-            invoke(InvokeError::Instantiate("pool".into())),
+            "no instance: the pool is full",
+            invoke(InvokeError::NoCapacity("pool".into())),
             row(503, false, None, true),
+        );
+        check(
+            "no instance: it did not start",
+            invoke(InvokeError::Instantiate("start trapped".into())),
+            row(503, false, Some(true), true),
         );
     }
 

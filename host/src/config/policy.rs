@@ -67,8 +67,9 @@ fn default_queue_timeout_ms() -> u64 {
 
 /// Retries of idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE) that failed with
 /// 502, 503 or 504: up to `attempts` tries in all, each with the service's timeout.
-/// Retries are paid from a budget: every request adds `budget_pct` % of a retry, and
-/// `min_per_sec` retries a second are always allowed, so retries cannot multiply load.
+/// Retries are paid from a budget (tower's `TpsBudget`): every request adds `budget_pct` %
+/// of a retry, counted for 10 s, and `min_per_sec` retries a second are allowed on top
+/// (granted over the same 10 s), so retries cannot multiply load.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySpec {

@@ -258,9 +258,7 @@ impl Dispatcher {
                 Err(e) => break Err(DispatchError::Storage(e.to_string())),
             }
         };
-        if let Some(failed) = classify(&result).failed() {
-            pinned.version().record(!failed);
-        }
+        pinned.version().record(classify(&result));
         Outcome { version, result }
     }
 
@@ -512,13 +510,10 @@ impl Dispatcher {
             },
             Err(e) => Err(DispatchError::Invoke(e)),
         };
-        let class = match &result {
+        pinned.version().record(match &result {
             Ok(()) => Class::Success,
             Err(e) => e.class(),
-        };
-        if let Some(failed) = class.failed() {
-            pinned.version().record(!failed);
-        }
+        });
         result.map_err(|e| DeliveryError::Failed(format!("{version}: {e}")))
     }
 }

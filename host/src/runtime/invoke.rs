@@ -43,6 +43,8 @@ pub(crate) enum InvokeError {
     ResponseTooLarge,
     #[error("no instance could be created for the service: {0}")]
     Instantiate(String),
+    #[error("no instance could be created for the service: {0}")]
+    NoCapacity(String),
     #[error("the service does not export microhost:platform/subscriber")]
     NotASubscriber,
     #[error("the handler returned an error: {0}")]
@@ -50,8 +52,18 @@ pub(crate) enum InvokeError {
 }
 
 impl InvokeError {
+    /// No instance: the pool is full (the host's capacity), or the component failed to
+    /// start (its own fault: a start function that traps, an import that does not link).
     fn instantiate(e: wasmtime::Error) -> InvokeError {
-        InvokeError::Instantiate(format!("{e:#}"))
+        let full = e
+            .chain()
+            .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>());
+        let why = format!("{e:#}");
+        if full {
+            InvokeError::NoCapacity(why)
+        } else {
+            InvokeError::Instantiate(why)
+        }
     }
 }
 
