@@ -44,7 +44,7 @@ pub struct ServiceSpec {
     /// Exceptions to `protected`: `"METHOD /path"` or `"/path"` (any method); a path
     /// ending in `/*` also matches everything below it.
     #[serde(default)]
-    pub public: Vec<String>,
+    pub public: Vec<PublicRule>,
     /// Services this one may call at `http://<service>.internal/...`.
     #[serde(default)]
     pub calls: Vec<ServiceName>,
@@ -93,7 +93,9 @@ impl Default for HealthSpec {
 }
 
 /// Automatic rollback of a canary: over each window of `window_ms`, once the canary has
-/// served `min_requests`, it is rolled back if its failure rate (5xx, traps, timeouts)
+/// served `min_requests`, it is rolled back if its failure rate (failures as the outcome
+/// table in docs/architecture.md counts them: 5xx but the service's own 503, traps,
+/// timeouts, failed deliveries)
 /// exceeds the stable version's by more than `error_margin_pct` percentage points.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -114,7 +116,7 @@ impl Default for CanarySpec {
 }
 
 /// Circuit breaking of requests to a service (from the edge and from other services):
-/// after `failures` consecutive failed calls (trap, timeout, 500, 502, 504), or when
+/// after `failures` consecutive failed calls (trap, timeout, a 5xx but 503), or when
 /// `error_rate_pct` % or more of at least `min_requests` calls in a `window_ms` window
 /// failed, the breaker opens and calls fail fast with 503 (or the route's fallback) for
 /// `open_ms`; then one probe call is let through: success closes it, failure opens it
@@ -142,14 +144,23 @@ impl Default for BreakerSpec {
     }
 }
 
-/// A parsed `public` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed `public` entry (`"METHOD /path"`, `"/path"`, `/*` for everything below).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PublicRule {
     /// `None` matches any method.
     pub method: Option<String>,
     pub path: String,
     /// The path ended in `/*`: everything below it matches too.
     pub below: bool,
+}
+
+impl TryFrom<String> for PublicRule {
+    type Error = String;
+
+    fn try_from(rule: String) -> Result<PublicRule, String> {
+        PublicRule::parse(&rule)
+    }
 }
 
 impl PublicRule {
@@ -296,9 +307,6 @@ impl ServiceSpec {
                 ));
             }
             sub.validate()?;
-        }
-        for rule in &self.public {
-            PublicRule::parse(rule).map_err(|reason| FieldError::new("public", reason))?;
         }
         for target in &self.calls {
             if !services.contains(target.as_str()) {

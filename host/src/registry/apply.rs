@@ -71,11 +71,7 @@ impl Registry {
                     for version in routing.versions() {
                         check_contract(&name, &spec.subscribe, &version.prepared)?;
                     }
-                    Arc::new(
-                        current
-                            .reconfigured(spec, self.storage.clone(), self.auth.clone())
-                            .map_err(|e| RegistryError::InvalidVersion(format!("{e:#}")))?,
-                    )
+                    Arc::new(current.reconfigured(spec, self.storage.clone(), self.auth.clone()))
                 } else {
                     current.clone()
                 };
@@ -200,7 +196,7 @@ impl Registry {
             self.storage.clone(),
             self.auth.clone(),
             routing.clone(),
-        )?;
+        );
         if gate {
             for version in routing.versions() {
                 self.gate(&slot, &version.label, &version.prepared).await?;

@@ -8,7 +8,8 @@
 
 use crate::auth::Auth;
 use crate::capability::ServiceGrants;
-use crate::config::{PublicRule, ServiceSpec};
+use crate::config::ServiceSpec;
+use crate::outcome::Class;
 use crate::policy::Policy;
 use crate::runtime::Prepared;
 use crate::store::Storage;
@@ -83,13 +84,17 @@ impl Version {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Counts the outcome of one call in the current window.
-    pub(crate) fn record(&self, ok: bool) {
+    /// Counts the outcome of one call in the current window, as the classifier judges
+    /// it (an outcome with no verdict is not counted).
+    pub(crate) fn record(&self, class: Class) {
+        let Some(failed) = class.failed() else {
+            return;
+        };
         let mut window = self.window.lock();
-        if ok {
-            window.ok += 1;
-        } else {
+        if failed {
             window.failed += 1;
+        } else {
+            window.ok += 1;
         }
     }
 
@@ -149,8 +154,6 @@ pub(crate) struct Health {
 pub(crate) struct ServiceSlot {
     /// The service's manifest entry, as it was when the slot was made.
     pub(crate) spec: ServiceSpec,
-    /// Routes that need no token (`spec.public`, parsed).
-    public: Vec<PublicRule>,
     /// What the service's invocations may use, built once from `spec`.
     pub(crate) grants: Arc<ServiceGrants>,
     /// The route's gateway policies and their state (buckets, queue, cache).
@@ -169,22 +172,15 @@ pub(crate) struct ServiceSlot {
 }
 
 impl ServiceSlot {
-    /// The slot of `spec`, routing to `routing`. Fails on a public rule that does not
-    /// parse.
+    /// The slot of `spec`, routing to `routing`.
     pub(crate) fn new(
         spec: &ServiceSpec,
         storage: Arc<dyn Storage>,
         auth: Arc<Auth>,
         routing: Routing,
-    ) -> anyhow::Result<ServiceSlot> {
-        let public = spec
-            .public
-            .iter()
-            .map(|rule| PublicRule::parse(rule).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<_>>()?;
-        Ok(ServiceSlot {
+    ) -> ServiceSlot {
+        ServiceSlot {
             spec: spec.clone(),
-            public,
             grants: Arc::new(ServiceGrants::new(spec, storage, auth)),
             policy: Arc::new(Policy::new(&spec.policy)),
             routing: Arc::new(RwLock::new(routing)),
@@ -195,7 +191,7 @@ impl ServiceSlot {
             }),
             healthy: AtomicBool::new(true),
             retired: tokio::sync::watch::Sender::new(false),
-        })
+        }
     }
 
     /// A slot for the changed `spec` that shares this one's routing (for a reconfigured
@@ -205,10 +201,10 @@ impl ServiceSlot {
         spec: &ServiceSpec,
         storage: Arc<dyn Storage>,
         auth: Arc<Auth>,
-    ) -> anyhow::Result<ServiceSlot> {
-        let mut slot = ServiceSlot::new(spec, storage, auth, self.routing())?;
+    ) -> ServiceSlot {
+        let mut slot = ServiceSlot::new(spec, storage, auth, self.routing());
         slot.routing = self.routing.clone();
-        Ok(slot)
+        slot
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -322,6 +318,11 @@ impl ServiceSlot {
 
     /// Whether a request needs a verified token.
     pub(crate) fn requires_token(&self, method: &str, path: &str) -> bool {
-        self.spec.protected && !self.public.iter().any(|rule| rule.matches(method, path))
+        self.spec.protected
+            && !self
+                .spec
+                .public
+                .iter()
+                .any(|rule| rule.matches(method, path))
     }
 }
