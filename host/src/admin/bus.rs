@@ -2,6 +2,9 @@
 //! letters, redrive and replay.
 
 use super::AdminState;
+use super::views::{
+    DeadLettersView, RedriveView, ReplayView, SubscriptionView, TopicView, TopicsView,
+};
 use crate::bus::dead_letter_topic;
 use crate::problem::problem;
 use axum::Json;
@@ -43,26 +46,26 @@ pub(super) async fn topics(State(state): State<AdminState>) -> Response {
                 Err(e) => return internal(e),
             };
             let counters = state.bus.metrics.subscription(&topic, slot.name());
-            subscriptions.push(serde_json::json!({
-                "service": slot.name(),
-                "cursor": cursor,
-                "lag": length.saturating_sub(cursor),
-                "max_deliver": sub.max_deliver,
-                "dead_letters": dead,
-                "dead_letter_topic": dead_letter_topic(&topic, slot.name()),
-                "delivered": counters.delivered,
-                "retried": counters.retried,
-                "dead_lettered": counters.dead_lettered,
-            }));
+            subscriptions.push(SubscriptionView {
+                service: slot.name().to_string(),
+                cursor,
+                lag: length.saturating_sub(cursor),
+                max_deliver: sub.max_deliver,
+                dead_letters: dead,
+                dead_letter_topic: dead_letter_topic(&topic, slot.name()),
+                delivered: counters.delivered,
+                retried: counters.retried,
+                dead_lettered: counters.dead_lettered,
+            });
         }
-        topics.push(serde_json::json!({
-            "topic": topic,
-            "length": length,
-            "published": state.bus.metrics.published_count(&topic),
-            "subscriptions": subscriptions,
-        }));
+        topics.push(TopicView {
+            published: state.bus.metrics.published_count(&topic),
+            topic,
+            length,
+            subscriptions,
+        });
     }
-    Json(serde_json::json!({ "topics": topics })).into_response()
+    Json(TopicsView { topics }).into_response()
 }
 
 /// The subscription named in the path, or a 404 saying it does not exist.
@@ -102,10 +105,10 @@ pub(super) async fn dead_letters(
     }
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
     match state.bus.dead_letters(&topic, &service, page.after, limit) {
-        Ok(letters) => Json(serde_json::json!({
-            "topic": dead_letter_topic(&topic, &service),
-            "dead_letters": letters,
-        }))
+        Ok(letters) => Json(DeadLettersView {
+            topic: dead_letter_topic(&topic, &service),
+            dead_letters: letters,
+        })
         .into_response(),
         Err(e) => internal(e),
     }
@@ -121,8 +124,12 @@ pub(super) async fn redrive(
         return *response;
     }
     match state.bus.redrive(&topic, &service).await {
-        Ok(n) => Json(serde_json::json!({ "service": service, "topic": topic, "redriven": n }))
-            .into_response(),
+        Ok(redriven) => Json(RedriveView {
+            service,
+            topic,
+            redriven,
+        })
+        .into_response(),
         Err(e) => internal(e),
     }
 }
@@ -151,10 +158,12 @@ pub(super) async fn replay(
         return *response;
     }
     match state.bus.replay(&topic, &service, query.from).await {
-        Ok(()) => {
-            Json(serde_json::json!({ "service": service, "topic": topic, "cursor": query.from }))
-                .into_response()
-        }
+        Ok(()) => Json(ReplayView {
+            service,
+            topic,
+            cursor: query.from,
+        })
+        .into_response(),
         Err(crate::store::StoreError::Conflict(why)) => {
             problem(StatusCode::BAD_REQUEST, why).into_response()
         }

@@ -89,6 +89,11 @@ pub(super) async fn deploy(
         (None, Some(false)) => DeployMode::Store,
         (None, _) => DeployMode::Activate,
     };
+    // An unknown service is a 404 whatever else is wrong, as it always was.
+    if state.registry.get(&name).is_none() {
+        let error = RegistryError::UnknownService { name: name.clone() };
+        return registry_problem(&name, error);
+    }
     let label = match query.version.map(VersionLabel::try_from).transpose() {
         Ok(label) => label,
         Err(e) => return registry_problem(&name, RegistryError::InvalidVersion(e.to_string())),

@@ -1,8 +1,11 @@
-//! The admin API's JSON bodies about services (status, catalog, versions, history,
-//! changes), as typed views built from what the registry returns. A view with a
+//! The admin API's JSON bodies (services: status, catalog, versions, history, changes,
+//! policies; the bus: topics, dead letters, redrive, replay), as typed views built from
+//! what the registry and the bus return. A view with a
 //! constructor is only built from the registry's data, so its fields are private.
 
-use crate::config::{ServiceName, Topic};
+use crate::bus::DeadLetter;
+use crate::config::{FallbackSpec, ServiceName, Topic};
+use crate::policy::Policy;
 use crate::policy::breaker::Status as BreakerStatus;
 use crate::registry::record::{HistoryEntry, Role, ServiceRecord};
 use crate::registry::{Health, ServiceSlot, ServiceState, Version};
@@ -44,8 +47,8 @@ pub(super) struct ServiceStatus {
     /// Versions switched away from that still have requests running.
     draining: Vec<DrainingView>,
     health: Health,
-    /// The route's policies and their state, as the policy module reports them.
-    policy: serde_json::Value,
+    /// The route's policies and their state.
+    policy: PolicyView,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,9 +131,10 @@ impl ServiceStatus {
         ServiceStatus {
             name: spec.name.clone(),
             route: spec.route.clone(),
-            publishes: spec.publishes.clone(),
+            // Sorted and without repeats, as they were shown before the views.
+            publishes: sorted(&spec.publishes),
             subscribes: spec.subscribe.iter().map(|s| s.topic.clone()).collect(),
-            calls: spec.calls.clone(),
+            calls: sorted(&spec.calls),
             protected: spec.protected,
             limits: LimitsView {
                 memory_mib: spec.limits.memory_mib,
@@ -146,7 +150,7 @@ impl ServiceStatus {
             versions: record.versions.len(),
             draining: draining(slot),
             health: slot.health(),
-            policy: slot.policy.status(),
+            policy: PolicyView::new(&slot.policy),
         }
     }
 }
@@ -198,4 +202,134 @@ impl VersionsView {
                 .collect(),
         }
     }
+}
+
+/// A route's policies and their state: what is configured, and the queue and cache now.
+#[derive(Debug, Serialize)]
+pub(super) struct PolicyView {
+    rate_limit: Option<RateLimitView>,
+    concurrency: Option<ConcurrencyView>,
+    retry: RetryView,
+    cache: Option<CacheView>,
+    /// `problem`, `cached` or `static`.
+    fallback: &'static str,
+    cors: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RateLimitView {
+    per_second: u32,
+    burst: u32,
+    /// `ip` or `subject`.
+    key: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ConcurrencyView {
+    max: u32,
+    queue: u32,
+    running: u32,
+    queued: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct RetryView {
+    attempts: u32,
+    budget_pct: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct CacheView {
+    ttl_ms: u64,
+    entries: usize,
+}
+
+impl PolicyView {
+    fn new(policy: &Policy) -> PolicyView {
+        let spec = &policy.spec;
+        PolicyView {
+            rate_limit: policy.rate_limit.as_ref().map(|r| RateLimitView {
+                per_second: r.spec.per_second,
+                burst: r.spec.burst(),
+                key: format!("{:?}", r.spec.key).to_lowercase(),
+            }),
+            concurrency: policy.concurrency.as_ref().map(|s| ConcurrencyView {
+                max: s.spec.max,
+                queue: s.spec.queue,
+                running: s.running(),
+                queued: s.queued(),
+            }),
+            retry: RetryView {
+                attempts: spec.retry.attempts,
+                budget_pct: spec.retry.budget_pct,
+            },
+            cache: policy.cache.as_ref().map(|c| CacheView {
+                ttl_ms: c.spec.ttl_ms,
+                entries: c.len(),
+            }),
+            fallback: match &spec.fallback {
+                FallbackSpec::Problem => "problem",
+                FallbackSpec::Cached => "cached",
+                FallbackSpec::Static { .. } => "static",
+            },
+            cors: spec.cors.is_some(),
+        }
+    }
+}
+
+/// `GET /admin/topics`.
+#[derive(Debug, Serialize)]
+pub(super) struct TopicsView {
+    pub(super) topics: Vec<TopicView>,
+}
+
+/// A topic: its log's length, what was published in this process, its subscriptions.
+#[derive(Debug, Serialize)]
+pub(super) struct TopicView {
+    pub(super) topic: String,
+    pub(super) length: u64,
+    pub(super) published: u64,
+    pub(super) subscriptions: Vec<SubscriptionView>,
+}
+
+/// One subscriber of a topic: where it is, how far behind, and its counters.
+#[derive(Debug, Serialize)]
+pub(super) struct SubscriptionView {
+    pub(super) service: String,
+    pub(super) cursor: u64,
+    pub(super) lag: u64,
+    pub(super) max_deliver: u32,
+    pub(super) dead_letters: u64,
+    pub(super) dead_letter_topic: String,
+    pub(super) delivered: u64,
+    pub(super) retried: u64,
+    pub(super) dead_lettered: u64,
+}
+
+/// `GET /admin/subscriptions/{service}/{topic}/dead-letters`.
+#[derive(Debug, Serialize)]
+pub(super) struct DeadLettersView {
+    pub(super) topic: String,
+    pub(super) dead_letters: Vec<DeadLetter>,
+}
+
+/// `POST .../redrive`: how many dead letters went back.
+#[derive(Debug, Serialize)]
+pub(super) struct RedriveView {
+    pub(super) service: String,
+    pub(super) topic: String,
+    pub(super) redriven: usize,
+}
+
+/// `POST .../replay`: where the subscription starts again.
+#[derive(Debug, Serialize)]
+pub(super) struct ReplayView {
+    pub(super) service: String,
+    pub(super) topic: String,
+    pub(super) cursor: u64,
+}
+
+fn sorted<T: Ord + Clone>(items: &[T]) -> Vec<T> {
+    let set: std::collections::BTreeSet<&T> = items.iter().collect();
+    set.into_iter().cloned().collect()
 }

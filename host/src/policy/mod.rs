@@ -17,7 +17,7 @@ pub(crate) use freshness::CacheControl;
 pub(crate) use rate::RateLimit;
 pub(crate) use shed::{Shed, Shedder};
 
-use crate::config::{FallbackSpec, PolicySpec};
+use crate::config::PolicySpec;
 use http::Method;
 use std::time::Duration;
 
@@ -42,34 +42,6 @@ impl Policy {
             spec: spec.clone(),
             in_flight: std::sync::OnceLock::new(),
         }
-    }
-
-    /// The policies and their state now, for the admin API.
-    pub(crate) fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "rate_limit": self.rate_limit.as_ref().map(|r| serde_json::json!({
-                "per_second": r.spec.per_second,
-                "burst": r.spec.burst(),
-                "key": format!("{:?}", r.spec.key).to_lowercase(),
-            })),
-            "concurrency": self.concurrency.as_ref().map(|s| serde_json::json!({
-                "max": s.spec.max,
-                "queue": s.spec.queue,
-                "running": s.running(),
-                "queued": s.queued(),
-            })),
-            "retry": { "attempts": self.spec.retry.attempts, "budget_pct": self.spec.retry.budget_pct },
-            "cache": self.cache.as_ref().map(|c| serde_json::json!({
-                "ttl_ms": c.spec.ttl_ms,
-                "entries": c.len(),
-            })),
-            "fallback": match &self.spec.fallback {
-                FallbackSpec::Problem => "problem",
-                FallbackSpec::Cached => "cached",
-                FallbackSpec::Static { .. } => "static",
-            },
-            "cors": self.spec.cors.is_some(),
-        })
     }
 
     /// Tries a request may get: `retry.attempts` for idempotent methods, else one.
