@@ -37,11 +37,12 @@ impl PageRequest {
     ) -> Result<PageRequest, Error> {
         let in_range = |n: &usize| (1..=MAX_LIMIT).contains(n);
         let limit = match limit {
-            // A bad config value is the operator's, not the client's: use the built-in one.
+            // A bad config value is the operator's, not the client's: use the built-in
+            // one for what is not a size, and the most a page holds for one too large.
             None => default
-                .and_then(|d| d.parse().ok())
-                .filter(in_range)
-                .unwrap_or(DEFAULT_LIMIT),
+                .and_then(|d| d.parse::<usize>().ok())
+                .filter(|n| *n >= 1)
+                .map_or(DEFAULT_LIMIT, |n| n.min(MAX_LIMIT)),
             Some(raw) => raw.parse().ok().filter(in_range).ok_or_else(|| {
                 Error::bad_request(&format!(
                     "query parameter \"limit\" must be a whole number from 1 to {MAX_LIMIT}, got {raw:?}"
@@ -119,6 +120,11 @@ mod tests {
         assert_eq!(parse(None, None).ok(), Some(DEFAULT_LIMIT));
         assert_eq!(parse(None, Some("0")).ok(), Some(DEFAULT_LIMIT));
         assert_eq!(parse(None, Some("lots")).ok(), Some(DEFAULT_LIMIT));
+        assert_eq!(
+            parse(None, Some("500")).ok(),
+            Some(MAX_LIMIT),
+            "capped, not ignored"
+        );
         assert_eq!(parse(Some("100"), None).ok(), Some(100));
     }
 
