@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
@@ -187,10 +188,9 @@ fn jwks_key(jwk: &serde_json::Value, spec: &AuthSpec) -> Result<Option<VerifyKey
 /// The bearer token of `Authorization` (the scheme is case-insensitive).
 pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    // `Bearer SP token` (RFC 6750): the token as sent, no space trimmed away.
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Claims the host sets itself; a guest may not pass them in `claims`.
@@ -224,7 +224,9 @@ pub(crate) struct Auth {
     /// Other issuers' keys, by `kid`.
     keys: HashMap<String, VerifyKey>,
     /// Bounds concurrent argon2 hashes (each uses ~19 MiB and a core for ~tens of ms).
-    hashing: Semaphore,
+    /// A permit goes with its hash onto the blocking thread, so it is held until the
+    /// hash ends even when the caller has gone away.
+    hashing: Arc<Semaphore>,
 }
 
 impl Auth {
@@ -239,7 +241,7 @@ impl Auth {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             keys: HashMap::new(),
-            hashing: Semaphore::new(cores),
+            hashing: Arc::new(Semaphore::new(cores)),
         }
     }
 
@@ -391,14 +393,20 @@ impl Auth {
         &self,
         work: impl FnOnce() -> Result<T, String> + Send + 'static,
     ) -> Result<T, String> {
-        let _permit = self
+        let permit = self
             .hashing
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| "password hashing is shut down".to_string())?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| format!("password hashing failed: {e}"))?
+        // Dropping this future does not stop the blocking thread: the permit must
+        // live as long as the hash does, not as long as the caller waits.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| format!("password hashing failed: {e}"))?
     }
 }
 
@@ -411,6 +419,63 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hash_holds_its_permit_after_its_caller_goes_away() -> anyhow::Result<()> {
+        let a = Arc::new(auth());
+        let all = a.hashing.available_permits();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let hashing = a.clone();
+        let caller = tokio::spawn(async move {
+            hashing
+                .on_hashing_pool(move || {
+                    let _ = finished.recv();
+                    Ok(())
+                })
+                .await
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while a.hashing.available_permits() == all {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the hash never started"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // The caller goes away (a client that disconnected); the hash goes on, and so
+        // does its hold on the limit.
+        caller.abort();
+        let _ = caller.await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(a.hashing.available_permits(), all - 1, "released early");
+        finish.send(())?;
+        while a.hashing.available_permits() != all {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bearer_takes_the_token_as_sent() {
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(value).expect("a valid header"),
+            );
+            bearer(&headers).map(str::to_string)
+        };
+        assert_eq!(with("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(with("bearer abc").as_deref(), Some("abc"));
+        assert_eq!(
+            with("Bearer  abc").as_deref(),
+            Some(" abc"),
+            "not trimmed: it fails to verify"
+        );
+        assert_eq!(with("Bearer ").as_deref(), None);
+        assert_eq!(with("Basic abc").as_deref(), None);
+    }
 
     fn auth() -> Auth {
         Auth::new(&[7u8; 32], "microhost", "microhost", 30)
