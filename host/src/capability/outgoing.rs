@@ -51,13 +51,15 @@ pub(crate) fn strip_identity_headers(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Sets the identity headers for `identity`.
+/// Sets the identity headers for `identity`, as UTF-8: a subject or claim in any script
+/// goes through whole (only the host reads and writes these headers).
 pub(crate) fn set_identity_headers(headers: &mut http::HeaderMap, identity: &Identity) {
-    if let Ok(v) = http::HeaderValue::from_str(&identity.subject) {
+    if let Ok(v) = http::HeaderValue::from_bytes(identity.subject.as_bytes()) {
         headers.insert(SUBJECT_HEADER, v);
     }
+    // JSON escapes every control character, so the claims always make a header value.
     let claims = serde_json::Value::Object(identity.claims.clone()).to_string();
-    if let Ok(v) = http::HeaderValue::from_str(&claims) {
+    if let Ok(v) = http::HeaderValue::from_bytes(claims.as_bytes()) {
         headers.insert(CLAIMS_HEADER, v);
     }
 }
@@ -302,6 +304,29 @@ allowed_hosts = ["api.example.com"]"#,
         assert_eq!(header(HOPS_HEADER), Some("3"));
         assert_eq!(header(REQUEST_ID_HEADER), Some("req-1"));
         assert!(header(TRACEPARENT_HEADER).is_some_and(|t| t.starts_with("00-0af7")));
+        Ok(())
+    }
+
+    #[test]
+    fn identities_in_any_script_reach_the_callee_whole() -> anyhow::Result<()> {
+        let mut claims = serde_json::Map::new();
+        claims.insert("name".into(), "Zoë Ångström 山田".into());
+        let identity = Identity {
+            subject: "zoë".into(),
+            claims,
+        };
+        let mut headers = http::HeaderMap::new();
+        set_identity_headers(&mut headers, &identity);
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .map(str::to_string)
+        };
+        assert_eq!(text(SUBJECT_HEADER).as_deref(), Some("zoë"));
+        let seen: serde_json::Value =
+            serde_json::from_str(&text(CLAIMS_HEADER).unwrap_or_default())?;
+        assert_eq!(seen["name"], "Zoë Ångström 山田");
         Ok(())
     }
 
