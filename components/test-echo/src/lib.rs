@@ -2,11 +2,15 @@
 //! the `greeting` config value, as JSON. `?status=N` sets the status; `?max_age=S`
 //! sends `Cache-Control: max-age=S`, `?no_store=1` sends `Cache-Control: no-store`.
 //! `?call=S` first calls `GET http://S.internal/from-echo` with `x-echo-hop: 1` and adds
-//! its answer as `called: {status, content_type, body}`.
+//! its answer as `called: {status, content_type, body}`. `instance_requests` counts the
+//! requests this instance has served (1 unless the host reuses instances).
 use microhost_guest::client::Request as Call;
 use microhost_guest::{Error, Request, Response, Service};
 
 struct Echo;
+
+/// Requests served by this instance: memory a reused instance keeps.
+static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Service for Echo {
     fn handle(req: Request) -> Result<Response, Error> {
@@ -46,6 +50,7 @@ impl Service for Echo {
                 "body": String::from_utf8_lossy(&req.body),
                 "greeting": microhost_guest::config("greeting"),
                 "called": called,
+                "instance_requests": SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             }),
         );
         Ok(match cache_control {

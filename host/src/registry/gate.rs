@@ -65,6 +65,8 @@ impl Registry {
         let Some(path) = &slot.spec.health.smoke else {
             return Ok(());
         };
+        // Its instance is not kept for traffic: it ran with effects discarded.
+        let prepared = &prepared.clone().with_own_warm_pool();
         let request = http::Request::builder()
             .method(http::Method::GET)
             .uri(path.as_str())

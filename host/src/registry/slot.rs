@@ -68,7 +68,8 @@ impl Version {
     pub(crate) fn new(label: String, prepared: Prepared, deployed_at: SystemTime) -> Version {
         Version {
             label,
-            prepared,
+            // Warm instances per service and version, whatever else shares the content.
+            prepared: prepared.with_own_warm_pool(),
             deployed_at,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),

@@ -89,6 +89,14 @@ impl WarmPool {
 }
 
 impl Prepared {
+    /// The same component with an empty warm pool of its own. A warm instance keeps the
+    /// memory its requests left, so a pool is never shared by two services (who may
+    /// deploy the same content) or two versions.
+    pub(crate) fn with_own_warm_pool(mut self) -> Prepared {
+        self.warm = Arc::default();
+        self
+    }
+
     /// Whether the component can receive events.
     pub(crate) fn is_subscriber(&self) -> bool {
         self.subscriber.is_some()

@@ -232,3 +232,42 @@ async fn reused_instances_keep_effects_per_request() -> anyhow::Result<()> {
     host.shutdown().await;
     Ok(())
 }
+
+/// Two services deploying the same content with instance reuse each get their own warm
+/// instances: a reused instance keeps its memory, which must never reach another service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instances_are_never_shared_between_services() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("a", "/a", "test-echo").instance_reuse(10),
+            Svc::new("b", "/b", "test-echo").instance_reuse(10),
+        ],
+        dir.path(),
+    )
+    .await?;
+    let echo = std::fs::read(wasm("test-echo"))?;
+    // The same content as v2 of both, then `a` back to v1: the registry finds v1's
+    // compiled component among the loaded ones, the one `b`'s v2 runs on.
+    for service in ["a", "b"] {
+        let r = host
+            .deploy_with(service, "version=v2", echo.clone())
+            .await?;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = host
+        .admin_post("/admin/services/a/activate?version=v1")
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = |r: &crate::support::Resp| r.json()["instance_requests"].as_u64();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(served(&host.get("/b/x").await?));
+    }
+    assert_eq!(seen, [Some(1), Some(2), Some(3)], "b's instance is reused");
+    let r = host.get("/a/x").await?;
+    assert_eq!(r.served_by(), Some("a@v1"));
+    assert_eq!(served(&r), Some(1), "a got a fresh instance, not b's");
+    host.shutdown().await;
+    Ok(())
+}
