@@ -57,6 +57,13 @@ impl Policy {
         }
     }
 
+    /// Housekeeping off the request path: forgets rate-limit buckets that have refilled.
+    pub(crate) fn sweep(&self) {
+        if let Some(rate_limit) = &self.rate_limit {
+            rate_limit.forget_idle();
+        }
+    }
+
     /// The delay before retry `n` (1-based): `backoff_ms`, doubling.
     pub(crate) fn backoff(&self, n: u32) -> Duration {
         let factor = 1u64 << n.saturating_sub(1).min(10);

@@ -7,7 +7,6 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 type KeyedLimiter =
@@ -17,7 +16,6 @@ type KeyedLimiter =
 pub(crate) struct RateLimit {
     limiter: KeyedLimiter,
     pub(crate) spec: RateLimitSpec,
-    checks: AtomicU64,
 }
 
 /// A rate-limit decision, with what the `RateLimit-*` headers say.
@@ -37,16 +35,18 @@ impl RateLimit {
         RateLimit {
             limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
             spec: spec.clone(),
-            checks: AtomicU64::new(0),
         }
+    }
+
+    /// Forgets the buckets that have refilled, so idle and rotating clients cost nothing.
+    /// O(keys): the registry's supervisor calls it, never the request path.
+    pub(crate) fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
     }
 
     /// Takes a token from `key`'s bucket, if there is one.
     pub(crate) fn check(&self, key: &str) -> RateDecision {
-        // Forget buckets that have refilled now and then, so idle clients cost nothing.
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-            self.limiter.retain_recent();
-        }
         let limit = self.spec.burst();
         let key = key.to_string();
         match self.limiter.check_key(&key) {
@@ -70,5 +70,38 @@ impl RateLimit {
                 reset: not_until.wait_time_from(DefaultClock::default().now()),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_buckets_are_forgotten_off_the_request_path() -> anyhow::Result<()> {
+        let limit = RateLimit::new(&RateLimitSpec {
+            per_second: 1000,
+            burst: Some(1),
+            key: crate::config::RateLimitKey::default(),
+        });
+        for client in 0..500 {
+            assert!(
+                limit
+                    .check(&format!("10.0.{}.{}", client / 256, client % 256))
+                    .allowed
+            );
+        }
+        assert_eq!(limit.limiter.len(), 500, "checks never sweep");
+        // Every bucket refills within a few milliseconds at 1000/s.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            limit.forget_idle();
+            if limit.limiter.is_empty() {
+                break;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "buckets kept");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The registry's background work: periodic health checks of the versions taking
-//! traffic, and the analysis that rolls a failing canary back.
+//! traffic, the analysis that rolls a failing canary back, and the sweep of idle policy
+//! state.
 
 use super::{Registry, ServiceSlot};
 use crate::registry::record::{self, HistoryEntry};
@@ -11,10 +12,21 @@ use tokio::sync::watch;
 /// How often canaries are analysed and due health checks are run.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How often idle policy state (rate-limit buckets) is swept.
+const SWEEP: Duration = Duration::from_secs(1);
+
 pub(super) async fn run(registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
     let mut last_check: HashMap<String, Instant> = HashMap::new();
+    let mut last_sweep = Instant::now();
     while !*stop.borrow() {
+        let sweep = last_sweep.elapsed() >= SWEEP;
+        if sweep {
+            last_sweep = Instant::now();
+        }
         for slot in registry.services() {
+            if sweep {
+                slot.policy.sweep();
+            }
             analyse_canary(&registry, &slot).await;
             let interval = slot.spec.health.interval_ms;
             if interval == 0 {
