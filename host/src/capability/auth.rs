@@ -4,17 +4,35 @@
 
 use super::InvocationState;
 use super::generated::microhost::platform::auth;
+use crate::config::ServiceSpec;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 /// Longest token lifetime a service may ask for (one week).
 pub(crate) const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
 
-/// The host's token issuer and password hasher (every service has it).
-pub(crate) type AuthGrant = Arc<crate::auth::Auth>;
+/// The host's password hasher (every service has it) and token issuer (only services
+/// whose manifest entry says `auth = { issue_tokens = true }`: a token is the host's
+/// word for who a caller is).
+#[derive(Clone)]
+pub(crate) struct AuthGrant {
+    auth: Arc<crate::auth::Auth>,
+    service: String,
+    issue_tokens: bool,
+}
+
+impl AuthGrant {
+    pub(crate) fn new(spec: &ServiceSpec, auth: Arc<crate::auth::Auth>) -> AuthGrant {
+        AuthGrant {
+            auth,
+            service: spec.name.to_string(),
+            issue_tokens: spec.auth.issue_tokens,
+        }
+    }
+}
 
 pub(crate) struct AuthView<'a> {
-    auth: &'a AuthGrant,
+    grant: &'a AuthGrant,
 }
 
 struct HasAuth;
@@ -25,7 +43,7 @@ impl HasData for HasAuth {
 
 pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     auth::add_to_linker::<_, HasAuth>(linker, |s: &mut InvocationState| AuthView {
-        auth: &s.granted.auth,
+        grant: &s.granted.auth,
     })
 }
 
@@ -40,6 +58,7 @@ impl auth::Host for AuthView<'_> {
             )));
         }
         Ok(self
+            .grant
             .auth
             .hash_password(password)
             .await
@@ -52,6 +71,7 @@ impl auth::Host for AuthView<'_> {
         hash: String,
     ) -> wasmtime::Result<Result<bool, auth::AuthError>> {
         Ok(self
+            .grant
             .auth
             .verify_password(password, hash)
             .await
@@ -64,6 +84,14 @@ impl auth::Host for AuthView<'_> {
         claims: String,
         ttl_seconds: u32,
     ) -> wasmtime::Result<Result<String, auth::AuthError>> {
+        if !self.grant.issue_tokens {
+            tracing::warn!(service = %self.grant.service, "token issuing refused: not granted");
+            return Ok(Err(auth::AuthError::Invalid(format!(
+                "service {:?} may not issue tokens: its manifest entry has no \
+                 `auth = {{ issue_tokens = true }}`",
+                self.grant.service
+            ))));
+        }
         if !(1..=MAX_TTL_SECS).contains(&ttl_seconds) {
             return Ok(Err(auth::AuthError::Invalid(format!(
                 "ttl-seconds must be from 1 to {MAX_TTL_SECS}, got {ttl_seconds}"
@@ -78,8 +106,47 @@ impl auth::Host for AuthView<'_> {
             }
         };
         Ok(self
+            .grant
             .auth
             .issue(&subject, &extra, u64::from(ttl_seconds))
             .map_err(auth::AuthError::Invalid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_spec::spec;
+    use super::auth::Host as _;
+    use super::*;
+
+    fn host_auth() -> Arc<crate::auth::Auth> {
+        Arc::new(crate::auth::Auth::new(
+            &[7u8; 32],
+            "microhost",
+            "microhost",
+            30,
+        ))
+    }
+
+    #[test]
+    fn only_a_granted_service_issues_tokens() -> anyhow::Result<()> {
+        let auth = host_auth();
+        let denied = AuthGrant::new(&spec(""), auth.clone());
+        let refused = AuthView { grant: &denied }.issue_token("ada".into(), "{}".into(), 60)?;
+        match refused {
+            Err(auth::AuthError::Invalid(why)) => {
+                assert!(why.contains("\"orders\" may not issue tokens"), "{why}")
+            }
+            other => panic!("issued without the grant: {other:?}"),
+        }
+        let granted = AuthGrant::new(&spec("auth = { issue_tokens = true }"), auth.clone());
+        let token = AuthView { grant: &granted }
+            .issue_token("ada".into(), "{}".into(), 60)?
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(
+            auth.verify(&token).map_err(anyhow::Error::msg)?.subject,
+            "ada"
+        );
+        Ok(())
     }
 }

@@ -44,7 +44,7 @@ impl ServiceGrants {
             kv: KvGrant::new(storage),
             events: EventsGrant::new(spec),
             http: HttpGrant::new(spec),
-            auth,
+            auth: AuthGrant::new(spec, auth),
             config: Arc::new(spec.config.iter().collect()),
             limits: spec.limits,
         }

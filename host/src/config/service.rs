@@ -48,6 +48,9 @@ pub struct ServiceSpec {
     /// Services this one may call at `http://<service>.internal/...`.
     #[serde(default)]
     pub calls: Vec<ServiceName>,
+    /// What the host's auth interface lets the service do beyond hashing passwords.
+    #[serde(default)]
+    pub auth: ServiceAuthSpec,
     /// Outside hosts this service may send HTTP requests to.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
@@ -142,6 +145,15 @@ impl Default for BreakerSpec {
             window_ms: 10_000,
         }
     }
+}
+
+/// `auth = { issue_tokens = true }`: the service may sign tokens with the host's key for
+/// any subject (a login service). Without it `issue-token` answers `auth-error`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAuthSpec {
+    #[serde(default)]
+    pub issue_tokens: bool,
 }
 
 /// A parsed `public` entry (`"METHOD /path"`, `"/path"`, `/*` for everything below).
