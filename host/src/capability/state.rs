@@ -129,8 +129,16 @@ impl Granted {
 impl InvocationState {
     pub(crate) fn new(grants: &ServiceGrants, request: &RequestContext) -> Self {
         // No environment, arguments, preopened directories or network: a guest gets only
-        // what its manifest grants. Its stdout/stderr go to the host's.
-        let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
+        // what its manifest grants (outgoing HTTP goes through `Outgoing`, never a
+        // socket of its own). Its stdout/stderr go to the host's. The socket denials are
+        // wasmtime-wasi's defaults too; they are spelled out so no upgrade relaxes them.
+        let wasi = WasiCtx::builder()
+            .inherit_stdout()
+            .inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         InvocationState {
             table: ResourceTable::new(),
             wasi,

@@ -105,3 +105,20 @@ async fn a_memory_bomb_hits_its_limit_and_the_host_lives() -> anyhow::Result<()>
     host.shutdown().await;
     Ok(())
 }
+
+/// A guest gets no sockets of its own: creating a TCP or UDP socket is refused with
+/// `access-denied` and a name lookup fails (outgoing HTTP is the only way out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_cannot_open_a_socket() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(&[Svc::new("socket", "/", "test-socket")], dir.path()).await?;
+    let r = host.get("/").await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    println!("sockets: {seen}");
+    assert_eq!(seen["tcp"], "access-denied", "{seen}");
+    assert_eq!(seen["udp"], "access-denied", "{seen}");
+    assert_ne!(seen["lookup"], "created", "{seen}");
+    host.shutdown().await;
+    Ok(())
+}
