@@ -81,7 +81,12 @@ impl HttpGrant {
         HttpGrant {
             service: spec.name.to_string(),
             services: Arc::new(spec.calls.iter().map(ToString::to_string).collect()),
-            hosts: Arc::new(spec.allowed_hosts.iter().map(ToString::to_string).collect()),
+            hosts: Arc::new(
+                spec.allowed_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            ),
         }
     }
 
@@ -193,8 +198,19 @@ impl WasiHttpHooks for Outgoing {
                 Ok((response, done()))
             });
         }
-        if !self.grant.hosts.contains(&host) {
-            tracing::warn!(service = %self.grant.service, host, "outgoing request to a host not in `allowed_hosts` refused");
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(match request.uri().scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+        // A bare host name grants the web's ports only: no other service on that host
+        // (the admin listener on loopback, a database) is reachable by name alone.
+        let granted = (matches!(port, 80 | 443) && self.grant.hosts.contains(&host))
+            || self.grant.hosts.contains(&format!("{host}:{port}"));
+        if !granted {
+            tracing::warn!(service = %self.grant.service, host, port, "outgoing request to a host and port not in `allowed_hosts` refused");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         Box::new(async move {
@@ -282,10 +298,20 @@ allowed_hosts = ["api.example.com"]"#,
             send(&mut calls, "http://billing.internal/pay", &[]).await,
             Err(HttpError::HttpRequestDenied)
         ));
-        assert!(matches!(
-            send(&mut calls, "http://evil.example.com/", &[]).await,
-            Err(HttpError::HttpRequestDenied)
-        ));
+        for denied in [
+            "http://evil.example.com/",
+            // A granted name on another port: not the web server the grant names.
+            "http://api.example.com:3100/admin/services",
+            "https://API.example.com:8443/",
+        ] {
+            assert!(
+                matches!(
+                    send(&mut calls, denied, &[]).await,
+                    Err(HttpError::HttpRequestDenied)
+                ),
+                "{denied}"
+            );
+        }
         let seen = recorder.0.lock();
         assert_eq!(
             seen.len(),

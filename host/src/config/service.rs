@@ -328,11 +328,23 @@ impl ServiceSpec {
                 ));
             }
         }
-        for host in &self.allowed_hosts {
-            if host.is_empty() || host.contains(['/', ' ', ':']) || host.ends_with(".internal") {
+        for entry in &self.allowed_hosts {
+            let (host, port) = match entry.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (entry.as_str(), None),
+            };
+            let bad_port = port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0));
+            if host.is_empty()
+                || host.contains(['/', ' ', ':', '@'])
+                || host.ends_with(".internal")
+                || bad_port
+            {
                 return Err(FieldError::new(
                     "allowed_hosts",
-                    format!("{host:?} must be a plain host name (services are named in `calls`)"),
+                    format!(
+                        "{entry:?} must be a host name, optionally with a port (`host` for ports \
+                         80 and 443, `host:port` for another); services are named in `calls`"
+                    ),
                 ));
             }
         }
@@ -453,6 +465,22 @@ mod tests {
         assert!(PublicRule::parse("GET x").is_err());
         Ok(())
     }
+    #[test]
+    fn allowed_hosts_name_a_host_and_optionally_a_port() {
+        let with = |hosts: &str| parse(&format!("{GOOD}allowed_hosts = {hosts}\n"));
+        assert!(with(r#"["api.example.com", "db.example.com:5432"]"#).is_ok());
+        for bad in [
+            r#"["a:0"]"#,
+            r#"["a:http"]"#,
+            r#"["a/b"]"#,
+            r#"["u@a"]"#,
+            r#"["user.internal"]"#,
+        ] {
+            let msg = with(bad).map(|_| ()).expect_err(bad).to_string();
+            assert!(msg.contains("`allowed_hosts`"), "{bad}: {msg}");
+        }
+    }
+
     #[test]
     fn subscriptions_parse_with_defaults_and_are_checked() -> anyhow::Result<()> {
         let text = format!(
