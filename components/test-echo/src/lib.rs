@@ -2,7 +2,8 @@
 //! the `greeting` config value, as JSON. `?status=N` sets the status; `?max_age=S`
 //! sends `Cache-Control: max-age=S`, `?no_store=1` sends `Cache-Control: no-store`.
 //! `?call=S` first calls `GET http://S.internal/from-echo` with `x-echo-hop: 1` and adds
-//! its answer as `called: {status, content_type, body}`. `instance_requests` counts the
+//! its answer as `called: {status, content_type, body}` (`&call_body=N`: a `POST` of N
+//! bytes instead). `instance_requests` counts the
 //! requests this instance has served (1 unless the host reuses instances).
 use microhost_guest::client::Request as Call;
 use microhost_guest::{Error, Request, Response, Service};
@@ -29,8 +30,13 @@ impl Service for Echo {
             (None, None) => None,
         };
         let called = req.query_param("call").map(|service| {
-            let call =
-                Call::get(format!("http://{service}.internal/from-echo")).header("x-echo-hop", "1");
+            let url = format!("http://{service}.internal/from-echo");
+            // `call_body=N`: a POST of N bytes instead of the GET.
+            let call = match req.query_param("call_body").and_then(|n| n.parse().ok()) {
+                Some(n) => Call::post(url).body(vec![b'x'; n]),
+                None => Call::get(url),
+            }
+            .header("x-echo-hop", "1");
             match call.send() {
                 Ok(reply) => serde_json::json!({
                     "status": reply.status,

@@ -262,8 +262,9 @@ impl Dispatcher {
         Outcome { version, result }
     }
 
-    /// A service-to-service call: through `target`'s circuit breaker, then as
-    /// [`Dispatcher::call`]. Always an HTTP response (problem bodies for failures).
+    /// A service-to-service call: the callee's own rules first, as at the edge (a token
+    /// on its protected routes, its body limit), then its policies ([`Dispatcher::serve`]).
+    /// Always an HTTP response (problem bodies for failures).
     pub(crate) async fn call_service(
         &self,
         target: &str,
@@ -276,6 +277,32 @@ impl Dispatcher {
                 serde_json::Map::new(),
             );
         };
+        let fields = || {
+            let mut fields = serde_json::Map::new();
+            fields.insert("service".into(), target.into());
+            fields
+        };
+        let (method, path) = (request.method().as_str(), request.uri().path());
+        if slot.requires_token(method, path) && identity_of(request.headers()).is_none() {
+            return problem_bytes(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "{method} {path} of service {target:?} needs a verified token, and the \
+                     request that made this call carried none"
+                ),
+                fields(),
+            );
+        }
+        let max_body = slot.spec.limits.max_body_kib.saturating_mul(1024);
+        if request.body().len() as u64 > max_body {
+            return problem_bytes(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than the limit of {max_body} bytes for service {target:?}"
+                ),
+                fields(),
+            );
+        }
         self.serve(&slot, request).await.0
     }
 

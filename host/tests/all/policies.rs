@@ -606,3 +606,48 @@ async fn service_calls_carry_the_trace_and_pass_the_callees_policies() -> anyhow
     host.shutdown().await;
     Ok(())
 }
+
+/// A call from another service meets the callee's own rules as an edge request would:
+/// a token on its protected routes (the caller's identity counts, nothing else) and its
+/// body limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_calls_meet_the_callees_token_rule_and_body_limit() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("front", "/front", "test-echo").set(r#"calls = ["guarded", "small"]"#),
+            Svc::new("guarded", "/guarded", "test-echo").set("protected = true"),
+            Svc::new("small", "/small", "test-echo").max_body_kib(1),
+        ],
+        dir.path(),
+    )
+    .await?;
+    let called = |r: &crate::support::Resp| r.json()["called"].clone();
+    let r = host.get("/front?call=guarded").await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = called(&r);
+    assert_eq!(answer["status"], 401, "no token, no call: {answer}");
+    assert!(
+        answer["body"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("needs a verified token"),
+        "{answer}"
+    );
+    let r = host.get("/front?call=small&call_body=100").await?;
+    assert_eq!(called(&r)["status"], 200, "{}", r.text());
+    let r = host.get("/front?call=small&call_body=2000").await?;
+    assert_eq!(
+        called(&r)["status"],
+        413,
+        "over the callee's 1 KiB: {}",
+        r.text()
+    );
+    assert_eq!(
+        host.served("guarded").await?,
+        0,
+        "refused before the callee ran"
+    );
+    host.shutdown().await;
+    Ok(())
+}
