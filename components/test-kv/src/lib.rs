@@ -1,6 +1,8 @@
 //! Test guest: raw key-value access over HTTP.
 //! `GET /kv/{key}`, `PUT /kv/{key}` (body = value), `DELETE /kv/{key}`, `GET /kv` (keys).
 //! `POST /kv/{key}/incr` adds one to a counter (a read-modify-write).
+//! `POST /kv/{key}/fill?count=N&kib=K` writes N keys `{key}-{i}` of K KiB each (a write
+//! bomb: the host's budget, not the guest, decides when it stops).
 //! `PUT /kv/{key}?then=X` writes, then: `read` answers 200 with the value read back in
 //! the same invocation, `500` answers 500, `trap` panics (to test the unit of work).
 use microhost_guest::kv::Store;
@@ -22,6 +24,15 @@ impl Service for Kv {
             let next = (current + 1).to_string();
             store.set(key, next.as_bytes())?;
             return Ok(Response::text(200, next));
+        }
+        if let ([.., "kv", key, "fill"], "POST") = (segments.as_slice(), req.method.as_str()) {
+            let number = |name: &str| req.query_param(name).and_then(|v| v.parse::<usize>().ok());
+            let (count, kib) = (number("count").unwrap_or(1), number("kib").unwrap_or(1));
+            let value = vec![b'x'; kib * 1024];
+            for i in 0..count {
+                store.set(&format!("{key}-{i}"), &value)?;
+            }
+            return Ok(Response::text(200, format!("wrote {count} keys")));
         }
         let key = match segments.as_slice() {
             [_, "kv"] | ["kv"] => None,

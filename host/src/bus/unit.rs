@@ -13,8 +13,12 @@ pub(crate) struct UnitOfWork {
     pub(crate) service: String,
     /// By (bucket, key): `Some` sets, `None` deletes.
     pub(crate) kv: BTreeMap<(String, String), Option<Vec<u8>>>,
+    /// Bytes of buckets, keys and values in `kv`: what the service's write budget counts.
+    pub(crate) kv_bytes: usize,
     /// Events to append, in publish order; offsets are assigned at commit.
     pub(crate) events: Vec<Envelope>,
+    /// Bytes of the payloads in `events`: what the service's event budget counts.
+    pub(crate) event_bytes: usize,
     /// What the invocation read from committed state (storage key → digest of the value
     /// seen, `None` for absent), checked again at commit: optimistic concurrency.
     pub(crate) reads: BTreeMap<Vec<u8>, Option<[u8; 32]>>,

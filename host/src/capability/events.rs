@@ -21,6 +21,8 @@ pub(crate) const MAX_EVENTS_PER_INVOCATION: usize = 1000;
 pub(crate) struct EventsGrant {
     service: String,
     allowed: Arc<BTreeSet<String>>,
+    /// Bytes of payloads one invocation may publish (`limits.event_kib`).
+    max_bytes: usize,
 }
 
 impl EventsGrant {
@@ -28,6 +30,7 @@ impl EventsGrant {
         EventsGrant {
             service: spec.name.to_string(),
             allowed: Arc::new(spec.publishes.iter().map(ToString::to_string).collect()),
+            max_bytes: spec.limits.event_bytes(),
         }
     }
 
@@ -99,6 +102,17 @@ impl events::Host for EventsView<'_> {
                 "one invocation may publish at most {MAX_EVENTS_PER_INVOCATION} events"
             ))));
         }
+        let bytes = self.unit.event_bytes + data.len();
+        if bytes > p.grant.max_bytes {
+            tracing::warn!(service = %p.grant.service, bytes, budget = p.grant.max_bytes, "event budget spent");
+            return Ok(Err(events::PublishError::Invalid(format!(
+                "one invocation may publish at most {} KiB of events (the service's \
+                 `limits.event_kib`); this one would make it {} KiB",
+                p.grant.max_bytes / 1024,
+                bytes.div_ceil(1024)
+            ))));
+        }
+        self.unit.event_bytes = bytes;
         let mut event = Envelope::new(p.source.clone(), topic, data);
         event.key = options.key;
         event.datacontenttype = options.content_type;
@@ -158,6 +172,28 @@ mod tests {
         assert_eq!(event.topic, "order.created");
         assert_eq!(event.key.as_deref(), Some("o-1"));
         assert_eq!(event.traceparent, request.traceparent);
+        Ok(())
+    }
+
+    #[test]
+    fn one_invocation_publishes_a_bounded_number_of_bytes() -> anyhow::Result<()> {
+        let grant = EventsGrant::new(&spec("publishes = [\"t\"]\nlimits = { event_kib = 2048 }"));
+        let publisher = grant.publisher(&RequestContext::new("v1"));
+        let mut unit = UnitOfWork::new("orders");
+        let mut view = EventsView {
+            publisher: &publisher,
+            unit: &mut unit,
+        };
+        let mib = vec![0; 1024 * 1024];
+        assert!(view.publish("t".into(), mib.clone(), options("1"))?.is_ok());
+        assert!(view.publish("t".into(), mib.clone(), options("2"))?.is_ok());
+        match view.publish("t".into(), mib, options("3"))? {
+            Err(events::PublishError::Invalid(why)) => {
+                assert!(why.contains("`limits.event_kib`"), "{why}")
+            }
+            other => panic!("over the budget: {other:?}"),
+        }
+        assert_eq!((unit.events.len(), unit.event_bytes), (2, 2 * 1024 * 1024));
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 use super::InvocationState;
 use super::generated::wasi::keyvalue::store;
 use crate::bus::unit::{UnitOfWork, digest, digest_keys};
+use crate::config::Limits;
 use crate::store::{Storage, keys};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
@@ -42,16 +43,64 @@ pub struct BucketHandle {
 }
 
 /// Committed state, read through the service's keyspace only (the keyspace is the
-/// unit of work's service). Shared by all the service's invocations.
+/// unit of work's service), and the budget of what one invocation may buffer. Shared by
+/// all the service's invocations.
 #[derive(Clone)]
 pub(crate) struct KvGrant {
     storage: Arc<dyn Storage>,
+    /// Distinct keys one invocation may write (`limits.writes`).
+    max_writes: usize,
+    /// Bytes of buckets, keys and values it may buffer (`limits.write_kib`).
+    max_bytes: usize,
 }
 
 impl KvGrant {
-    pub(crate) fn new(storage: Arc<dyn Storage>) -> KvGrant {
-        KvGrant { storage }
+    pub(crate) fn new(storage: Arc<dyn Storage>, limits: &Limits) -> KvGrant {
+        KvGrant {
+            storage,
+            max_writes: limits.writes as usize,
+            max_bytes: limits.write_bytes(),
+        }
     }
+}
+
+/// Buffers the write of `value` (`None`: a delete) within the grant's budget: over it,
+/// the guest gets an error and the host holds nothing more.
+fn buffer(
+    grant: &KvGrant,
+    unit: &mut UnitOfWork,
+    bucket: String,
+    key: String,
+    value: Option<Vec<u8>>,
+) -> Result<(), KvError> {
+    let size = |bucket: &str, key: &str, value: Option<&Vec<u8>>| {
+        bucket.len() + key.len() + value.map_or(0, Vec::len)
+    };
+    let entry = (bucket, key);
+    let replaced = unit
+        .kv
+        .get(&entry)
+        .map(|old| size(&entry.0, &entry.1, old.as_ref()));
+    if replaced.is_none() && unit.kv.len() >= grant.max_writes {
+        tracing::warn!(service = %unit.service, writes = grant.max_writes, "write budget spent");
+        return Err(KvError::Other(format!(
+            "one invocation may write at most {} keys (the service's `limits.writes`)",
+            grant.max_writes
+        )));
+    }
+    let bytes = unit.kv_bytes - replaced.unwrap_or(0) + size(&entry.0, &entry.1, value.as_ref());
+    if bytes > grant.max_bytes {
+        tracing::warn!(service = %unit.service, bytes, budget = grant.max_bytes, "write budget spent");
+        return Err(KvError::Other(format!(
+            "one invocation may buffer at most {} KiB of keys and values (the service's \
+             `limits.write_kib`); this write would make it {} KiB",
+            grant.max_bytes / 1024,
+            bytes.div_ceil(1024)
+        )));
+    }
+    unit.kv_bytes = bytes;
+    unit.kv.insert(entry, value);
+    Ok(())
 }
 
 fn store_error(e: crate::store::StoreError) -> KvError {
@@ -163,15 +212,13 @@ impl store::HostBucket for KvView<'_> {
                 value.len()
             )));
         }
-        self.unit.kv.insert((bucket, key), Some(value));
-        Ok(())
+        buffer(self.reader, self.unit, bucket, key, Some(value))
     }
 
     fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<(), KvError> {
         let bucket = self.bucket(&bucket)?;
         check_key(&key)?;
-        self.unit.kv.insert((bucket, key), None);
-        Ok(())
+        buffer(self.reader, self.unit, bucket, key, None)
     }
 
     fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<bool, KvError> {
@@ -259,7 +306,7 @@ mod tests {
             batch.put(keys::kv("billing", "default", "secret"), b"no".to_vec());
             Ok(batch)
         })?;
-        Ok(KvGrant::new(Arc::new(storage)))
+        Ok(KvGrant::new(Arc::new(storage), &Limits::default()))
     }
 
     fn err(e: KvError) -> anyhow::Error {
@@ -267,6 +314,47 @@ mod tests {
             KvError::NoSuchStore => anyhow::anyhow!("no such store"),
             KvError::Other(why) => anyhow::anyhow!(why),
         }
+    }
+
+    #[tokio::test]
+    async fn writes_stay_within_the_services_budget() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let storage = Arc::new(SledStorage::open(dir.path())?);
+        let limits = Limits {
+            writes: 3,
+            write_kib: 8,
+            ..Limits::default()
+        };
+        let grant = KvGrant::new(storage, &limits);
+        let mut unit = UnitOfWork::new("orders");
+        let mut table = ResourceTable::new();
+        let mut view = KvView {
+            reader: &grant,
+            unit: &mut unit,
+            table: &mut table,
+        };
+        let bucket = view.open("default".into()).map_err(err)?;
+        let b = || Resource::<BucketHandle>::new_borrow(bucket.rep());
+        let kib = vec![0; 1024];
+        for key in ["a", "b", "c"] {
+            view.set(b(), key.into(), kib.clone()).map_err(err)?;
+        }
+        // A fourth key is over the count; rewriting one of the three is not.
+        let over = view.set(b(), "d".into(), vec![1]).err().map(err);
+        assert!(over.is_some_and(|e| e.to_string().contains("`limits.writes`")));
+        view.set(b(), "a".into(), vec![0; 4 * 1024]).map_err(err)?;
+        // About 6 KiB now; `b` at 5 KiB instead of 1 would pass 8.
+        let over = view.set(b(), "b".into(), vec![0; 5 * 1024]).err().map(err);
+        assert!(over.is_some_and(|e| e.to_string().contains("`limits.write_kib`")));
+        view.delete(b(), "c".into()).map_err(err)?;
+        assert_eq!(unit.kv.len(), 3);
+        let entry = "default".len() + 1;
+        assert_eq!(
+            unit.kv_bytes,
+            (entry + 4096) + (entry + 1024) + entry,
+            "bucket, key, value"
+        );
+        Ok(())
     }
 
     #[tokio::test]

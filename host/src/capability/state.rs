@@ -41,7 +41,7 @@ impl ServiceGrants {
     ) -> ServiceGrants {
         ServiceGrants {
             service: spec.name.to_string(),
-            kv: KvGrant::new(storage),
+            kv: KvGrant::new(storage, &spec.limits),
             events: EventsGrant::new(spec),
             http: HttpGrant::new(spec),
             auth: AuthGrant::new(spec, auth),

@@ -282,6 +282,13 @@ pub struct Limits {
     /// effects: each request's writes and events are its own, and an instance that
     /// failed is never reused).
     pub instance_reuse: u32,
+    /// Key-value writes (sets and deletes of distinct keys) one invocation may buffer.
+    pub writes: u32,
+    /// Bytes of keys and values one invocation may buffer, in KiB: the host holds them
+    /// until the commit, so they bound the host memory one invocation can take.
+    pub write_kib: u64,
+    /// Bytes of event payloads one invocation may publish, in KiB (held until commit).
+    pub event_kib: u64,
 }
 
 impl Default for Limits {
@@ -291,7 +298,20 @@ impl Default for Limits {
             instance_reuse: 1,
             timeout_ms: 10_000,
             max_body_kib: 1024,
+            writes: 10_000,
+            write_kib: 16 * 1024,
+            event_kib: 16 * 1024,
         }
+    }
+}
+
+impl Limits {
+    pub fn write_bytes(&self) -> usize {
+        usize::try_from(self.write_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    pub fn event_bytes(&self) -> usize {
+        usize::try_from(self.event_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
     }
 }
 
@@ -442,7 +462,10 @@ impl Limits {
             self.instance_reuse,
             1..=u64::from(MAX_INSTANCE_REUSE),
         )
-        .map_err(|e| e.note("1 is a fresh instance per request"))
+        .map_err(|e| e.note("1 is a fresh instance per request"))?;
+        in_range("limits.writes", self.writes, 1..=1_000_000)?;
+        in_range("limits.write_kib", self.write_kib, 1..=1024 * 1024)?;
+        in_range("limits.event_kib", self.event_kib, 1..=1024 * 1024)
     }
 }
 

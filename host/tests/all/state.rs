@@ -271,3 +271,35 @@ async fn warm_instances_are_never_shared_between_services() -> anyhow::Result<()
     host.shutdown().await;
     Ok(())
 }
+
+/// A guest that buffers write after write meets its service's write budget: the host
+/// holds at most `limits.write_kib`, the guest gets the error, nothing commits, and
+/// the other services answer meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_bomb_meets_the_write_budget() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("kv", "/", "test-kv").memory_mib(64),
+            Svc::new("echo", "/echo", "test-echo"),
+        ],
+        dir.path(),
+    )
+    .await?;
+    // 1,000 values of 4 MiB; the default budget (16 MiB) holds four.
+    let r = host.post("/kv/bomb/fill?count=1000&kib=4096", "").await?;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("`limits.write_kib`"), "{}", r.text());
+    assert_eq!(
+        host.get("/kv/bomb-0").await?.status,
+        404,
+        "nothing committed"
+    );
+    assert_eq!(host.get("/echo/still-here").await?.status, 200);
+    // Within the budget, the same request commits.
+    let r = host.post("/kv/fine/fill?count=3&kib=1024", "").await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(host.get("/kv/fine-2").await?.text().len(), 1024 * 1024);
+    host.shutdown().await;
+    Ok(())
+}
