@@ -51,6 +51,13 @@ enum Command {
         /// Seconds a client has to send a request's headers.
         #[arg(long, default_value_t = 10)]
         header_timeout_secs: u64,
+        /// Seconds a client has to send a request's whole body (more: 408, connection
+        /// closed).
+        #[arg(long, default_value_t = 30)]
+        body_timeout_secs: u64,
+        /// Most concurrent streams on one HTTP/2 connection.
+        #[arg(long, default_value_t = 100)]
+        max_concurrent_streams: u32,
         /// Seconds shutdown waits for in-flight requests.
         #[arg(long, default_value_t = 30)]
         shutdown_grace_secs: u64,
@@ -258,6 +265,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             cache_dir,
             header_timeout_secs,
+            body_timeout_secs,
+            max_concurrent_streams,
             shutdown_grace_secs,
             watch,
             max_connections,
@@ -282,6 +291,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok()
                 .filter(|s| !s.is_empty());
             config.limits.header_read_timeout = std::time::Duration::from_secs(header_timeout_secs);
+            config.limits.body_read_timeout = std::time::Duration::from_secs(body_timeout_secs);
+            config.limits.max_concurrent_streams = max_concurrent_streams;
             config.limits.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_secs);
             config.watch = watch;
             config.limits.max_connections = max_connections;

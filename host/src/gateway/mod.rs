@@ -25,13 +25,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The gateway: a router over the registry's services.
 pub(crate) struct Gateway {
     registry: Arc<Registry>,
     dispatcher: Dispatcher,
     auth: Arc<Auth>,
+    /// The whole body of a request must arrive within this (`--body-timeout-secs`).
+    body_read_timeout: Duration,
 }
 
 /// What the access log says about a request.
@@ -42,11 +44,17 @@ struct Answer {
 }
 
 impl Gateway {
-    pub(crate) fn new(registry: Arc<Registry>, dispatcher: Dispatcher, auth: Arc<Auth>) -> Gateway {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        dispatcher: Dispatcher,
+        auth: Arc<Auth>,
+        body_read_timeout: Duration,
+    ) -> Gateway {
         Gateway {
             registry,
             dispatcher,
             auth,
+            body_read_timeout,
         }
     }
 
@@ -162,7 +170,7 @@ impl Gateway {
             }
             rate_headers = Some(headers);
         }
-        let body = match read_body(slot, &parts, body).await {
+        let body = match read_body(slot, &parts, body, self.body_read_timeout).await {
             Ok(body) => body,
             Err(response) => return refused(self.finish(slot, *response, origin.as_ref())),
         };
@@ -245,6 +253,7 @@ async fn read_body(
     slot: &ServiceSlot,
     parts: &http::request::Parts,
     body: Incoming,
+    timeout: Duration,
 ) -> Result<Bytes, Box<http::Response<Bytes>>> {
     let max_body = slot.spec.limits.max_body_kib.saturating_mul(1024);
     let too_large = || {
@@ -266,7 +275,24 @@ async fn read_body(
         return Err(too_large());
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    match crate::body::collect(body, limit).await {
+    let read = tokio::time::timeout(timeout, crate::body::collect(body, limit));
+    let Ok(read) = read.await else {
+        let mut response = problem_bytes(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+            service_fields(slot.name()),
+        );
+        // What is left of the body is never read: the connection cannot carry another
+        // request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(Box::new(response));
+    };
+    match read {
         Ok(body) => Ok(body),
         Err(BodyError::TooLarge(_)) => Err(too_large()),
         Err(BodyError::Failed(e)) => Err(Box::new(problem_bytes(

@@ -35,6 +35,11 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub shutdown_grace: Duration,
+    /// A request's whole body must arrive within this time (more: 408 and the
+    /// connection closed), so a client trickling bytes cannot hold a slot for long.
+    pub body_read_timeout: Duration,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerLimits {
@@ -45,6 +50,8 @@ impl Default for ServerLimits {
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -103,6 +110,7 @@ pub(crate) async fn serve<M, S, B>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(limits.header_read_timeout)
         .keep_alive_timeout(limits.header_read_timeout);
     let connections = Arc::new(Semaphore::new(limits.max_connections));

@@ -399,3 +399,26 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() -> anyhow::Res
     host.shutdown().await;
     Ok(())
 }
+
+/// A body trickled in slower than the body timeout gets `408` and its connection closed,
+/// within the timeout: a slow client holds a connection slot for that long at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_gets_408() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let mut cfg = config(&[Svc::new("echo", "/", "test-echo")], dir.path())?;
+    cfg.limits.body_read_timeout = Duration::from_secs(1);
+    let host = Host::start_with(cfg).await?;
+    let started = Instant::now();
+    // 100 bytes declared, 2 sent, the rest never.
+    let raw = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab";
+    let (answer, closed) = exchange(&host, raw, Duration::from_secs(5)).await?;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert!(closed, "the connection stayed open");
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    assert_eq!(host.served("echo").await?, 0, "the service never saw it");
+    assert_eq!(host.post("/fine", "whole").await?.status, 200);
+    host.shutdown().await;
+    Ok(())
+}
