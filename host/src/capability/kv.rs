@@ -293,7 +293,11 @@ mod tests {
 
     /// A grant on a fresh store where `orders` has `committed` in bucket `default`, and
     /// `billing` has a key of its own.
-    fn grant(dir: &std::path::Path, committed: &[(&str, &str)]) -> anyhow::Result<KvGrant> {
+    fn grant(
+        dir: &std::path::Path,
+        committed: &[(&str, &str)],
+        limits: &Limits,
+    ) -> anyhow::Result<KvGrant> {
         let storage = SledStorage::open(dir)?;
         storage.transact(&mut |_| {
             let mut batch = Batch::default();
@@ -306,7 +310,26 @@ mod tests {
             batch.put(keys::kv("billing", "default", "secret"), b"no".to_vec());
             Ok(batch)
         })?;
-        Ok(KvGrant::new(Arc::new(storage), &Limits::default()))
+        Ok(KvGrant::new(Arc::new(storage), limits))
+    }
+
+    /// Runs `body` as one invocation of `orders` on the store behind `grant`, with bucket
+    /// `default` open; returns the invocation's unit of work.
+    fn invocation(
+        grant: &KvGrant,
+        body: impl FnOnce(&mut KvView<'_>, &dyn Fn() -> Resource<BucketHandle>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<UnitOfWork> {
+        let mut unit = UnitOfWork::new("orders");
+        let mut table = ResourceTable::new();
+        let mut view = KvView {
+            reader: grant,
+            unit: &mut unit,
+            table: &mut table,
+        };
+        let bucket = view.open("default".into()).map_err(err)?;
+        let b = || Resource::<BucketHandle>::new_borrow(bucket.rep());
+        body(&mut view, &b)?;
+        Ok(unit)
     }
 
     fn err(e: KvError) -> anyhow::Error {
@@ -319,34 +342,27 @@ mod tests {
     #[tokio::test]
     async fn writes_stay_within_the_services_budget() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let storage = Arc::new(SledStorage::open(dir.path())?);
         let limits = Limits {
             writes: 3,
             write_kib: 8,
             ..Limits::default()
         };
-        let grant = KvGrant::new(storage, &limits);
-        let mut unit = UnitOfWork::new("orders");
-        let mut table = ResourceTable::new();
-        let mut view = KvView {
-            reader: &grant,
-            unit: &mut unit,
-            table: &mut table,
-        };
-        let bucket = view.open("default".into()).map_err(err)?;
-        let b = || Resource::<BucketHandle>::new_borrow(bucket.rep());
-        let kib = vec![0; 1024];
-        for key in ["a", "b", "c"] {
-            view.set(b(), key.into(), kib.clone()).map_err(err)?;
-        }
-        // A fourth key is over the count; rewriting one of the three is not.
-        let over = view.set(b(), "d".into(), vec![1]).err().map(err);
-        assert!(over.is_some_and(|e| e.to_string().contains("`limits.writes`")));
-        view.set(b(), "a".into(), vec![0; 4 * 1024]).map_err(err)?;
-        // About 6 KiB now; `b` at 5 KiB instead of 1 would pass 8.
-        let over = view.set(b(), "b".into(), vec![0; 5 * 1024]).err().map(err);
-        assert!(over.is_some_and(|e| e.to_string().contains("`limits.write_kib`")));
-        view.delete(b(), "c".into()).map_err(err)?;
+        let grant = grant(dir.path(), &[], &limits)?;
+        let unit = invocation(&grant, |view, b| {
+            let kib = vec![0; 1024];
+            for key in ["a", "b", "c"] {
+                view.set(b(), key.into(), kib.clone()).map_err(err)?;
+            }
+            // A fourth key is over the count; rewriting one of the three is not.
+            let over = view.set(b(), "d".into(), vec![1]).err().map(err);
+            assert!(over.is_some_and(|e| e.to_string().contains("`limits.writes`")));
+            view.set(b(), "a".into(), vec![0; 4 * 1024]).map_err(err)?;
+            // About 6 KiB now; `b` at 5 KiB instead of 1 would pass 8.
+            let over = view.set(b(), "b".into(), vec![0; 5 * 1024]).err().map(err);
+            assert!(over.is_some_and(|e| e.to_string().contains("`limits.write_kib`")));
+            view.delete(b(), "c".into()).map_err(err)?;
+            Ok(())
+        })?;
         assert_eq!(unit.kv.len(), 3);
         let entry = "default".len() + 1;
         assert_eq!(
@@ -360,40 +376,34 @@ mod tests {
     #[tokio::test]
     async fn reads_see_own_writes_and_only_the_services_keyspace() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let grant = grant(dir.path(), &[("a", "1"), ("b", "2")])?;
-        let mut unit = UnitOfWork::new("orders");
-        let mut table = ResourceTable::new();
-        let mut view = KvView {
-            reader: &grant,
-            unit: &mut unit,
-            table: &mut table,
-        };
-        assert!(matches!(
-            view.open("No Such".into()),
-            Err(KvError::NoSuchStore)
-        ));
-        let bucket = view.open("default".into()).map_err(err)?;
-        let b = || Resource::<BucketHandle>::new_borrow(bucket.rep());
-        assert_eq!(view.get(b(), "a".into()).map_err(err)?, Some(b"1".to_vec()));
-        assert_eq!(
-            view.get(b(), "secret".into()).map_err(err)?,
-            None,
-            "billing's key"
-        );
-        view.set(b(), "a".into(), b"10".to_vec()).map_err(err)?;
-        view.set(b(), "c".into(), b"3".to_vec()).map_err(err)?;
-        view.delete(b(), "b".into()).map_err(err)?;
-        assert_eq!(
-            view.get(b(), "a".into()).map_err(err)?,
-            Some(b"10".to_vec())
-        );
-        assert!(!view.exists(b(), "b".into()).map_err(err)?);
-        let listed = view.list_keys(b(), None).map_err(err)?;
-        assert_eq!(listed.keys, ["a", "c"]);
-        assert_eq!(listed.cursor, None);
-        assert!(view.get(b(), String::new()).is_err(), "an empty key");
-        let big = vec![0; MAX_VALUE_BYTES + 1];
-        assert!(view.set(b(), "big".into(), big).is_err());
+        let grant = grant(dir.path(), &[("a", "1"), ("b", "2")], &Limits::default())?;
+        let unit = invocation(&grant, |view, b| {
+            assert!(matches!(
+                view.open("No Such".into()),
+                Err(KvError::NoSuchStore)
+            ));
+            assert_eq!(view.get(b(), "a".into()).map_err(err)?, Some(b"1".to_vec()));
+            assert_eq!(
+                view.get(b(), "secret".into()).map_err(err)?,
+                None,
+                "billing's key"
+            );
+            view.set(b(), "a".into(), b"10".to_vec()).map_err(err)?;
+            view.set(b(), "c".into(), b"3".to_vec()).map_err(err)?;
+            view.delete(b(), "b".into()).map_err(err)?;
+            assert_eq!(
+                view.get(b(), "a".into()).map_err(err)?,
+                Some(b"10".to_vec())
+            );
+            assert!(!view.exists(b(), "b".into()).map_err(err)?);
+            let listed = view.list_keys(b(), None).map_err(err)?;
+            assert_eq!(listed.keys, ["a", "c"]);
+            assert_eq!(listed.cursor, None);
+            assert!(view.get(b(), String::new()).is_err(), "an empty key");
+            let big = vec![0; MAX_VALUE_BYTES + 1];
+            assert!(view.set(b(), "big".into(), big).is_err());
+            Ok(())
+        })?;
         // Nothing reached the store: the writes wait in the unit for the commit, and
         // the committed reads are remembered for its conflict check.
         assert_eq!(unit.kv.len(), 3);
