@@ -45,7 +45,6 @@ pub(super) async fn topics(State(state): State<AdminState>) -> Response {
                 Ok(n) => n,
                 Err(e) => return internal(e),
             };
-            let counters = state.bus.metrics.subscription(&topic, slot.name());
             subscriptions.push(SubscriptionView {
                 service: slot.name().to_string(),
                 cursor,
@@ -53,9 +52,7 @@ pub(super) async fn topics(State(state): State<AdminState>) -> Response {
                 max_deliver: sub.max_deliver,
                 dead_letters: dead,
                 dead_letter_topic: dead_letter_topic(&topic, slot.name()),
-                delivered: counters.delivered,
-                retried: counters.retried,
-                dead_lettered: counters.dead_lettered,
+                counters: state.bus.metrics.subscription(&topic, slot.name()),
             });
         }
         topics.push(TopicView {

@@ -4,6 +4,7 @@
 //! constructor is only built from the registry's data, so its fields are private.
 
 use crate::bus::DeadLetter;
+use crate::bus::metrics::SubscriptionCounters;
 use crate::config::{FallbackSpec, ServiceName, Topic};
 use crate::policy::Policy;
 use crate::policy::breaker::Status as BreakerStatus;
@@ -301,9 +302,9 @@ pub(super) struct SubscriptionView {
     pub(super) max_deliver: u32,
     pub(super) dead_letters: u64,
     pub(super) dead_letter_topic: String,
-    pub(super) delivered: u64,
-    pub(super) retried: u64,
-    pub(super) dead_lettered: u64,
+    /// Delivered, retried and dead-lettered in this process.
+    #[serde(flatten)]
+    pub(super) counters: SubscriptionCounters,
 }
 
 /// `GET /admin/subscriptions/{service}/{topic}/dead-letters`.
