@@ -14,6 +14,8 @@
 //! - `GET /admin/services/{name}/history?after=N&limit=M`
 //! - `POST /admin/apply`: reads the host's manifest file again and makes the running
 //!   services match it (add, remove, reconfigure, deploy changed components)
+//! - `GET /healthz`: 200 `{"status":"ok"}`, or 503 with the reason once the store stopped
+//!   after a failed flush (also on the gateway, without a token)
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text): requests, latency, in-flight,
 //!   rate limits, shedding, retries, cache, fallbacks, breakers, bus counters
 //! - `GET /admin/topics`: topics, lengths, per-subscription lag and counters
@@ -80,6 +82,7 @@ pub(crate) fn router(
         .route("/admin/services/{name}/history", get(services::history))
         .route("/admin/apply", post(services::apply))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(health))
         .route("/admin/topics", get(bus::topics))
         .route(
             "/admin/subscriptions/{service}/{topic}/dead-letters",
@@ -100,6 +103,15 @@ pub(crate) fn router(
             require_token,
         ))
         .with_state(state)
+}
+
+/// The host's health, as on the gateway's `/healthz` (here behind the token).
+async fn health(State(state): State<AdminState>) -> Response {
+    state
+        .dispatcher
+        .health()
+        .map(axum::body::Body::from)
+        .into_response()
 }
 
 /// Prometheus text exposition (OpenMetrics 1.0).

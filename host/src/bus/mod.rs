@@ -11,7 +11,7 @@ pub(crate) mod envelope;
 pub(crate) mod metrics;
 pub(crate) mod unit;
 
-use crate::store::{Batch, Storage, StoreError, keys};
+use crate::store::{Batch, ReadView as _, Storage, StoreError, keys};
 use envelope::Envelope;
 use metrics::Metrics;
 use parking_lot::Mutex;
@@ -23,7 +23,7 @@ use unit::{Ack, UnitOfWork};
 
 /// The bus: storage, wake-ups for subscription loops, and counters.
 pub(crate) struct Bus {
-    storage: Arc<dyn Storage>,
+    storage: Arc<Storage>,
     /// Per topic, a counter bumped on every commit that appends to it.
     signals: Mutex<HashMap<String, watch::Sender<u64>>>,
     pub(crate) metrics: Metrics,
@@ -63,7 +63,7 @@ pub(crate) fn dead_letter_topic(topic: &str, service: &str) -> String {
 }
 
 impl Bus {
-    pub(crate) fn new(storage: Arc<dyn Storage>) -> Arc<Bus> {
+    pub(crate) fn new(storage: Arc<Storage>) -> Arc<Bus> {
         Arc::new(Bus {
             storage,
             signals: Mutex::new(HashMap::new()),
@@ -97,15 +97,28 @@ impl Bus {
         ack: Option<&Ack>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         if unit.is_empty() && ack.is_none() {
+            self.settle(unit).await?;
             return Ok(Vec::new());
         }
-        let published = unit::apply(&*self.storage, unit, ack)?;
+        let published = unit::apply(&self.storage, unit, ack)?;
         self.storage.durable().await?;
         for (topic, _) in &published {
             self.metrics.published(topic);
             self.wake(topic);
         }
         Ok(published)
+    }
+
+    /// Waits until everything the invocation read is durable, so that its answer shows
+    /// nothing a crash could take back. (A commit covers its reads: it waits for a
+    /// flush after them.)
+    pub(crate) async fn settle(&self, unit: &UnitOfWork) -> Result<(), StoreError> {
+        self.storage.durable_through(unit.ticket).await
+    }
+
+    /// Why the store stopped, if a flush failed.
+    pub(crate) fn stopped(&self) -> Option<String> {
+        self.storage.stopped().map(str::to_string)
     }
 
     /// Next offset of `topic` (= its length).
@@ -245,7 +258,7 @@ impl Bus {
 
     pub(crate) fn dead_letter_count(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
         let prefix = keys::dead_prefix(topic, service);
-        Ok(self.storage.scan(&prefix, None, usize::MAX)?.len() as u64)
+        Ok(self.storage.scan_keys(&prefix, None, usize::MAX)?.len() as u64)
     }
 
     /// Moves every dead letter of a subscription back into delivery (to this subscriber

@@ -3,7 +3,7 @@
 //! at all.
 
 use super::envelope::Envelope;
-use crate::store::{Batch, ReadView, Storage, StoreError, keys};
+use crate::store::{Batch, ReadView, Storage, StoreError, Ticket, keys};
 use std::collections::BTreeMap;
 
 /// The effects of one invocation, buffered until it ends.
@@ -22,9 +22,38 @@ pub(crate) struct UnitOfWork {
     /// What the invocation read from committed state (storage key → digest of the value
     /// seen, `None` for absent), checked again at commit: optimistic concurrency.
     pub(crate) reads: BTreeMap<Vec<u8>, Option<[u8; 32]>>,
-    /// Prefix scans (prefix → digest of the keys seen), checked again at commit, so a
-    /// key added or removed meanwhile is a conflict too.
-    pub(crate) scans: BTreeMap<Vec<u8>, [u8; 32]>,
+    /// The key ranges `list-keys` pages saw, checked again at commit, so a key added or
+    /// removed meanwhile is a conflict too.
+    pub(crate) scans: Vec<Scanned>,
+    /// Where each `list-keys` cursor handed to the guest resumes: the cursor is an
+    /// index here plus one (storage key of the bucket prefix, last key returned).
+    pub(crate) cursors: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The newest write any read of committed state can have seen: the invocation's
+    /// answer waits for it to be durable.
+    pub(crate) ticket: Ticket,
+}
+
+/// One page of committed keys a `list-keys` call saw: the keys under `prefix` after
+/// `after` up to and including `through` (to the end when `None`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) after: Option<Vec<u8>>,
+    pub(crate) through: Option<Vec<u8>>,
+    pub(crate) count: usize,
+    pub(crate) digest: [u8; 32],
+}
+
+impl Scanned {
+    /// The committed keys of the range as `storage` has them now, reading at most one
+    /// more than were seen (and no values).
+    fn still_holds(&self, storage: &Storage) -> Result<bool, StoreError> {
+        let mut now = storage.scan_keys(&self.prefix, self.after.as_deref(), self.count + 1)?;
+        if let Some(through) = &self.through {
+            now.retain(|key| key <= through);
+        }
+        Ok(now.len() == self.count && digest_keys(now.iter().map(Vec::as_slice)) == self.digest)
+    }
 }
 
 /// The digest a read is remembered by.
@@ -55,6 +84,11 @@ impl UnitOfWork {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.kv.is_empty() && self.events.is_empty()
+    }
+
+    /// Notes a read of committed state: the answer waits for what it saw to be durable.
+    pub(crate) fn saw(&mut self, storage: &Storage) {
+        self.ticket = self.ticket.max(storage.ticket());
     }
 }
 
@@ -116,11 +150,7 @@ impl Ack {
 /// Checks that everything the invocation read is still as it saw it. Run inside the
 /// commit transaction, so no other commit can slip in between: writing invocations are
 /// serializable.
-fn validate(
-    storage: &dyn Storage,
-    view: &dyn ReadView,
-    unit: &UnitOfWork,
-) -> Result<(), StoreError> {
+fn validate(storage: &Storage, view: &dyn ReadView, unit: &UnitOfWork) -> Result<(), StoreError> {
     for (key, seen) in &unit.reads {
         let now = view.get(key)?.map(|v| digest(&v));
         if now != *seen {
@@ -130,12 +160,11 @@ fn validate(
             )));
         }
     }
-    for (prefix, seen) in &unit.scans {
-        let entries = storage.scan(prefix, None, usize::MAX)?;
-        if digest_keys(entries.iter().map(|(k, _)| k.as_slice())) != *seen {
+    for scanned in &unit.scans {
+        if !scanned.still_holds(storage)? {
             return Err(StoreError::Conflict(format!(
                 "keys under {:?} changed since the invocation listed them",
-                String::from_utf8_lossy(prefix)
+                String::from_utf8_lossy(&scanned.prefix)
             )));
         }
     }
@@ -150,7 +179,7 @@ pub(crate) fn next_offset(view: &dyn ReadView, topic: &str) -> Result<u64, Store
 /// Applies `unit` (and `ack`) atomically; returns the (topic, offset) of every event it
 /// appended. Not yet durable: see [`Storage::durable`].
 pub(crate) fn apply(
-    storage: &dyn Storage,
+    storage: &Storage,
     unit: &UnitOfWork,
     ack: Option<&Ack>,
 ) -> Result<Vec<(String, u64)>, StoreError> {

@@ -4,9 +4,9 @@
 
 use super::InvocationState;
 use super::generated::wasi::keyvalue::store;
-use crate::bus::unit::{UnitOfWork, digest, digest_keys};
+use crate::bus::unit::{Scanned, UnitOfWork, digest, digest_keys};
 use crate::config::Limits;
-use crate::store::{Storage, keys};
+use crate::store::{ReadView as _, Storage, keys};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
 
@@ -14,7 +14,8 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTabl
 pub(crate) const MAX_KEY_BYTES: usize = 1024;
 /// Largest value a guest may store, in bytes.
 pub(crate) const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
-/// Most keys one `list-keys` page returns; the cursor is the offset of the next page.
+/// Most keys one `list-keys` page returns. The cursor is the invocation's own: it names
+/// the last key returned, so a page is read from there without the keys before it.
 pub(crate) const LIST_PAGE: usize = 1000;
 
 /// The error a guest sees (`wasi:keyvalue/store.error`).
@@ -47,7 +48,7 @@ pub struct BucketHandle {
 /// all the service's invocations.
 #[derive(Clone)]
 pub(crate) struct KvGrant {
-    storage: Arc<dyn Storage>,
+    storage: Arc<Storage>,
     /// Distinct keys one invocation may write (`limits.writes`).
     max_writes: usize,
     /// Bytes of buckets, keys and values it may buffer (`limits.write_kib`).
@@ -55,7 +56,7 @@ pub(crate) struct KvGrant {
 }
 
 impl KvGrant {
-    pub(crate) fn new(storage: Arc<dyn Storage>, limits: &Limits) -> KvGrant {
+    pub(crate) fn new(storage: Arc<Storage>, limits: &Limits) -> KvGrant {
         KvGrant {
             storage,
             max_writes: limits.writes as usize,
@@ -107,6 +108,21 @@ fn store_error(e: crate::store::StoreError) -> KvError {
     KvError::Other(e.to_string())
 }
 
+/// Most distinct reads (keys read, pages listed) one invocation may make: each is
+/// remembered until the commit checks it.
+pub(crate) const MAX_READS: usize = 100_000;
+
+/// Makes room for one more remembered read, within [`MAX_READS`].
+fn remember(unit: &UnitOfWork) -> Result<(), KvError> {
+    if unit.reads.len() + unit.scans.len() >= MAX_READS {
+        tracing::warn!(service = %unit.service, reads = MAX_READS, "read budget spent");
+        return Err(KvError::Other(format!(
+            "one invocation may read at most {MAX_READS} distinct keys and key pages"
+        )));
+    }
+    Ok(())
+}
+
 /// A read that sees the invocation's own pending writes first. A read of committed
 /// state is remembered, to be validated at commit.
 fn read(
@@ -120,10 +136,108 @@ fn read(
     }
     let storage_key = keys::kv(&unit.service, bucket, key);
     let value = reader.storage.get(&storage_key).map_err(store_error)?;
-    unit.reads
-        .entry(storage_key)
-        .or_insert_with(|| value.as_deref().map(digest));
+    unit.saw(&reader.storage);
+    if !unit.reads.contains_key(&storage_key) {
+        remember(unit)?;
+        unit.reads.insert(storage_key, value.as_deref().map(digest));
+    }
     Ok(value)
+}
+
+/// One `list-keys` page of `bucket`: committed keys (read without their values, one
+/// page from where `cursor` left off) merged with the invocation's pending writes.
+fn list_page(
+    reader: &KvGrant,
+    unit: &mut UnitOfWork,
+    bucket: &str,
+    prefix: &[u8],
+    cursor: Option<u64>,
+) -> Result<store::KeyResponse, KvError> {
+    let after = match cursor {
+        None => None,
+        Some(n) => {
+            let index = usize::try_from(n).ok().and_then(|n| n.checked_sub(1));
+            match index.and_then(|i| unit.cursors.get(i)) {
+                Some((p, last)) if p.as_slice() == prefix => Some(last.clone()),
+                _ => {
+                    return Err(KvError::Other(format!(
+                        "cursor {n} was not returned by list-keys on bucket {bucket:?} in \
+                         this invocation"
+                    )));
+                }
+            }
+        }
+    };
+    let committed = reader
+        .storage
+        .scan_keys(prefix, after.as_deref(), LIST_PAGE + 1)
+        .map_err(store_error)?;
+    unit.saw(&reader.storage);
+    // Past a full page, committed keys not read yet may sort before pending ones.
+    let bound = (committed.len() > LIST_PAGE).then(|| committed[LIST_PAGE].clone());
+    let in_range = |key: &[u8]| {
+        after.as_deref().is_none_or(|a| key > a) && bound.as_deref().is_none_or(|b| key <= b)
+    };
+    let mut merged: std::collections::BTreeSet<Vec<u8>> = committed.iter().cloned().collect();
+    for ((b, key), value) in &unit.kv {
+        if b != bucket {
+            continue;
+        }
+        let full = keys::kv(&unit.service, b, key);
+        if !in_range(&full) {
+            continue;
+        }
+        match value {
+            Some(_) => merged.insert(full),
+            None => merged.remove(&full),
+        };
+    }
+    let more = bound.is_some() || merged.len() > LIST_PAGE;
+    let page: Vec<Vec<u8>> = merged.into_iter().take(LIST_PAGE).collect();
+    let through = if more {
+        page.last().cloned().or_else(|| bound.clone())
+    } else {
+        None
+    };
+    let seen: Vec<&[u8]> = committed
+        .iter()
+        .map(Vec::as_slice)
+        .filter(|key| through.as_deref().is_none_or(|t| *key <= t))
+        .collect();
+    let scanned = Scanned {
+        prefix: prefix.to_vec(),
+        after,
+        through: through.clone(),
+        count: seen.len(),
+        digest: digest_keys(seen),
+    };
+    // The same page listed again (a loop from the start, say) is remembered once.
+    if !unit.scans.contains(&scanned) {
+        remember(unit)?;
+        unit.scans.push(scanned);
+    }
+    let keys = page
+        .iter()
+        .map(|k| {
+            String::from_utf8(k[prefix.len()..].to_vec())
+                .map_err(|_| KvError::Other("stored key is not valid UTF-8".to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cursor = match through {
+        Some(last) => {
+            let resume = (prefix.to_vec(), last);
+            let index = match unit.cursors.iter().position(|c| *c == resume) {
+                Some(index) => index,
+                None => {
+                    unit.cursors.push(resume);
+                    unit.cursors.len() - 1
+                }
+            };
+            Some(index as u64 + 1)
+        }
+        None => None,
+    };
+    Ok(store::KeyResponse { keys, cursor })
 }
 
 /// The view the generated bindings are implemented for.
@@ -234,39 +348,7 @@ impl store::HostBucket for KvView<'_> {
     ) -> Result<store::KeyResponse, KvError> {
         let bucket = self.bucket(&bucket)?;
         let prefix = keys::kv_prefix(&self.unit.service, &bucket);
-        let committed = self
-            .reader
-            .storage
-            .scan(&prefix, None, usize::MAX)
-            .map_err(store_error)?;
-        self.unit
-            .scans
-            .entry(prefix.clone())
-            .or_insert_with(|| digest_keys(committed.iter().map(|(k, _)| k.as_slice())));
-        let mut keys = std::collections::BTreeSet::new();
-        for (k, _) in committed {
-            let key = String::from_utf8(k[prefix.len()..].to_vec())
-                .map_err(|_| KvError::Other("stored key is not valid UTF-8".to_string()))?;
-            keys.insert(key);
-        }
-        for ((b, key), value) in &self.unit.kv {
-            if *b == bucket {
-                match value {
-                    Some(_) => keys.insert(key.clone()),
-                    None => keys.remove(key),
-                };
-            }
-        }
-        let start = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
-        let page: Vec<String> = keys.into_iter().skip(start).take(LIST_PAGE + 1).collect();
-        let (keys, cursor) = if page.len() > LIST_PAGE {
-            let mut page = page;
-            page.truncate(LIST_PAGE);
-            (page, Some((start + LIST_PAGE) as u64))
-        } else {
-            (page, None)
-        };
-        Ok(store::KeyResponse { keys, cursor })
+        list_page(self.reader, self.unit, &bucket, &prefix, cursor)
     }
 
     fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
@@ -298,7 +380,7 @@ mod tests {
         committed: &[(&str, &str)],
         limits: &Limits,
     ) -> anyhow::Result<KvGrant> {
-        let storage = SledStorage::open(dir)?;
+        let storage = Storage::new(SledStorage::open(dir)?);
         storage.transact(&mut |_| {
             let mut batch = Batch::default();
             for (key, value) in committed {
@@ -411,6 +493,73 @@ mod tests {
         assert_eq!(
             grant.storage.get(&keys::kv("orders", "default", "a"))?,
             Some(b"1".to_vec())
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn list_keys_pages_from_its_cursor_and_checks_only_the_pages_it_saw() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        // k0000 .. k2498, even numbers only: room for pending keys in between.
+        let names: Vec<String> = (0..2500).step_by(2).map(|n| format!("k{n:04}")).collect();
+        let committed: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        let grant = grant(dir.path(), &committed, &Limits::default())?;
+        let unit = invocation(&grant, |view, b| {
+            view.set(b(), "k0001".into(), b"new".to_vec())
+                .map_err(err)?;
+            view.delete(b(), "k0002".into()).map_err(err)?;
+            view.set(b(), "k2499".into(), b"new".to_vec())
+                .map_err(err)?;
+            let mut listed = Vec::new();
+            let mut cursor = None;
+            let mut pages = 0;
+            loop {
+                let page = view.list_keys(b(), cursor).map_err(err)?;
+                assert!(page.keys.len() <= LIST_PAGE);
+                listed.extend(page.keys);
+                pages += 1;
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            let mut expected: Vec<String> = names.clone();
+            expected.retain(|k| k != "k0002");
+            expected.push("k0001".into());
+            expected.push("k2499".into());
+            expected.sort();
+            assert_eq!(listed, expected);
+            assert_eq!(pages, 2);
+            // Listing from the start again is remembered once; a made-up cursor is an
+            // error, not a page.
+            view.list_keys(b(), None).map_err(err)?;
+            assert!(view.list_keys(b(), Some(99)).is_err());
+            Ok(())
+        })?;
+        assert_eq!(
+            unit.scans.len(),
+            2,
+            "{:?}",
+            unit.scans.iter().map(|s| s.count).collect::<Vec<_>>()
+        );
+        // A key committed meanwhile inside a listed page is a conflict; the check reads
+        // the pages' ranges only.
+        let clean = crate::bus::unit::apply(&grant.storage, &unit, None);
+        assert!(clean.is_ok(), "nothing changed: {clean:?}");
+        let unit = invocation(&grant, |view, b| {
+            view.list_keys(b(), None).map_err(err)?;
+            Ok(())
+        })?;
+        grant.storage.transact(&mut |_| {
+            let mut batch = Batch::default();
+            batch.put(keys::kv("orders", "default", "k0003"), b"v".to_vec());
+            Ok(batch)
+        })?;
+        let conflict = crate::bus::unit::apply(&grant.storage, &unit, None);
+        assert!(
+            matches!(conflict, Err(crate::store::StoreError::Conflict(_))),
+            "{conflict:?}"
         );
         Ok(())
     }

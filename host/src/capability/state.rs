@@ -34,11 +34,7 @@ pub(crate) struct ServiceGrants {
 }
 
 impl ServiceGrants {
-    pub(crate) fn new(
-        spec: &ServiceSpec,
-        storage: Arc<dyn Storage>,
-        auth: Arc<Auth>,
-    ) -> ServiceGrants {
+    pub(crate) fn new(spec: &ServiceSpec, storage: Arc<Storage>, auth: Arc<Auth>) -> ServiceGrants {
         ServiceGrants {
             service: spec.name.to_string(),
             kv: KvGrant::new(storage, &spec.limits),

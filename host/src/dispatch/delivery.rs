@@ -122,6 +122,13 @@ async fn deliver_one(
             tracing::debug!(topic, service, why, "delivery superseded");
             return;
         }
+        // Not the event's fault: the same attempt again, later (a stopped store keeps
+        // every cursor where it was).
+        Err(DeliveryError::Host(why)) => {
+            tracing::warn!(topic, service, event = %item.event.id, why, "the host could not deliver; will retry");
+            pause(shutdown, IDLE_RECHECK).await;
+            return;
+        }
         Err(DeliveryError::Failed(reason)) => reason,
     };
     if attempt >= sub.max_deliver {

@@ -85,8 +85,11 @@ impl Outcome {
 /// Why an event delivery did not take.
 #[derive(Debug)]
 pub(crate) enum DeliveryError {
-    /// The handler failed (error, trap, timeout) or its effects could not be saved: retry.
+    /// The handler failed (error, trap, timeout): retry, counting the attempt.
     Failed(String),
+    /// The host could not run it or save its effects (storage, no free instance): retry
+    /// later without counting an attempt against the event, which is not at fault.
+    Host(String),
     /// The item is no longer the subscription's to acknowledge (replayed, or already
     /// acknowledged): nothing was committed; look at the subscription again.
     Conflict(String),
@@ -180,6 +183,34 @@ impl Dispatcher {
         &self.inner.registry
     }
 
+    /// `GET /healthz` (gateway and admin): 200 while the host serves state; 503 with the
+    /// reason once the store stopped after a failed flush.
+    pub(crate) fn health(&self) -> http::Response<Bytes> {
+        match self.inner.bus.stopped() {
+            None => {
+                let mut response = http::Response::new(Bytes::from_static(b"{\"status\":\"ok\"}"));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Some(why) => {
+                let mut extra = serde_json::Map::new();
+                extra.insert("store".into(), "stopped".into());
+                extra.insert("reason".into(), why.clone().into());
+                problem_bytes(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the store stopped after a failed flush ({why}): it accepts no reads or \
+                         writes; restart the host"
+                    ),
+                    extra,
+                )
+            }
+        }
+    }
+
     /// A handle that does not keep the dispatcher alive (for what the registry holds).
     pub(crate) fn downgrade(&self) -> WeakDispatcher {
         WeakDispatcher(Arc::downgrade(&self.inner))
@@ -241,7 +272,10 @@ impl Dispatcher {
                 Err(e) => break Err(DispatchError::Invoke(e)),
             };
             if !Class::of_status(response.status()).commits() {
-                break Ok(response);
+                break match self.inner.bus.settle(&unit).await {
+                    Ok(()) => Ok(response),
+                    Err(e) => Err(DispatchError::Storage(e.to_string())),
+                };
             }
             match self.inner.bus.commit(&unit, None).await {
                 Ok(_) => break Ok(response),
@@ -537,11 +571,15 @@ impl Dispatcher {
             },
             Err(e) => Err(DispatchError::Invoke(e)),
         };
-        pinned.version().record(match &result {
+        let class = match &result {
             Ok(()) => Class::Success,
             Err(e) => e.class(),
-        });
-        result.map_err(|e| DeliveryError::Failed(format!("{version}: {e}")))
+        };
+        pinned.version().record(class);
+        result.map_err(|e| match class {
+            Class::HostRefusal { .. } => DeliveryError::Host(format!("{version}: {e}")),
+            _ => DeliveryError::Failed(format!("{version}: {e}")),
+        })
     }
 }
 

@@ -20,12 +20,15 @@ use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 use crate::problem::problem_bytes;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The host's own health check, answered before routing (no service can take it).
+pub(crate) const HEALTH_PATH: &str = "/healthz";
 
 /// The gateway: a router over the registry's services.
 pub(crate) struct Gateway {
@@ -79,6 +82,11 @@ impl Gateway {
         let method = parts.method.clone();
         let path = parts.uri.path().to_string();
         let answer = match self.registry.route(&path) {
+            _ if path == HEALTH_PATH && matches!(method, Method::GET | Method::HEAD) => Answer {
+                response: self.dispatcher.health(),
+                service: "-".to_string(),
+                version: "-".to_string(),
+            },
             Some(slot) => self.forward(&slot, parts, body, peer).await,
             None => Answer {
                 response: problem_bytes(

@@ -171,7 +171,7 @@ impl Registry {
         check_contract(&spec.name, &spec.subscribe, &prepared)
             .with_context(|| format!("component {path:?}"))?;
         let desired = (spec.component.version.to_string(), prepared.sha256.clone());
-        let stored = record::load(&*self.storage, &spec.name)?;
+        let stored = record::load(&self.storage, &spec.name)?;
         let (record, entry) = match stored {
             Some(record) if record.manifest == desired => (record, None),
             stored => {
@@ -203,7 +203,7 @@ impl Registry {
             }
         }
         if let Some(entry) = entry {
-            record::save(&*self.storage, &spec.name, Some(&record), entry).await?;
+            record::save(&self.storage, &spec.name, Some(&record), entry).await?;
         }
         tracing::info!(
             service = %spec.name,

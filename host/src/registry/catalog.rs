@@ -97,7 +97,7 @@ impl Registry {
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, RegistryError> {
         self.slot(service)?;
-        Ok(record::history(&*self.storage, service, after, limit)?)
+        Ok(record::history(&self.storage, service, after, limit)?)
     }
 
     /// Every service as it is now, by name.

@@ -69,7 +69,7 @@ impl Registry {
                 gate.then_some(slot),
             )
             .await?;
-        let entry = record::save(&*self.storage, slot.name(), Some(&record), entry).await?;
+        let entry = record::save(&self.storage, slot.name(), Some(&record), entry).await?;
         slot.switch(routing);
         tracing::info!(
             service = %slot.name(),
@@ -88,7 +88,7 @@ impl Registry {
     async fn refused(&self, service: &str, version: &str, error: &RegistryError) {
         let entry =
             HistoryEntry::new("refused", version, record::now_ms()).detail(error.to_string());
-        if let Err(e) = record::save(&*self.storage, service, None, entry).await {
+        if let Err(e) = record::save(&self.storage, service, None, entry).await {
             tracing::warn!(service, error = %e, "could not record a refused change");
         }
     }

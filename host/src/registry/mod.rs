@@ -49,7 +49,7 @@ use std::sync::Arc;
 /// All services, by name: their slots, records and stored versions.
 pub(crate) struct Registry {
     runtime: Arc<Runtime>,
-    storage: Arc<dyn Storage>,
+    storage: Arc<Storage>,
     auth: Arc<crate::auth::Auth>,
     components: ComponentStore,
     catalog: RwLock<Arc<Catalog>>,
@@ -69,7 +69,7 @@ pub(crate) struct Registry {
 /// What the registry is built from.
 pub(crate) struct RegistryParts {
     pub(crate) runtime: Arc<Runtime>,
-    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) storage: Arc<Storage>,
     pub(crate) auth: Arc<crate::auth::Auth>,
     /// Holds the component store (`<data_dir>/components`).
     pub(crate) data_dir: std::path::PathBuf,

@@ -3,7 +3,7 @@
 //! active, the canary and its weight, the rollback stack) and its deployment history.
 //! A change is durable (flushed) before it takes effect, so it survives `kill -9`.
 
-use crate::store::{Batch, Storage, StoreError, keys};
+use crate::store::{Batch, ReadView as _, Storage, StoreError, keys};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -145,10 +145,7 @@ fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("unreadable {what}: {e}"))
 }
 
-pub(crate) fn load(
-    storage: &dyn Storage,
-    service: &str,
-) -> Result<Option<ServiceRecord>, StoreError> {
+pub(crate) fn load(storage: &Storage, service: &str) -> Result<Option<ServiceRecord>, StoreError> {
     storage
         .get(&keys::registry_record(service))?
         .map(|bytes| serde_json::from_slice(&bytes).map_err(|e| corrupt("registry record", e)))
@@ -158,7 +155,7 @@ pub(crate) fn load(
 /// Writes `record` (when given) and appends `entry` to the history in one transaction,
 /// and waits until both are on disk.
 pub(crate) async fn save(
-    storage: &dyn Storage,
+    storage: &Storage,
     service: &str,
     record: Option<&ServiceRecord>,
     mut entry: HistoryEntry,
@@ -184,7 +181,7 @@ pub(crate) async fn save(
 
 /// Up to `limit` history entries after sequence number `after`, oldest first.
 pub(crate) fn history(
-    storage: &dyn Storage,
+    storage: &Storage,
     service: &str,
     after: u64,
     limit: usize,

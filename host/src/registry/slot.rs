@@ -176,7 +176,7 @@ impl ServiceSlot {
     /// The slot of `spec`, routing to `routing`.
     pub(crate) fn new(
         spec: &ServiceSpec,
-        storage: Arc<dyn Storage>,
+        storage: Arc<Storage>,
         auth: Arc<Auth>,
         routing: Routing,
     ) -> ServiceSlot {
@@ -200,7 +200,7 @@ impl ServiceSlot {
     pub(crate) fn reconfigured(
         &self,
         spec: &ServiceSpec,
-        storage: Arc<dyn Storage>,
+        storage: Arc<Storage>,
         auth: Arc<Auth>,
     ) -> ServiceSlot {
         let mut slot = ServiceSlot::new(spec, storage, auth, self.routing());

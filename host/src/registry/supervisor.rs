@@ -126,7 +126,7 @@ async fn check_health(registry: &Registry, slot: &ServiceSlot) {
         };
         tracing::warn!(service = %slot.name(), version = %active.label, action, %detail, "health changed");
         let entry = HistoryEntry::new(action, &active.label, record::now_ms()).detail(detail);
-        if let Err(e) = record::save(&*registry.storage, slot.name(), None, entry).await {
+        if let Err(e) = record::save(&registry.storage, slot.name(), None, entry).await {
             tracing::warn!(service = %slot.name(), error = %e, "could not record a health change");
         }
     }

@@ -1,10 +1,11 @@
 //! The embedded backend: sled on local disk, one tree, serialized transactions, and
-//! group commit.
+//! group commit. sled's own background flush is off: the group commit is the only
+//! writer of the log to disk, so that a halted store writes nothing more.
 
-use super::{Batch, Entry, ReadView, Storage, StoreError, StoreFuture};
+use super::{Backend, Batch, Entry, ReadView, StoreError, StoreFuture};
 use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use tokio::sync::watch;
 
@@ -28,6 +29,7 @@ impl SledStorage {
         let path = dir.join("state");
         let db = sled::Config::new()
             .path(&path)
+            .flush_every_ms(None)
             .open()
             .with_context(|| format!("failed to open the state database {path:?}"))?;
         let tree = db
@@ -61,31 +63,50 @@ impl ReadView for SledStorage {
     }
 }
 
-impl Storage for SledStorage {
+impl SledStorage {
+    /// Entries whose key starts with `prefix` and is greater than `after`, in key order.
+    fn range<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a {
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after.to_vec()),
+            None => std::ops::Bound::Included(prefix.to_vec()),
+        };
+        self.tree
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(move |e| e.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+    }
+}
+
+impl Backend for SledStorage {
     fn scan(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let mut out = Vec::new();
-        let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match after
-        {
-            Some(after) => Box::new(
-                self.tree
-                    .range::<&[u8], _>((
-                        std::ops::Bound::Excluded(after),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .take_while(move |e| e.as_ref().map_or(true, |(k, _)| k.starts_with(prefix))),
-            ),
-            None => Box::new(self.tree.scan_prefix(prefix)),
-        };
-        for entry in entries.take(limit) {
-            let (k, v) = entry.map_err(backend)?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.range(prefix, after)
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry.map_err(backend)?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        // The values are sled's shared buffers: passed over, never copied.
+        self.range(prefix, after)
+            .take(limit)
+            .map(|entry| Ok(entry.map_err(backend)?.0.to_vec()))
+            .collect()
     }
 
     fn transact(
@@ -111,10 +132,23 @@ impl Storage for SledStorage {
         let flusher = self.flusher.clone();
         Box::pin(async move { flusher.durable().await })
     }
+
+    fn halt(&self) {
+        self.flusher.halted.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for SledStorage {
     fn drop(&mut self) {
+        if self.flusher.halted.load(Ordering::SeqCst) {
+            // Dropping sled's last handle flushes it: a halted store is left as the
+            // last good flush left it on disk, like a crash, by keeping a handle
+            // forever. Its file lock stays taken until the process exits, which a
+            // stopped host must do anyway.
+            tracing::warn!("the state database was halted: not flushing it on shutdown");
+            std::mem::forget(self.flusher.db.clone());
+            return;
+        }
         // A clean shutdown leaves nothing to recover. Errors here can only be logged.
         if let Err(e) = self.flusher.db.flush() {
             tracing::error!(error = %e, "final flush of the state database failed");
@@ -129,6 +163,8 @@ struct GroupCommit {
     /// Held here, not by the flush thread, so the database closes (and releases its
     /// directory lock) as soon as the storage and its keyspaces are dropped.
     db: sled::Db,
+    /// Set by [`Backend::halt`]: the flusher writes nothing more.
+    halted: AtomicBool,
     requested: AtomicU64,
     wake: mpsc::SyncSender<()>,
     done: watch::Sender<Flushed>,
@@ -148,6 +184,7 @@ impl GroupCommit {
         let (done, _) = watch::channel(Flushed::default());
         let gc = Arc::new(GroupCommit {
             db,
+            halted: AtomicBool::new(false),
             requested: AtomicU64::new(0),
             wake,
             done,
@@ -162,6 +199,12 @@ impl GroupCommit {
                     let Some(gc) = weak.upgrade() else { return };
                     let target = gc.requested.load(Ordering::Acquire);
                     if target <= gc.done.borrow().upto {
+                        continue;
+                    }
+                    if gc.halted.load(Ordering::SeqCst) {
+                        gc.done.send_modify(|f| {
+                            f.failed = Some((target, "the store is halted".to_string()));
+                        });
                         continue;
                     }
                     match gc.db.flush() {

@@ -1,12 +1,18 @@
-//! Where state lives: one ordered key-value space behind the [`Storage`] trait, so that
-//! a second backend (NATS KV in cluster mode) can sit beside the embedded one. The
+//! Where state lives: one ordered key-value space behind the [`Backend`] trait, so that
+//! a second backend (NATS KV in cluster mode) can sit beside the embedded one, and
+//! [`Storage`] over it, which keeps the durability promises whatever the backend: no
+//! read returns a write before it is durable, and a failed flush stops the store. The
 //! services' keyspaces and the event bus's logs are key layouts on top of it
 //! ([`keys`]); `bus::unit` commits an invocation's effects in one atomic batch.
 
 mod embedded;
+mod guarded;
 pub(crate) mod keys;
 
 pub(crate) use embedded::SledStorage;
+#[cfg(test)]
+pub(crate) use guarded::tests as guarded_tests;
+pub(crate) use guarded::{Storage, Ticket};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +26,10 @@ pub(crate) enum StoreError {
     /// already acknowledged, or a replay moved the cursor); nothing was written.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A flush failed earlier: the store accepts no more reads or writes until the host
+    /// is restarted (fail-stop), so that nothing it answered 5xx for is read or persisted.
+    #[error("the store stopped after a failed flush ({0}); restart the host")]
+    Stopped(String),
 }
 
 /// A boxed future, so that the trait stays object-safe.
@@ -64,8 +74,9 @@ pub(crate) trait ReadView {
     }
 }
 
-/// An ordered key-value store with serialized atomic transactions.
-pub(crate) trait Storage: ReadView + Send + Sync + 'static {
+/// An ordered key-value store with serialized atomic transactions: what a backend
+/// provides. The rest of the host reaches it through [`Storage`].
+pub(crate) trait Backend: ReadView + Send + Sync + 'static {
     /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`,
     /// in key order.
     fn scan(
@@ -75,9 +86,17 @@ pub(crate) trait Storage: ReadView + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
 
+    /// As [`Backend::scan`], keys only, without reading the values.
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+
     /// Runs `build` with no other transaction in between, and applies the batch it
     /// returns atomically (all or none). An `Err` from `build` writes nothing. The writes
-    /// are visible at once but durable only after [`Storage::durable`].
+    /// are visible at once but durable only after [`Backend::durable`].
     fn transact(
         &self,
         build: &mut dyn FnMut(&dyn ReadView) -> Result<Batch, StoreError>,
@@ -86,6 +105,10 @@ pub(crate) trait Storage: ReadView + Send + Sync + 'static {
     /// Resolves once everything applied before the call is on disk (group commit:
     /// concurrent callers share one flush).
     fn durable(&self) -> StoreFuture<'static, ()>;
+
+    /// Never write to disk again, not even on drop: a flush failed, and what is
+    /// applied but not durable must not be persisted by a later flush.
+    fn halt(&self);
 }
 
 /// Writes `contents` to `path` readable by the owner only (secrets in the data directory).

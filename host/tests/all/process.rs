@@ -295,6 +295,87 @@ async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() -> anyhow::
     Ok(())
 }
 
+/// A read-only GET answers only with what is durable: killed right after a GET returned a
+/// value that a concurrent request wrote, the host has that value after restart. (Several
+/// writers, so that a batch is often applied while the flush before it is on its way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_a_read_keeps_what_the_read_returned() -> anyhow::Result<()> {
+    use rand::{Rng as _, SeedableRng as _};
+    const WRITERS: u64 = 4;
+    let cycles: usize = std::env::var("MICROHOST_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = rand::random();
+    println!("read-crash test: {cycles} cycles, seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = data_dir();
+    let manifest = dir.path().join("microhost.toml");
+    std::fs::write(&manifest, manifest_toml(&[Svc::new("kv", "/", "test-kv")]))?;
+    let value_of = |body: &[u8]| -> anyhow::Result<u64> { Ok(std::str::from_utf8(body)?.parse()?) };
+    let get = |client, url: String| async move {
+        crate::support::send(&client, http::Method::GET, &url, bytes::Bytes::new(), None).await
+    };
+    // Each writer counts up on its own key; the next cycle goes on from where it was.
+    let mut next = [1u64; WRITERS as usize];
+    let mut reads = 0usize;
+    for _ in 0..cycles {
+        let mut host = spawn_host(&manifest, dir.path()).await?;
+        let mut writers = Vec::new();
+        for (w, first) in next.iter().enumerate() {
+            let url = format!("http://{}/kv/w{w}", host.gateway);
+            let first = *first;
+            writers.push(tokio::spawn(async move {
+                let client = crate::support::client();
+                for value in first.. {
+                    let body = bytes::Bytes::from(value.to_string());
+                    let r =
+                        crate::support::send(&client, http::Method::PUT, &url, body, None).await;
+                    if !matches!(r, Ok(r) if r.status == 204) {
+                        return value;
+                    }
+                }
+                unreachable!("the host is killed first")
+            }));
+        }
+        // Read round the keys until a value written well into this cycle comes back.
+        let client = crate::support::client();
+        let wanted = next[0] + rng.gen_range(5..60);
+        let (key, seen) = loop {
+            let w = reads as u64 % WRITERS;
+            let r = get(client.clone(), format!("http://{}/kv/w{w}", host.gateway)).await?;
+            reads += 1;
+            if r.status == 200 {
+                let value = value_of(&r.body)?;
+                if value >= wanted {
+                    break (w, value);
+                }
+            }
+        };
+        host.child.start_kill()?;
+        host.child.wait().await?;
+        for (w, writer) in writers.into_iter().enumerate() {
+            next[w] = writer.await? + 1;
+        }
+
+        let mut host = spawn_host(&manifest, dir.path()).await?;
+        let r = get(client.clone(), format!("http://{}/kv/w{key}", host.gateway)).await?;
+        anyhow::ensure!(r.status == 200, "after restart: {} {}", r.status, r.text());
+        let kept = value_of(&r.body)?;
+        assert!(
+            kept >= seen,
+            "a GET of w{key} returned {seen}, and after kill -9 the store holds {kept}"
+        );
+        host.child.start_kill()?;
+        host.child.wait().await?;
+    }
+    println!(
+        "read-crash test: {cycles} kills right after a read, {reads} reads, {} writes",
+        next.iter().map(|n| n - 1).sum::<u64>()
+    );
+    Ok(())
+}
+
 /// `microhost <args> --admin <url> --data-dir <dir>`: the CLI against a spawned host,
 /// finding the generated token in the data directory.
 async fn cli(
