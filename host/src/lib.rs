@@ -202,7 +202,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         registry.clone(),
         dispatcher.clone(),
         auth,
-        config.limits.body_read_timeout,
+        gateway::BodyPace::of(&config.limits),
     ));
     let mut tasks =
         dispatch::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);

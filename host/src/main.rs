@@ -55,6 +55,13 @@ enum Command {
         /// closed).
         #[arg(long, default_value_t = 30)]
         body_timeout_secs: u64,
+        /// Bytes a second a request body must average once its grace period is over
+        /// (less: 408, connection closed); 0 turns the check off.
+        #[arg(long, default_value_t = 240)]
+        min_body_rate: u64,
+        /// Seconds a request body may take before --min-body-rate applies.
+        #[arg(long, default_value_t = 5)]
+        body_rate_grace_secs: u64,
         /// Most concurrent streams on one HTTP/2 connection.
         #[arg(long, default_value_t = 100)]
         max_concurrent_streams: u32,
@@ -266,6 +273,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cache_dir,
             header_timeout_secs,
             body_timeout_secs,
+            min_body_rate,
+            body_rate_grace_secs,
             max_concurrent_streams,
             shutdown_grace_secs,
             watch,
@@ -292,6 +301,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty());
             config.limits.header_read_timeout = std::time::Duration::from_secs(header_timeout_secs);
             config.limits.body_read_timeout = std::time::Duration::from_secs(body_timeout_secs);
+            config.limits.min_body_rate = min_body_rate;
+            config.limits.body_rate_grace = std::time::Duration::from_secs(body_rate_grace_secs);
             config.limits.max_concurrent_streams = max_concurrent_streams;
             config.limits.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_secs);
             config.watch = watch;

@@ -38,6 +38,13 @@ pub struct ServerLimits {
     /// A request's whole body must arrive within this time (more: 408 and the
     /// connection closed), so a client trickling bytes cannot hold a slot for long.
     pub body_read_timeout: Duration,
+    /// After `body_rate_grace`, a request body must have arrived at this many bytes a
+    /// second on average since it began (less: 408 and the connection closed); 0 turns
+    /// the check off. Catches a trickle long before `body_read_timeout` does.
+    pub min_body_rate: u64,
+    /// How long a body may take before `min_body_rate` applies (TCP slow start, a
+    /// client's pause before it sends).
+    pub body_rate_grace: Duration,
     /// Most concurrent streams on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
 }
@@ -51,6 +58,8 @@ impl Default for ServerLimits {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
+            min_body_rate: 240,
+            body_rate_grace: Duration::from_secs(5),
             max_concurrent_streams: 100,
         }
     }

@@ -1,5 +1,6 @@
 //! Edge hardening over raw TCP: a request-smuggling corpus, slowloris, 413 before the
-//! body is read, header limits (431), the connection limit; TLS termination; `/metrics`.
+//! body is read, header limits (431), the connection limit, the body timeout and
+//! minimum rate (408); TLS termination; `/metrics`.
 
 use crate::support::{Host, Svc, config, data_dir, metric};
 use bytes::Bytes;
@@ -9,6 +10,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection (`Some(elapsed since started)`), or
+/// `within` passes (`None`); what arrived goes into `received`.
+async fn closed_within(
+    stream: &mut TcpStream,
+    started: Instant,
+    within: Duration,
+    received: &mut Vec<u8>,
+) -> Option<Duration> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
 
 /// Writes `raw`, then reads until the server closes the connection or goes quiet for
 /// `quiet`; returns what it sent back.
@@ -419,6 +438,81 @@ async fn a_body_that_does_not_arrive_in_time_gets_408() -> anyhow::Result<()> {
     assert!(took < Duration::from_secs(4), "answered after {took:?}");
     assert_eq!(host.served("echo").await?, 0, "the service never saw it");
     assert_eq!(host.post("/fine", "whole").await?.status, 200);
+    host.shutdown().await;
+    Ok(())
+}
+
+/// A body that keeps arriving, but below the minimum rate once the grace period is over,
+/// is cut off then (408, closed) instead of at the body timeout; a body that keeps the
+/// rate is served however long it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_off_once_below_the_minimum_rate() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let mut cfg = config(&[Svc::new("echo", "/", "test-echo")], dir.path())?;
+    cfg.limits.body_read_timeout = Duration::from_secs(30);
+    cfg.limits.min_body_rate = 100;
+    cfg.limits.body_rate_grace = Duration::from_secs(1);
+    let host = Host::start_with(cfg).await?;
+
+    // One byte every 200 ms: 5 bytes a second against a minimum of 100.
+    let mut stream = TcpStream::connect(host.running.gateway_addr).await?;
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /trickle HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await?;
+    let trickle = async {
+        for _ in 0..100 {
+            if stream.write_all(b"z").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut probe = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await {
+                Ok(Ok(n)) => return String::from_utf8_lossy(&probe[..n]).into_owned(),
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
+        }
+        String::new()
+    };
+    let answer = trickle.await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("arrived too slowly"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let mut rest = Vec::new();
+    let closed = closed_within(
+        &mut stream,
+        Instant::now(),
+        Duration::from_secs(3),
+        &mut rest,
+    )
+    .await;
+    assert!(closed.is_some(), "the connection stayed open");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "cut off after {took:?}, not after the grace period"
+    );
+    println!("a 5 B/s body was cut off after {took:?} (grace 1 s, minimum 100 B/s)");
+
+    // 250 bytes every 500 ms: 500 a second, for 2.5 s.
+    let mut stream = TcpStream::connect(host.running.gateway_addr).await?;
+    stream
+        .write_all(b"POST /steady HTTP/1.1\r\nHost: x\r\nContent-Length: 1250\r\n\r\n")
+        .await?;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.write_all(&[b'y'; 250]).await?;
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        host.served("echo").await?,
+        1,
+        "only the steady body was served"
+    );
     host.shutdown().await;
     Ok(())
 }
