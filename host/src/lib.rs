@@ -30,7 +30,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -188,11 +187,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
         None => None,
     };
-    let gateway_listener = TcpListener::bind(config.listen)
-        .await
+    let gateway_listener = gateway::server::listen(config.listen)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
+    let admin_listener = gateway::server::listen(config.admin_listen)
         .with_context(|| format!("failed to listen on {} (admin)", config.admin_listen))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
@@ -244,6 +241,14 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
             }
         }
     }
+    let refused = |server: &'static str| {
+        let dispatcher = dispatcher.clone();
+        move |why: gateway::server::Refusal| {
+            dispatcher
+                .metrics()
+                .connection_refused(server, why.as_str())
+        }
+    };
     let gateway_server = tokio::spawn(serve(
         "gateway",
         gateway_listener,
@@ -257,6 +262,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         config.limits,
         tls,
         stop.clone(),
+        refused("gateway"),
     ));
     let admin_app = admin::router(
         registry.clone(),
@@ -272,6 +278,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         config.limits,
         None,
         stop,
+        refused("admin"),
     ));
     tracing::info!(%gateway_addr, %admin_addr, services = registry.services().len(), "microhost is serving");
     Ok(Running {
