@@ -167,7 +167,8 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
             &auth_spec.audience,
             auth_spec.leeway_secs,
         )
-        .with_keys(auth::load_keys(auth_spec, &config.manifest.base_dir)?),
+        .with_keys(auth::load_keys(auth_spec, &config.manifest.base_dir)?)
+        .with_password(&auth_spec.password)?,
     );
     let bus = bus::Bus::new(storage.clone());
     let (dispatcher, mut started) = dispatch::Dispatcher::new(
