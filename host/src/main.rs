@@ -64,7 +64,7 @@ enum Command {
         body_rate_grace_secs: u64,
         /// Seconds a connection may stay open with no request in flight (h2, and HTTP/1
         /// keep-alive, which the header timeout bounds too).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         idle_timeout_secs: u64,
         /// Most concurrent streams on one HTTP/2 connection.
         #[arg(long, default_value_t = 100)]
@@ -80,7 +80,7 @@ enum Command {
         max_connections: usize,
         /// Most open gateway connections from one client address (IPv6: one /64); more
         /// are closed on accept.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         max_connections_per_ip: usize,
         /// Serve the gateway over TLS with this PEM certificate chain (needs --tls-key).
         #[arg(long, requires = "tls_key")]
