@@ -1,6 +1,7 @@
 //! Tokens and passwords, kept in the host: JWTs are signed and verified with a key that
-//! never enters a guest; passwords are hashed with argon2id on blocking threads behind a
-//! concurrency limit. Used by the gateway (verifying tokens on protected routes) and by
+//! never enters a guest; passwords are hashed with argon2id (`[auth.password]`) on
+//! blocking threads behind a concurrency limit, and a hash to verify may cost no more
+//! than a ceiling. Used by the gateway (verifying tokens on protected routes) and by
 //! the `microhost:platform/auth` capability (issuing tokens, hashing passwords).
 //!
 //! The host signs its own tokens with HS256 (`kid` = [`HOST_KID`]). Tokens of other
@@ -9,7 +10,7 @@
 //! token's `kid`. Each key pins its algorithm: a token whose header names another one is
 //! refused, so an RSA public key can never be used as an HMAC secret.
 
-use crate::config::{AuthSpec, HOST_KID};
+use crate::config::{AuthSpec, HOST_KID, PasswordSpec};
 use anyhow::Context as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
@@ -223,9 +224,17 @@ pub(crate) struct Auth {
     decoding: DecodingKey,
     /// Other issuers' keys, by `kid`.
     keys: HashMap<String, VerifyKey>,
-    /// Bounds concurrent argon2 hashes (each uses ~19 MiB and a core for ~tens of ms).
-    /// A permit goes with its hash onto the blocking thread, so it is held until the
-    /// hash ends even when the caller has gone away.
+    /// argon2id's cost for new hashes (`[auth.password]`).
+    params: argon2::Params,
+    /// The most a hash to verify may cost, per parameter: the configured cost or
+    /// argon2's default, whichever is higher. A hash's cost is in its PHC string, which
+    /// a guest hands in: without a ceiling, `m=4194304` would have the host allocate
+    /// 4 GiB for one call.
+    ceiling: argon2::Params,
+    /// Bounds concurrent argon2 hashes (by default one per core; each takes its
+    /// `memory_kib` and a core for tens of ms). A permit goes with its hash onto the
+    /// blocking thread, so it is held until the hash ends even when the caller has gone
+    /// away.
     hashing: Arc<Semaphore>,
 }
 
@@ -241,8 +250,29 @@ impl Auth {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             keys: HashMap::new(),
+            params: argon2::Params::DEFAULT,
+            ceiling: argon2::Params::DEFAULT,
             hashing: Arc::new(Semaphore::new(cores)),
         }
+    }
+
+    /// Hashes passwords as `[auth.password]` says, that many at a time.
+    pub(crate) fn with_password(mut self, spec: &PasswordSpec) -> anyhow::Result<Auth> {
+        let params = |m: u32, t: u32, p: u32| {
+            argon2::Params::new(m, t, p, None)
+                .map_err(|e| anyhow::anyhow!("[auth.password]: m = {m} KiB, t = {t}, p = {p}: {e}"))
+        };
+        let default = argon2::Params::DEFAULT;
+        self.params = params(spec.memory_kib, spec.iterations, spec.parallelism)?;
+        self.ceiling = params(
+            spec.memory_kib.max(default.m_cost()),
+            spec.iterations.max(default.t_cost()),
+            spec.parallelism.max(default.p_cost()),
+        )?;
+        if let Some(max) = spec.max_concurrent_hashes {
+            self.hashing = Arc::new(Semaphore::new(usize::try_from(max)?));
+        }
+        Ok(self)
     }
 
     /// Adds keys that verify other issuers' tokens.
@@ -360,10 +390,11 @@ impl Auth {
 
     /// An argon2id PHC string for `password`, computed on a blocking thread.
     pub(crate) async fn hash_password(&self, password: String) -> Result<String, String> {
+        let params = self.params.clone();
         self.on_hashing_pool(move || {
             use argon2::password_hash::{PasswordHasher as _, SaltString, rand_core::OsRng};
             let salt = SaltString::generate(&mut OsRng);
-            argon2::Argon2::default()
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
                 .map_err(|e| format!("hashing failed: {e}"))
@@ -371,14 +402,31 @@ impl Auth {
         .await
     }
 
-    /// Whether `password` matches `hash` (a PHC string), checked on a blocking thread.
+    /// Whether `password` matches `hash` (a PHC string), checked on a blocking thread
+    /// with the hash's own parameters, unless they cost more than the ceiling.
     pub(crate) async fn verify_password(
         &self,
         password: String,
         hash: String,
     ) -> Result<bool, String> {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+        let parsed = PasswordHash::new(&hash).map_err(|e| format!("not a password hash: {e}"))?;
+        let cost = argon2::Params::try_from(&parsed)
+            .map_err(|e| format!("not an argon2 password hash: {e}"))?;
+        let ceiling = &self.ceiling;
+        for (name, value, max) in [
+            ("m (KiB)", cost.m_cost(), ceiling.m_cost()),
+            ("t", cost.t_cost(), ceiling.t_cost()),
+            ("p", cost.p_cost(), ceiling.p_cost()),
+        ] {
+            if value > max {
+                return Err(format!(
+                    "the hash's argon2 {name} = {value} is over the host's ceiling of {max} \
+                     (the higher of [auth.password] and argon2's default)"
+                ));
+            }
+        }
         self.on_hashing_pool(move || {
-            use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
             let parsed =
                 PasswordHash::new(&hash).map_err(|e| format!("not a password hash: {e}"))?;
             Ok(argon2::Argon2::default()
@@ -453,6 +501,89 @@ mod tests {
             anyhow::ensure!(std::time::Instant::now() < deadline, "never released");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        Ok(())
+    }
+
+    async fn verify(auth: &Auth, password: &str, hash: &str) -> Result<bool, String> {
+        auth.verify_password(password.to_string(), hash.to_string())
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passwords_hash_with_the_configured_cost_and_old_hashes_still_verify()
+    -> anyhow::Result<()> {
+        let cheap = auth().with_password(&PasswordSpec {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent_hashes: Some(3),
+        })?;
+        assert_eq!(cheap.hashing.available_permits(), 3);
+        let hash = cheap
+            .hash_password("correct horse".into())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+        assert_eq!(verify(&cheap, "correct horse", &hash).await, Ok(true));
+        assert_eq!(verify(&cheap, "wrong", &hash).await, Ok(false));
+        // A hash made with the defaults verifies on the cheap host, and the other way.
+        let default = auth();
+        let made = default
+            .hash_password("battery".into())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert!(
+            made.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{made}"
+        );
+        assert_eq!(verify(&cheap, "battery", &made).await, Ok(true));
+        assert_eq!(verify(&default, "correct horse", &hash).await, Ok(true));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hash_that_costs_more_than_the_ceiling_is_refused_unhashed() -> anyhow::Result<()> {
+        // The parameters of a PHC string are the caller's word: 4 GiB, or 1000 passes.
+        let a = auth();
+        let salt = "c29tZXNhbHRzb21lc2FsdA";
+        let digest = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY";
+        for (params, named) in [
+            ("m=4194304,t=2,p=1", "m (KiB) = 4194304"),
+            ("m=19456,t=1000,p=1", "t = 1000"),
+        ] {
+            let hash = format!("$argon2id$v=19${params}${salt}${digest}");
+            let refused = a.verify_password("x".into(), hash).await;
+            let why = refused.err().unwrap_or_default();
+            assert!(
+                why.contains(named) && why.contains("ceiling"),
+                "{params}: {why}"
+            );
+        }
+        assert_eq!(
+            a.hashing.available_permits(),
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            "refused before taking a permit"
+        );
+        // A host configured above the defaults verifies up to its own cost.
+        let dear = auth().with_password(&PasswordSpec {
+            memory_kib: 32 * 1024,
+            iterations: 3,
+            ..PasswordSpec::default()
+        })?;
+        let hash = dear
+            .hash_password("pw".into())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            dear.verify_password("pw".into(), hash.clone()).await,
+            Ok(true)
+        );
+        let why = a
+            .verify_password("pw".into(), hash)
+            .await
+            .err()
+            .unwrap_or_default();
+        assert!(why.contains("m (KiB) = 32768"), "{why}");
         Ok(())
     }
 

@@ -30,7 +30,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -174,7 +173,8 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
             &auth_spec.audience,
             auth_spec.leeway_secs,
         )
-        .with_keys(auth::load_keys(auth_spec, &config.manifest.base_dir)?),
+        .with_keys(auth::load_keys(auth_spec, &config.manifest.base_dir)?)
+        .with_password(&auth_spec.password)?,
     );
     let bus = bus::Bus::new(storage.clone());
     let (dispatcher, mut started) = dispatch::Dispatcher::new(
@@ -194,11 +194,9 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
         None => None,
     };
-    let gateway_listener = TcpListener::bind(config.listen)
-        .await
+    let gateway_listener = gateway::server::listen(config.listen)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
+    let admin_listener = gateway::server::listen(config.admin_listen)
         .with_context(|| format!("failed to listen on {} (admin)", config.admin_listen))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
@@ -208,7 +206,7 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         registry.clone(),
         dispatcher.clone(),
         auth,
-        config.limits.body_read_timeout,
+        gateway::BodyPace::of(&config.limits),
     ));
     let mut tasks =
         dispatch::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
@@ -250,6 +248,14 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
             }
         }
     }
+    let refused = |server: &'static str| {
+        let dispatcher = dispatcher.clone();
+        move |why: gateway::server::Refusal| {
+            dispatcher
+                .metrics()
+                .connection_refused(server, why.as_str())
+        }
+    };
     let gateway_server = tokio::spawn(serve(
         "gateway",
         gateway_listener,
@@ -263,6 +269,7 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         config.limits,
         tls,
         stop.clone(),
+        refused("gateway"),
     ));
     let admin_app = admin::router(
         registry.clone(),
@@ -278,6 +285,7 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         config.limits,
         None,
         stop,
+        refused("admin"),
     ));
     tracing::info!(%gateway_addr, %admin_addr, services = registry.services().len(), "microhost is serving");
     Ok(Running {

@@ -55,6 +55,17 @@ enum Command {
         /// closed).
         #[arg(long, default_value_t = 30)]
         body_timeout_secs: u64,
+        /// Bytes a second a request body must average once its grace period is over
+        /// (less: 408, connection closed); 0 turns the check off.
+        #[arg(long, default_value_t = 240)]
+        min_body_rate: u64,
+        /// Seconds a request body may take before --min-body-rate applies.
+        #[arg(long, default_value_t = 5)]
+        body_rate_grace_secs: u64,
+        /// Seconds a connection may stay open with no request in flight (h2, and HTTP/1
+        /// keep-alive, which the header timeout bounds too).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_timeout_secs: u64,
         /// Most concurrent streams on one HTTP/2 connection.
         #[arg(long, default_value_t = 100)]
         max_concurrent_streams: u32,
@@ -67,6 +78,10 @@ enum Command {
         /// Most open gateway connections; more are closed on accept.
         #[arg(long, default_value_t = 10_000)]
         max_connections: usize,
+        /// Most open gateway connections from one client address (IPv6: one /64); more
+        /// are closed on accept.
+        #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_connections_per_ip: usize,
         /// Serve the gateway over TLS with this PEM certificate chain (needs --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -266,10 +281,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cache_dir,
             header_timeout_secs,
             body_timeout_secs,
+            min_body_rate,
+            body_rate_grace_secs,
+            idle_timeout_secs,
             max_concurrent_streams,
             shutdown_grace_secs,
             watch,
             max_connections,
+            max_connections_per_ip,
             tls_cert,
             tls_key,
         } => {
@@ -292,10 +311,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty());
             config.limits.header_read_timeout = std::time::Duration::from_secs(header_timeout_secs);
             config.limits.body_read_timeout = std::time::Duration::from_secs(body_timeout_secs);
+            config.limits.min_body_rate = min_body_rate;
+            config.limits.body_rate_grace = std::time::Duration::from_secs(body_rate_grace_secs);
+            config.limits.idle_timeout = std::time::Duration::from_secs(idle_timeout_secs);
             config.limits.max_concurrent_streams = max_concurrent_streams;
             config.limits.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_secs);
             config.watch = watch;
             config.limits.max_connections = max_connections;
+            config.limits.max_connections_per_ip = max_connections_per_ip;
             config.tls = tls_cert
                 .zip(tls_key)
                 .map(|(cert, key)| microhost::TlsFiles { cert, key });

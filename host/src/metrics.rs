@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text on the admin listener's `GET /metrics`: requests
 //! and latency per service, version and status; in-flight requests; rate-limit,
-//! load-shedding, retry, cache and fallback counters; breaker states; bus counters.
+//! load-shedding, retry, cache and fallback counters; connections refused on accept;
+//! breaker states; bus counters.
 
 use crate::bus::Bus;
 use crate::policy::breaker::{Breakers, Status};
@@ -32,6 +33,7 @@ pub(crate) struct Metrics {
     retries: Family<Labels, Counter>,
     cache: Family<Labels, Counter>,
     fallbacks: Family<Labels, Counter>,
+    connections_refused: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -129,6 +131,7 @@ impl Metrics {
         let retries = Family::<Labels, Counter>::default();
         let cache = Family::<Labels, Counter>::default();
         let fallbacks = Family::<Labels, Counter>::default();
+        let connections_refused = Family::<Labels, Counter>::default();
         registry.register(
             "microhost_requests",
             "Requests answered, per service, version and status",
@@ -169,6 +172,12 @@ impl Metrics {
             "Fallback responses served, per service and kind",
             fallbacks.clone(),
         );
+        registry.register(
+            "microhost_connections_refused",
+            "Connections closed as soon as they were accepted, per server and limit \
+             (max_connections, max_connections_per_ip)",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -179,6 +188,7 @@ impl Metrics {
             retries,
             cache,
             fallbacks,
+            connections_refused,
         }
     }
 
@@ -245,6 +255,16 @@ impl Metrics {
         Self::count(
             &self.fallbacks,
             vec![("service", service.to_string()), ("kind", kind.to_string())],
+        );
+    }
+
+    pub(crate) fn connection_refused(&self, server: &str, limit: &'static str) {
+        Self::count(
+            &self.connections_refused,
+            vec![
+                ("server", server.to_string()),
+                ("reason", limit.to_string()),
+            ],
         );
     }
 

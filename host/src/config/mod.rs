@@ -12,7 +12,7 @@ mod id;
 mod policy;
 mod service;
 
-pub use auth::{AuthSpec, HOST_KID, KeySpec};
+pub use auth::{AuthRateLimit, AuthSpec, HOST_KID, KeySpec, PasswordSpec};
 pub use id::{InvalidId, ServiceName, Topic, VersionLabel};
 pub use policy::{
     CacheSpec, ConcurrencySpec, CorsSpec, FallbackSpec, HeaderOps, PolicySpec, RateLimitKey,
@@ -120,6 +120,7 @@ impl Manifest {
                 .map_err(|error| parse_error(path, text, &error))?;
         manifest.base_dir = base_dir;
         manifest.validate(path)?;
+        manifest.limit_auth_routes();
         Ok(manifest)
     }
 
@@ -138,6 +139,21 @@ impl Manifest {
     /// The component file of `service`, resolved against the manifest's directory.
     pub fn component_path(&self, service: &ServiceSpec) -> PathBuf {
         self.base_dir.join(&service.component.path)
+    }
+
+    /// Gives the routes of every service granted `auth.issue_tokens` (a login service:
+    /// where passwords are checked, and where guessing them would be tried) the
+    /// `[auth] rate_limit`, unless the service sets its own `policy.rate_limit`. The
+    /// slot's policy is built from the service's spec, so this is where it is decided.
+    fn limit_auth_routes(&mut self) {
+        let Some(limit) = &self.auth.rate_limit.0 else {
+            return;
+        };
+        for service in &mut self.services {
+            if service.auth.issue_tokens && service.policy.rate_limit.is_none() {
+                service.policy.rate_limit = Some(limit.clone());
+            }
+        }
     }
 
     /// Each spec checks its own values; here only what spans services.

@@ -235,8 +235,17 @@ impl PolicySpec {
 
 impl RateLimitSpec {
     fn validate(&self) -> Result<(), FieldError> {
-        in_range("policy.rate_limit.per_second", self.per_second, 1..)?;
-        in_range("policy.rate_limit.burst", self.burst(), 1..)
+        self.check("policy.rate_limit.per_second", "policy.rate_limit.burst")
+    }
+
+    /// The bounds, named as the table holding the limit spells its fields.
+    pub(super) fn check(
+        &self,
+        per_second: &'static str,
+        burst: &'static str,
+    ) -> Result<(), FieldError> {
+        in_range(per_second, self.per_second, 1..)?;
+        in_range(burst, self.burst(), 1..)
     }
 }
 

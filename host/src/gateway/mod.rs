@@ -1,7 +1,8 @@
 //! The edge: routes each request to a service by path prefix and applies the route's
 //! policies in order: request id and trace context; CORS preflight; bearer token on
 //! protected routes (identity headers a client sends are stripped); rate limit; body
-//! limit (413 before the body is read when the length is declared); path and header
+//! limit (413 before the body is read when the length is declared), body timeout and
+//! minimum rate (408, connection closed); path and header
 //! transformation; then [`Dispatcher::serve`] (cache, load shedding, circuit breaker,
 //! retries, fallback). Every answer carries `x-request-id` and is written to the access
 //! log (target `microhost::access`).
@@ -21,10 +22,12 @@ use crate::problem::problem_bytes;
 use crate::registry::{Registry, ServiceSlot};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The host's own health check, answered before routing (no service can take it).
@@ -35,8 +38,56 @@ pub(crate) struct Gateway {
     registry: Arc<Registry>,
     dispatcher: Dispatcher,
     auth: Arc<Auth>,
-    /// The whole body of a request must arrive within this (`--body-timeout-secs`).
-    body_read_timeout: Duration,
+    /// How fast a request body must arrive.
+    pace: BodyPace,
+}
+
+/// How a request body must arrive: whole within `timeout` (`--body-timeout-secs`), and,
+/// after `grace` (`--body-rate-grace-secs`), at `min_rate` bytes a second on average
+/// since it began (`--min-body-rate`; 0 turns it off). Either failing is a 408 and the
+/// connection closed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyPace {
+    pub(crate) timeout: Duration,
+    pub(crate) min_rate: u64,
+    pub(crate) grace: Duration,
+}
+
+impl BodyPace {
+    pub(crate) fn of(limits: &server::ServerLimits) -> BodyPace {
+        BodyPace {
+            timeout: limits.body_read_timeout,
+            min_rate: limits.min_body_rate,
+            grace: limits.body_rate_grace,
+        }
+    }
+
+    /// Whether `received` bytes, `elapsed` into a body, are too few: past the grace
+    /// period and below the minimum average rate.
+    fn too_slow(&self, received: u64, elapsed: Duration) -> bool {
+        self.min_rate > 0
+            && elapsed > self.grace
+            && (received as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
+    }
+
+    /// Resolves, with the bytes received so far, once the body counted in `received`
+    /// (since `started`) falls below the minimum rate; never when the rate is off.
+    async fn broken(&self, received: &AtomicU64, started: tokio::time::Instant) -> u64 {
+        if self.min_rate == 0 {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep_until(started + self.grace).await;
+        // Checked once a second (as Kestrel does), not per frame: a body that stalls
+        // sends no frame to check on.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let got = received.load(Ordering::Relaxed);
+            if self.too_slow(got, started.elapsed()) {
+                return got;
+            }
+        }
+    }
 }
 
 /// What the access log says about a request.
@@ -51,13 +102,13 @@ impl Gateway {
         registry: Arc<Registry>,
         dispatcher: Dispatcher,
         auth: Arc<Auth>,
-        body_read_timeout: Duration,
+        pace: BodyPace,
     ) -> Gateway {
         Gateway {
             registry,
             dispatcher,
             auth,
-            body_read_timeout,
+            pace,
         }
     }
 
@@ -178,7 +229,7 @@ impl Gateway {
             }
             rate_headers = Some(headers);
         }
-        let body = match read_body(slot, &parts, body, self.body_read_timeout).await {
+        let body = match read_body(slot, &parts, body, self.pace).await {
             Ok(body) => body,
             Err(response) => return refused(self.finish(slot, *response, origin.as_ref())),
         };
@@ -256,12 +307,13 @@ impl Gateway {
 }
 
 /// The request body, up to the service's limit: a declared larger length is refused
-/// before any of the body is read, an undeclared one as soon as it passes the limit.
+/// before any of the body is read, an undeclared one as soon as it passes the limit; a
+/// body that does not keep `pace` is a 408.
 async fn read_body(
     slot: &ServiceSlot,
     parts: &http::request::Parts,
     body: Incoming,
-    timeout: Duration,
+    pace: BodyPace,
 ) -> Result<Bytes, Box<http::Response<Bytes>>> {
     let max_body = slot.spec.limits.max_body_kib.saturating_mul(1024);
     let too_large = || {
@@ -283,14 +335,17 @@ async fn read_body(
         return Err(too_large());
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let read = tokio::time::timeout(timeout, crate::body::collect(body, limit));
-    let Ok(read) = read.await else {
+    let started = tokio::time::Instant::now();
+    let received = AtomicU64::new(0);
+    let counted = body.inspect_frame(|frame| {
+        if let Some(data) = frame.data_ref() {
+            received.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let late = |detail: String| {
         let mut response = problem_bytes(
             StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the request body did not arrive within {} s",
-                timeout.as_secs_f64()
-            ),
+            detail,
             service_fields(slot.name()),
         );
         // What is left of the body is never read: the connection cannot carry another
@@ -298,7 +353,24 @@ async fn read_body(
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Err(Box::new(response));
+        Box::new(response)
+    };
+    let read = tokio::select! {
+        read = crate::body::collect(counted, limit) => read,
+        () = tokio::time::sleep_until(started + pace.timeout) => {
+            return Err(late(format!(
+                "the request body did not arrive within {} s",
+                pace.timeout.as_secs_f64()
+            )));
+        }
+        got = pace.broken(&received, started) => {
+            return Err(late(format!(
+                "the request body arrived too slowly: {got} bytes in {:.1} s, below the \
+                 minimum of {} bytes a second",
+                started.elapsed().as_secs_f64(),
+                pace.min_rate
+            )));
+        }
     };
     match read {
         Ok(body) => Ok(body),
@@ -323,4 +395,35 @@ fn service_fields(service: &str) -> serde_json::Map<String, serde_json::Value> {
     let mut extra = serde_json::Map::new();
     extra.insert("service".into(), service.into());
     extra
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_too_slow_only_past_the_grace_and_below_the_average() {
+        let pace = BodyPace {
+            timeout: Duration::from_secs(30),
+            min_rate: 240,
+            grace: Duration::from_secs(5),
+        };
+        let secs = Duration::from_secs;
+        assert!(!pace.too_slow(0, secs(5)), "within the grace period");
+        assert!(
+            pace.too_slow(1, Duration::from_millis(5001)),
+            "a trickle after it"
+        );
+        assert!(!pace.too_slow(240 * 6, secs(6)), "exactly the minimum");
+        assert!(pace.too_slow(240 * 6 - 1, secs(6)), "just below");
+        assert!(
+            !pace.too_slow(10_000, secs(20)),
+            "a fast start pays for a later pause"
+        );
+        let off = BodyPace {
+            min_rate: 0,
+            ..pace
+        };
+        assert!(!off.too_slow(0, secs(29)), "0 turns the rate off");
+    }
 }

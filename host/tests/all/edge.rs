@@ -1,5 +1,7 @@
 //! Edge hardening over raw TCP: a request-smuggling corpus, slowloris, 413 before the
-//! body is read, header limits (431), the connection limit; TLS termination; `/metrics`.
+//! body is read, header limits (431), the connection limits (in all and per client
+//! address), the body timeout and minimum rate (408), idle HTTP/1 and h2 connections;
+//! TLS termination; `/metrics`.
 
 use crate::support::{Host, Svc, config, data_dir, metric};
 use bytes::Bytes;
@@ -8,7 +10,36 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A connection to `addr` from the loopback address `from` (all of 127/8 is loopback on
+/// Linux), so one test can be many clients.
+pub(crate) async fn connect_from(
+    from: std::net::Ipv4Addr,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind((from, 0).into())?;
+    socket.connect(addr).await
+}
+
+/// Reads until the server closes the connection (`Some(elapsed since started)`), or
+/// `within` passes (`None`); what arrived goes into `received`.
+async fn closed_within(
+    stream: &mut TcpStream,
+    started: Instant,
+    within: Duration,
+    received: &mut Vec<u8>,
+) -> Option<Duration> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
 
 /// Writes `raw`, then reads until the server closes the connection or goes quiet for
 /// `quiet`; returns what it sent back.
@@ -247,6 +278,14 @@ async fn too_many_or_too_large_headers_get_431_and_connections_are_limited() -> 
         .await?
         .unwrap_or(0);
     assert_eq!(n, 0, "the connection over the limit was served");
+    assert_eq!(
+        metric(
+            &host.metrics().await?,
+            "microhost_connections_refused_total",
+            &[("server", "gateway"), ("reason", "max_connections")]
+        ),
+        1.0
+    );
     drop(idle);
     crate::assert_eventually!(
         Duration::from_secs(5),
@@ -419,6 +458,243 @@ async fn a_body_that_does_not_arrive_in_time_gets_408() -> anyhow::Result<()> {
     assert!(took < Duration::from_secs(4), "answered after {took:?}");
     assert_eq!(host.served("echo").await?, 0, "the service never saw it");
     assert_eq!(host.post("/fine", "whole").await?.status, 200);
+    host.shutdown().await;
+    Ok(())
+}
+
+/// A body that keeps arriving, but below the minimum rate once the grace period is over,
+/// is cut off then (408, closed) instead of at the body timeout; a body that keeps the
+/// rate is served however long it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_off_once_below_the_minimum_rate() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let mut cfg = config(&[Svc::new("echo", "/", "test-echo")], dir.path())?;
+    cfg.limits.body_read_timeout = Duration::from_secs(30);
+    cfg.limits.min_body_rate = 100;
+    cfg.limits.body_rate_grace = Duration::from_secs(1);
+    let host = Host::start_with(cfg).await?;
+
+    // One byte every 200 ms: 5 bytes a second against a minimum of 100.
+    let mut stream = TcpStream::connect(host.running.gateway_addr).await?;
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /trickle HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await?;
+    let trickle = async {
+        for _ in 0..100 {
+            if stream.write_all(b"z").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut probe = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await {
+                Ok(Ok(n)) => return String::from_utf8_lossy(&probe[..n]).into_owned(),
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
+        }
+        String::new()
+    };
+    let answer = trickle.await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("arrived too slowly"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let mut rest = Vec::new();
+    let closed = closed_within(
+        &mut stream,
+        Instant::now(),
+        Duration::from_secs(3),
+        &mut rest,
+    )
+    .await;
+    assert!(closed.is_some(), "the connection stayed open");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "cut off after {took:?}, not after the grace period"
+    );
+    println!("a 5 B/s body was cut off after {took:?} (grace 1 s, minimum 100 B/s)");
+
+    // 250 bytes every 500 ms: 500 a second, for 2.5 s.
+    let mut stream = TcpStream::connect(host.running.gateway_addr).await?;
+    stream
+        .write_all(b"POST /steady HTTP/1.1\r\nHost: x\r\nContent-Length: 1250\r\n\r\n")
+        .await?;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.write_all(&[b'y'; 250]).await?;
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        host.served("echo").await?,
+        1,
+        "only the steady body was served"
+    );
+    host.shutdown().await;
+    Ok(())
+}
+
+/// Connections with no request in flight are closed after the idle timeout, HTTP/1
+/// keep-alive and h2 (whose pings would keep it open) alike; one that never sends a
+/// request after the header timeout; one whose request takes longer than the idle
+/// timeout is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_http1_and_h2() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let mut cfg = config(
+        &[
+            Svc::new("echo", "/", "test-echo"),
+            Svc::new("slow", "/slow", "test-slow"),
+        ],
+        dir.path(),
+    )?;
+    cfg.limits.header_read_timeout = Duration::from_secs(3);
+    cfg.limits.idle_timeout = Duration::from_secs(1);
+    let host = Host::start_with(cfg).await?;
+    let addr = host.running.gateway_addr;
+
+    // HTTP/1.1 keep-alive: answered, then closed after a second of nothing.
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !String::from_utf8_lossy(&received).contains("\"path\"") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed before the answer");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let answered = Instant::now();
+    let closed = closed_within(&mut stream, answered, Duration::from_secs(5), &mut received).await;
+    let h1 = closed.ok_or_else(|| anyhow::anyhow!("the idle HTTP/1 connection stayed open"))?;
+    assert!(
+        h1 >= Duration::from_millis(900) && h1 < Duration::from_millis(2500),
+        "HTTP/1 closed {h1:?} after its answer"
+    );
+
+    // h2 (prior knowledge): answered, then the connection ends.
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await?;
+    let conn = tokio::spawn(conn);
+    let request = || {
+        http::Request::builder()
+            .uri(format!("http://{addr}/slow?ms=1500"))
+            .body(Empty::<Bytes>::new())
+    };
+    // A request in flight for longer than the idle timeout holds the connection open.
+    let response = sender.send_request(request()?).await?;
+    assert_eq!(response.status(), 200, "a long request is not idle");
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .map_err(|_| anyhow::anyhow!("the idle h2 connection stayed open"))???;
+    let h2 = answered.elapsed();
+    assert!(
+        h2 >= Duration::from_millis(900) && h2 < Duration::from_millis(2500),
+        "h2 closed {h2:?} after its answer"
+    );
+
+    // Connected, and nothing sent: closed after the header timeout.
+    let mut silent = TcpStream::connect(addr).await?;
+    let started = Instant::now();
+    let closed = closed_within(
+        &mut silent,
+        started,
+        Duration::from_secs(6),
+        &mut Vec::new(),
+    )
+    .await;
+    let silent = closed.ok_or_else(|| anyhow::anyhow!("a silent connection stayed open"))?;
+    assert!(
+        silent >= Duration::from_millis(2900) && silent < Duration::from_millis(4500),
+        "a silent connection closed after {silent:?}"
+    );
+    println!("idle HTTP/1 closed after {h1:?}, idle h2 after {h2:?}, silent after {silent:?}");
+    host.shutdown().await;
+    Ok(())
+}
+
+/// One client address gets `max_connections_per_ip` connections; more from it are closed
+/// at accept (and counted), while other addresses are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_client_address_are_capped() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let mut cfg = config(&[Svc::new("echo", "/", "test-echo")], dir.path())?;
+    cfg.limits.max_connections_per_ip = 2;
+    cfg.limits.header_read_timeout = Duration::from_secs(10);
+    let host = Host::start_with(cfg).await?;
+    let addr = host.running.gateway_addr;
+    let greedy = std::net::Ipv4Addr::new(127, 0, 0, 3);
+
+    let held = [
+        connect_from(greedy, addr).await?,
+        connect_from(greedy, addr).await?,
+    ];
+    let mut third = connect_from(greedy, addr).await?;
+    third
+        .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok();
+    let closed = closed_within(
+        &mut third,
+        Instant::now(),
+        Duration::from_secs(2),
+        &mut Vec::new(),
+    )
+    .await;
+    assert!(
+        closed.is_some(),
+        "a third connection from one address was kept"
+    );
+
+    // Another address, and the test's own, are served.
+    let mut other = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 4), addr).await?;
+    other
+        .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), other.read(&mut buf)).await??;
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(host.get("/c").await?.status, 200);
+    assert_eq!(
+        metric(
+            &host.metrics().await?,
+            "microhost_connections_refused_total",
+            &[("server", "gateway"), ("reason", "max_connections_per_ip")]
+        ),
+        1.0
+    );
+
+    // A closed connection gives its place back.
+    drop(held);
+    crate::assert_eventually!(
+        Duration::from_secs(5),
+        {
+            let mut again = connect_from(greedy, addr).await?;
+            again
+                .write_all(b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .ok();
+            let mut buf = [0u8; 64];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), again.read(&mut buf)).await,
+                Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 200")
+            )
+        },
+        "the address never got a connection back"
+    );
     host.shutdown().await;
     Ok(())
 }

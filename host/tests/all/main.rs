@@ -5,6 +5,7 @@
 mod bus;
 mod deploy;
 mod edge;
+mod exhaustion;
 mod failures;
 mod gateway;
 mod layers;
