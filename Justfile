@@ -2,8 +2,15 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Services published into registry/ (test-* guests and the guest helper are not).
-services := "user product order notification"
+# Services published into registry/ (test-* guests and the guest helpers are not), and
+# the components written in Python (componentize-py) and JavaScript (componentize-js).
+services := "user product order notification analytics"
+# Python entries are directory:module (module `app` gives the directory's name).
+py_components := "analytics:app test-py:app test-py:unhealthy"
+js_components := "notification test-js"
+
+# Where every built component lands, whatever its language.
+built := "components/target/wasm32-wasip2/release"
 
 default:
     @just --list
@@ -13,15 +20,80 @@ default:
 ensure-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# Build every component (release) and publish the services as registry/<service>/<version>.wasm.
-build-components: ensure-target
-    cd components && cargo build --release
+# Build every component (release: Rust, Python, JavaScript) and publish the services as
+# registry/<service>/<version>.wasm.
+build-components: ensure-target build-rust build-py build-js
     for svc in {{services}}; do \
-        version=$(sed -n 's/^version = "\(.*\)"$/\1/p' components/$svc/Cargo.toml | head -n1); \
+        if [ -f components/$svc/Cargo.toml ]; then \
+            version=$(sed -n 's/^version = "\(.*\)"$/\1/p' components/$svc/Cargo.toml | head -n1); \
+        elif [ -f components/$svc/package.json ]; then \
+            version=$(node -p "require('./components/$svc/package.json').version"); \
+        else \
+            version=$(sed -n 's/^version = "\(.*\)"$/\1/p' components/$svc/pyproject.toml | head -n1); \
+        fi; \
         mkdir -p registry/$svc; \
-        built=components/target/wasm32-wasip2/release/$svc.wasm; \
+        built={{built}}/$svc.wasm; \
         published=registry/$svc/$version.wasm; \
         if ! cmp -s $built $published; then cp $built $published; echo "published $published"; fi; \
+    done
+
+# The Rust components.
+build-rust: ensure-target
+    cd components && cargo build --release
+
+# The Python components, with componentize-py pinned in components/py/requirements.txt
+# (installed into components/py/.venv on first use). Rebuilt only when their sources,
+# the helper or the WIT changed (a build takes ~30 s).
+build-py:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv=components/py/.venv
+    if ! cmp -s components/py/requirements.txt $venv/installed.txt 2>/dev/null; then
+        python3 -m venv $venv
+        $venv/bin/pip install --quiet --disable-pip-version-check -r components/py/requirements.txt
+        cp components/py/requirements.txt $venv/installed.txt
+    fi
+    mkdir -p {{built}}
+    for entry in {{py_components}}; do
+        dir=${entry%%:*}; module=${entry#*:}
+        name=$dir; [ "$module" = app ] || name=$dir-$module
+        out={{built}}/${name//-/_}.wasm
+        if [ -f $out ] && [ -z "$(find components/$dir components/py/microhost wit -type f -newer $out | head -n1)" ]; then
+            continue
+        fi
+        echo "componentize-py: $name"
+        $venv/bin/componentize-py -d wit -w microhost:platform/service componentize $module \
+            -p components/$dir -p components/py -o $out.tmp
+        mv $out.tmp $out
+    done
+
+# The JavaScript components, with componentize-js pinned in components/js/package-lock.json
+# (`npm ci` on first use). componentize-js reads WASI at 0.2.10 (StarlingMonkey's) and
+# brings its own wasi:cli, so it builds from a copy of wit/ rewritten so; the host links
+# those 0.2.10 imports to its 0.2.12 implementations.
+build-js:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    js=components/js
+    if ! cmp -s $js/package-lock.json $js/node_modules/.installed-lock.json 2>/dev/null; then
+        (cd $js && npm ci --no-audit --no-fund --loglevel=error)
+        cp $js/package-lock.json $js/node_modules/.installed-lock.json
+    fi
+    wit=components/target/js-wit
+    if [ ! -d $wit ] || [ -n "$(find wit -type f -newer $wit/world.wit | head -n1)" ]; then
+        rm -rf $wit && mkdir -p components/target && cp -r wit $wit
+        grep -rlE '0\.2\.1[12]' $wit | xargs sed -i -E 's/0\.2\.1[12]/0.2.10/g'
+        sed -i '/include wasi:cli\/imports/d' $wit/world.wit
+    fi
+    mkdir -p {{built}}
+    for app in {{js_components}}; do
+        out={{built}}/${app//-/_}.wasm
+        if [ -f $out ] && [ -z "$(find components/$app $js/microhost.js $wit -type f -newer $out | head -n1)" ]; then
+            continue
+        fi
+        echo "componentize-js: $app"
+        $js/node_modules/.bin/componentize-js components/$app/index.js --wit $wit -n service -o $out.tmp
+        mv $out.tmp $out
     done
 
 # Build the components, then start the host with registry/microhost.toml on 127.0.0.1:3000.
