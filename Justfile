@@ -58,11 +58,11 @@ build-py:
         dir=${entry%%:*}; module=${entry#*:}
         name=$dir; [ "$module" = app ] || name=$dir-$module
         out={{built}}/${name//-/_}.wasm
-        if [ -f $out ] && [ -z "$(find components/$dir components/py/microhost wit -type f -newer $out | head -n1)" ]; then
+        if [ -f $out ] && [ -z "$(find components/$dir components/py/microhost wit -type f -name '*.py' -newer $out -o -type f -name '*.wit' -newer $out | head -n1)" ]; then
             continue
         fi
         echo "componentize-py: $name"
-        $venv/bin/componentize-py -d wit -w microhost:platform/service componentize $module \
+        PYTHONDONTWRITEBYTECODE=1 $venv/bin/componentize-py -d wit -w microhost:platform/service componentize $module \
             -p components/$dir -p components/py -o $out.tmp
         mv $out.tmp $out
     done
