@@ -3,20 +3,26 @@
 // - `GET /hello` → 200 JSON with the path, the caller's subject and a config value
 // - `GET /count` → a counter in kv, incremented per call
 // - `GET /raise` → an exception in the handler: the helper's 500 problem body
-// - `GET /trap` → the instance traps (an unreachable instruction): the host's 502
+// - `GET /hang` → never answers: the host stops it at its deadline (504). (SpiderMonkey
+//   turns the faults that trap other guests, such as running out of stack or memory,
+//   into exceptions, so a JavaScript handler's failures are the helper's 500s.)
 // - `GET /call/{service}/{path...}` → calls another service and answers what it said
-// - events: data `fail` throws (the host retries, then dead-letters), `trap` traps,
+// - events: data `fail` throws an Error, `trap` throws something else (the host
+//   retries, then dead-letters both),
 //   anything else is counted under `events/{topic}`
 import { service, HttpError, Response, kv, auth, call, config } from '../js/microhost.js';
 
-function trap() {
-  // Unbounded recursion overflows the stack: a trap, not an exception the engine can
-  // catch.
-  return trap() + 1;
+function hang() {
+  // A promise nothing will ever settle: the host stops the instance at its deadline.
+  return new Promise(() => {});
 }
 
+const ROUTES = ['hello', 'count', 'raise', 'hang', 'call', 'events'];
+
 async function handle(req) {
+  // Served under any route prefix: the routes are the segments from the first known one.
   const segments = req.segments();
+  while (segments.length > 0 && !ROUTES.includes(segments[0])) segments.shift();
   const path = segments.join('/');
   if (path === 'hello') {
     return Response.json(200, { path: req.path, subject: auth.subject(req), greeting: config('greeting'), lang: 'javascript' });
@@ -28,7 +34,7 @@ async function handle(req) {
     return Response.json(200, { count });
   }
   if (path === 'raise') throw new Error('raising in the handler, on purpose');
-  if (path === 'trap') return Response.json(200, { never: trap() });
+  if (path === 'hang') return hang();
   if (segments[0] === 'call' && segments.length >= 2) {
     const reply = await call(segments[1], '/' + segments.slice(2).join('/'));
     const body = new Uint8Array(await reply.arrayBuffer());
@@ -46,7 +52,8 @@ async function handle(req) {
 function onEvent(event) {
   const text = event.text();
   if (text === 'fail') throw new Error(`failing on event ${event.id}, on purpose`);
-  if (text === 'trap') trap();
+  // Not an Error: the helper still makes a message of it.
+  if (text === 'trap') throw { thrown: 'not an Error' };
   const store = kv.open();
   const key = `events/${event.topic}`;
   store.setJson(key, (store.getJson(key) ?? 0) + 1);

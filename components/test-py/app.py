@@ -1,5 +1,7 @@
 """A test guest in Python: the helper's answers, failures and event handling.
 
+Routes (under any prefix: from the first segment that names one):
+
 - ``GET /hello`` → 200 JSON with the path, the caller's subject and a config value
 - ``GET /count`` → a counter in kv, incremented per call
 - ``GET /raise`` → an exception in the handler: the helper's 500 problem body
@@ -16,9 +18,15 @@ from microhost import HttpError, Response, Service, auth, call, config, kv
 service = Service()
 
 
+ROUTES = ("hello", "count", "raise", "trap", "call", "events")
+
+
 @service.handler
 def handle(req):
+    # Served under any route prefix: the routes are the segments from the first known one.
     segments = req.segments()
+    while segments and segments[0] not in ROUTES:
+        segments = segments[1:]
     if segments == ["hello"]:
         return Response.json(
             200, {"path": req.path, "subject": auth.subject(req), "greeting": config("greeting"), "lang": "python"}

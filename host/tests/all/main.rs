@@ -10,6 +10,7 @@ mod failures;
 mod gateway;
 mod layers;
 mod policies;
+mod polyglot;
 mod process;
 mod registry;
 mod seed;

@@ -538,3 +538,145 @@ async fn a_broken_product_service_opens_the_breaker_and_recovers() -> anyhow::Re
     host.shutdown().await;
     Ok(())
 }
+
+async fn analytics(host: &Host, token: &str) -> anyhow::Result<serde_json::Value> {
+    let r = call(
+        host,
+        http::Method::GET,
+        "/api/analytics/summary",
+        Some(token),
+        None,
+    )
+    .await?;
+    anyhow::ensure!(r.status == 200, "analytics: {} {}", r.status, r.text());
+    Ok(r.json())
+}
+
+/// The Python analytics service keeps a read model of the flow (the JavaScript
+/// notification service serves it at the same time), and replaying every topic it
+/// subscribes to from offset 0 rebuilds nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_counts_the_flow_and_a_replay_from_zero_changes_nothing() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = seed_host(dir.path(), 5_000).await?;
+    let (_, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
+    let (_, bob) = register_and_login(&host, "bob@example.com", "Bob").await?;
+    let r = call(
+        &host,
+        http::Method::GET,
+        "/api/analytics/summary",
+        None,
+        None,
+    )
+    .await?;
+    assert_eq!(r.status, 401, "protected: {}", r.text());
+
+    let lamp = create_product(&host, &ada, "Lamp", 1999, 5).await?;
+    let desk = create_product(&host, &ada, "Desk", 15000, 1).await?;
+    let mut ids = Vec::new();
+    // Confirmed (2 lamps and a desk), cancelled (a desk too many), confirmed (a lamp).
+    for (token, items) in [
+        (&ada, vec![(lamp.as_str(), 2), (desk.as_str(), 1)]),
+        (&bob, vec![(desk.as_str(), 1)]),
+        (&bob, vec![(lamp.as_str(), 1)]),
+    ] {
+        let r = order(&host, token, &items).await?;
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push((
+            token.clone(),
+            r.json()["id"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    for (token, id) in &ids {
+        assert_eventually!(
+            WAIT,
+            status_of(&host, token, id).await? != "pending",
+            "order {id} still pending"
+        );
+    }
+    let expected = serde_json::json!({
+        "orders_created": 3, "orders_confirmed": 2, "orders_cancelled": 1,
+        "orders_pending": 0, "users_registered": 2,
+        "revenue_cents": 2 * 1999 + 15000 + 1999,
+    });
+    let matches = |summary: &serde_json::Value| {
+        expected
+            .as_object()
+            .is_some_and(|e| e.iter().all(|(k, v)| summary[k] == *v))
+    };
+    assert_eventually!(
+        WAIT,
+        matches(&analytics(&host, &ada).await?),
+        "analytics never showed {expected}"
+    );
+    let summary = analytics(&host, &ada).await?;
+    let top = call(
+        &host,
+        http::Method::GET,
+        "/api/analytics/top-products?limit=10",
+        Some(&ada),
+        None,
+    )
+    .await?;
+    assert_eq!(top.status, 200, "{}", top.text());
+    assert_eq!(
+        top.json()["items"][0]["product_id"],
+        lamp.as_str(),
+        "{}",
+        top.text()
+    );
+    assert_eq!(top.json()["items"][0]["quantity"], 3, "{}", top.text());
+    assert_eq!(
+        top.json()["items"][1]["quantity"],
+        1,
+        "the cancelled desk is not counted"
+    );
+    let daily = call(
+        &host,
+        http::Method::GET,
+        "/api/analytics/daily",
+        Some(&ada),
+        None,
+    )
+    .await?;
+    assert_eq!(daily.status, 200, "{}", daily.text());
+    assert_eq!(
+        daily.json()["items"][0]["revenue_cents"],
+        expected["revenue_cents"]
+    );
+
+    // Event sourcing: every event again, from the start of each log.
+    let topics = [
+        "order.created",
+        "order.confirmed",
+        "order.cancelled",
+        "user.registered",
+    ];
+    for topic in topics {
+        let r = host
+            .admin_post(&format!(
+                "/admin/subscriptions/analytics/{topic}/replay?from=0"
+            ))
+            .await?;
+        assert_eq!(r.status, 200, "replay {topic}: {}", r.text());
+    }
+    for topic in topics {
+        let length = host.admin_get("/admin/topics").await?["topics"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["topic"] == topic))
+            .and_then(|t| t["length"].as_u64())
+            .unwrap_or(0);
+        assert!(length > 0, "{topic} is empty");
+        assert_eventually!(
+            WAIT,
+            host.running.cursor(topic, "analytics")? == length,
+            "analytics did not get through {topic} again"
+        );
+    }
+    assert_eq!(
+        analytics(&host, &ada).await?,
+        summary,
+        "a replay counted events twice"
+    );
+    Ok(())
+}
