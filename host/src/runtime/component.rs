@@ -37,6 +37,9 @@ pub(crate) enum ComponentError {
     MissingHttpHandler { exports: String },
     #[error("the component does not fit the service world: {0}")]
     WrongWorld(String),
+    /// It needs more of the instance pool than one instance gets.
+    #[error("the component is too large for the host's instance pool: {0}")]
+    TooLarge(String),
 }
 
 /// A compiled, pre-instantiated component version: cheap to clone and to instantiate.
@@ -110,6 +113,7 @@ impl Runtime {
         check_header(wasm)?;
         let sha256 = hex::encode(Sha256::digest(wasm));
         let (component, from_cache) = self.compile(wasm, &sha256)?;
+        self.check_fit(&component)?;
         let exports = check_exports(&self.engine, &component)?;
         let wrong_world = |e: wasmtime::Error| ComponentError::WrongWorld(format!("{e:#}"));
         let instance_pre = self
@@ -147,6 +151,30 @@ impl Runtime {
         })
     }
 
+    /// Refuses a component that defines more memories or tables than one instance gets
+    /// of the pool. (wasmtime itself refuses, as it loads the component, a table or a
+    /// memory larger than the pool's slots: also [`ComponentError::TooLarge`].)
+    fn check_fit(&self, component: &Component) -> Result<(), ComponentError> {
+        use super::{MEMORIES_PER_INSTANCE, TABLES_PER_INSTANCE};
+        let Some(needs) = component.resources_required() else {
+            return Ok(());
+        };
+        let too_large = |what: String| Err(ComponentError::TooLarge(what));
+        if needs.num_memories > MEMORIES_PER_INSTANCE {
+            return too_large(format!(
+                "it defines {} linear memories; an instance may have {MEMORIES_PER_INSTANCE}",
+                needs.num_memories
+            ));
+        }
+        if needs.num_tables > TABLES_PER_INSTANCE {
+            return too_large(format!(
+                "it defines {} tables; an instance may have {TABLES_PER_INSTANCE}",
+                needs.num_tables
+            ));
+        }
+        Ok(())
+    }
+
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
         let dir = self.config.cache_dir.as_ref()?;
         Some(dir.join(format!("{sha256}-{}.cwasm", self.compat_hash)))
@@ -166,8 +194,16 @@ impl Runtime {
         if let Some(path) = &cache {
             store_cached(path, &artifact);
         }
-        let component = deserialize(&self.engine, &artifact)
-            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        let component = deserialize(&self.engine, &artifact).map_err(|e| {
+            let why = format!("{e:#}");
+            // wasmtime checks a module's tables and memories against the pool's limits
+            // as it loads it.
+            if why.contains("pooling allocator") {
+                ComponentError::TooLarge(why)
+            } else {
+                ComponentError::Invalid(why)
+            }
+        })?;
         Ok((component, false))
     }
 }
@@ -252,6 +288,47 @@ fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_component_too_large_for_the_pool_is_refused_naming_the_limit() -> anyhow::Result<()> {
+        let runtime = Runtime::new(super::super::RuntimeConfig {
+            max_instances: 4,
+            max_memory_mib: 64,
+            cache_dir: None,
+        })?;
+        let cases = [
+            (
+                "(core module (table 30000 funcref))",
+                "exceeds the limit of 20000",
+            ),
+            (
+                "(core module (memory 2048)) (core module (table 1 funcref))",
+                "minimum byte size of 134217728",
+            ),
+            (
+                "(core module (table 1 funcref)) (core module (table 1 funcref)) \
+                 (core module (table 1 funcref)) (core module (table 1 funcref)) \
+                 (core module (table 1 funcref))",
+                "5 tables",
+            ),
+        ];
+        for (modules, why) in cases {
+            // Every core module instantiated, so that its resources count.
+            let count = modules.matches("(core module").count();
+            let instances: String = (0..count)
+                .map(|i| format!("(core instance (instantiate {i}))"))
+                .collect();
+            let wasm = wat::parse_str(format!("(component {modules} {instances})"))?;
+            match runtime.prepare(&wasm) {
+                Err(e @ ComponentError::TooLarge(_)) => {
+                    assert!(e.to_string().contains(why), "{why}: {e}")
+                }
+                Err(other) => panic!("{why}: {other}"),
+                Ok(_) => panic!("{why}: accepted"),
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn header_checks() {

@@ -53,6 +53,20 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The pool's share per component instance (its totals are these times
+/// `max_instances`), sized for the largest components the host is known to run:
+/// componentize-py's (one memory of 13 MiB at start, 2 tables of up to 5,884 elements,
+/// 14 core modules) and componentize-js's (one memory of 9 MiB, 2 tables of up to 7,798
+/// elements). Rust components need one memory and two small tables. A component over
+/// them is refused at deploy, naming the limit ([`component::ComponentError::TooLarge`]).
+pub(crate) const MEMORIES_PER_INSTANCE: u32 = 2;
+pub(crate) const TABLES_PER_INSTANCE: u32 = 4;
+/// Core instances, on average over the instances running at once (no per-component
+/// limit: a Python component has 14 core modules and more core instances).
+pub(crate) const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
+/// Elements of one table.
+pub(crate) const TABLE_ELEMENTS: usize = 20_000;
+
 /// The engine, the linker and the epoch ticker.
 pub(crate) struct Runtime {
     engine: Engine,
@@ -66,9 +80,12 @@ impl Runtime {
     pub(crate) fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_instances)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances * 4)
-            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * MEMORIES_PER_INSTANCE)
+            .total_tables(config.max_instances * TABLES_PER_INSTANCE)
+            .total_core_instances(config.max_instances * CORE_INSTANCES_PER_INSTANCE)
+            .max_memories_per_component(MEMORIES_PER_INSTANCE)
+            .max_tables_per_component(TABLES_PER_INSTANCE)
+            .table_elements(TABLE_ELEMENTS)
             .total_stacks(config.max_instances)
             .max_memory_size(config.max_memory_mib as usize * 1024 * 1024)
             .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
