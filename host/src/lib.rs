@@ -149,6 +149,17 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         None => generate_admin_token(&config.data_dir)?,
     };
 
+    // Bound first: guests' outside calls must know the host's own addresses (even the
+    // health checks while the services load), and never reach them.
+    let gateway_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("failed to listen on {} (admin)", config.admin_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
     let storage: Arc<dyn store::Storage> = Arc::new(store::SledStorage::open(&config.data_dir)?);
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
         max_instances: config.max_instances,
@@ -159,6 +170,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
                 .clone()
                 .unwrap_or_else(|| config.data_dir.join("cache")),
         ),
+        egress: Arc::new(capability::Egress::new(&[gateway_addr, admin_addr])),
     })?);
     let auth_spec = &config.manifest.auth;
     let auth = Arc::new(
@@ -188,14 +200,6 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
         None => None,
     };
-    let gateway_listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("failed to listen on {} (admin)", config.admin_listen))?;
-    let gateway_addr = gateway_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown, stop) = watch::channel(false);
     let gateway = Arc::new(gateway::Gateway::new(

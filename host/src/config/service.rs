@@ -349,21 +349,13 @@ impl ServiceSpec {
             }
         }
         for entry in &self.allowed_hosts {
-            let (host, port) = match entry.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (entry.as_str(), None),
-            };
-            let bad_port = port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0));
-            if host.is_empty()
-                || host.contains(['/', ' ', ':', '@'])
-                || host.ends_with(".internal")
-                || bad_port
-            {
+            if !valid_host_entry(entry) {
                 return Err(FieldError::new(
                     "allowed_hosts",
                     format!(
-                        "{entry:?} must be a host name, optionally with a port (`host` for ports \
-                         80 and 443, `host:port` for another); services are named in `calls`"
+                        "{entry:?} must be a host name or IP address, optionally with a port \
+                         (`host` for ports 80 and 443, `host:port` for another, `[v6]:port` \
+                         for an IPv6 address); services are named in `calls`"
                     ),
                 ));
             }
@@ -374,6 +366,33 @@ impl ServiceSpec {
         self.policy.validate()?;
         self.limits.validate()
     }
+}
+
+/// An `allowed_hosts` entry: `host`, `host:port`, `[v6]` or `[v6]:port`, with a port
+/// from 1 to 65535 and never a `.internal` name (services are named in `calls`).
+fn valid_host_entry(entry: &str) -> bool {
+    let (host, port) = match entry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => {
+                match port.strip_prefix(':') {
+                    Some(port) => (v6, Some(port)),
+                    None if port.is_empty() => (v6, None),
+                    None => return false,
+                }
+            }
+            _ => return false,
+        },
+        None => match entry.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (entry, None),
+        },
+    };
+    let good_port = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    let v6 = entry.starts_with('[');
+    good_port
+        && !host.is_empty()
+        && (v6 || !host.contains(['/', ' ', ':', '@', '[', ']']))
+        && !host.ends_with(".internal")
 }
 
 fn check_route(route: &str) -> Result<(), String> {
@@ -492,7 +511,12 @@ mod tests {
     fn allowed_hosts_name_a_host_and_optionally_a_port() {
         let with = |hosts: &str| parse(&format!("{GOOD}allowed_hosts = {hosts}\n"));
         assert!(with(r#"["api.example.com", "db.example.com:5432"]"#).is_ok());
+        assert!(with(r#"["10.0.0.7:8080", "[::1]", "[fd00::7]:8080"]"#).is_ok());
         for bad in [
+            r#"["::1"]"#,
+            r#"["[::1"]"#,
+            r#"["[::1]8080"]"#,
+            r#"["[not-v6]:80"]"#,
             r#"["a:0"]"#,
             r#"["a:http"]"#,
             r#"["a/b"]"#,

@@ -102,7 +102,8 @@ impl Runtime {
         grants: &ServiceGrants,
         request: &RequestContext,
     ) -> Store<InvocationState> {
-        let mut store = Store::new(&self.engine, InvocationState::new(grants, request));
+        let state = InvocationState::new(grants, request, &self.config.egress);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.granted.limiter);
         arm_deadline(&mut store, grants.timeout());
         store
@@ -110,8 +111,13 @@ impl Runtime {
 
     /// Prepares a warm instance's store for another request: this request's grants,
     /// identity, trace context, an empty unit of work and a new deadline.
-    fn renew(store: &mut Store<InvocationState>, grants: &ServiceGrants, request: &RequestContext) {
-        store.data_mut().renew(grants, request);
+    fn renew(
+        &self,
+        store: &mut Store<InvocationState>,
+        grants: &ServiceGrants,
+        request: &RequestContext,
+    ) {
+        store.data_mut().renew(grants, request, &self.config.egress);
         arm_deadline(store, grants.timeout());
     }
 
@@ -140,7 +146,7 @@ impl Runtime {
         // A warm instance when the service allows reuse and one is idle; else a fresh one.
         let (store, warm) = match prepared.warm.take().filter(|_| reuse > 1) {
             Some(mut warm) => {
-                Self::renew(&mut warm.store, grants, cx);
+                self.renew(&mut warm.store, grants, cx);
                 (warm.store, Some((warm.proxy, warm.served)))
             }
             None => (self.new_store(grants, cx), None),

@@ -1,8 +1,12 @@
 //! Outgoing HTTP (`wasi:http/outgoing-handler`): calls to `http://<service>.internal/...`
 //! are served in-process through a [`ServiceCaller`] (the dispatcher, with its circuit
 //! breakers), carrying the caller's identity; calls to outside hosts go out only to the
-//! hosts the manifest allows; everything else is refused with `HTTP-request-denied`,
+//! hosts the manifest allows, and only to the addresses [`egress`] lets them resolve
+//! to; everything else is refused with `HTTP-request-denied` (not granted) or
+//! `destination-IP-prohibited` (granted, but an internal address or the host itself),
 //! which the guest sees as an error, not a trap.
+
+pub(crate) mod egress;
 
 use super::RequestContext;
 use crate::auth::Identity;
@@ -12,6 +16,7 @@ use crate::headers::{
     SUBJECT_HEADER, TRACEPARENT_HEADER,
 };
 use bytes::Bytes;
+pub(crate) use egress::Egress;
 use http_body_util::{BodyExt, Full};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -90,9 +95,11 @@ impl HttpGrant {
         }
     }
 
-    /// What one invocation serving `request` may call, and as whom.
-    pub(crate) fn outgoing(&self, request: &RequestContext) -> Outgoing {
+    /// What one invocation serving `request` may call, and as whom; `egress` says where
+    /// its outside calls may connect.
+    pub(crate) fn outgoing(&self, request: &RequestContext, egress: &Arc<Egress>) -> Outgoing {
         Outgoing {
+            egress: egress.clone(),
             grant: self.clone(),
             caller: request.caller.clone(),
             identity: request.identity.clone(),
@@ -106,6 +113,8 @@ impl HttpGrant {
 /// What one invocation may call, and as whom.
 pub(crate) struct Outgoing {
     grant: HttpGrant,
+    /// Where outside calls may connect (never the host's own listeners).
+    egress: Arc<Egress>,
     /// Who serves its calls to services (the dispatcher).
     caller: Option<Arc<dyn ServiceCaller>>,
     /// The verified identity of the request being served, passed on.
@@ -146,6 +155,92 @@ fn done() -> Box<dyn Future<Output = Result<(), HttpError>> + Send> {
     Box::new(async { Ok(()) })
 }
 
+impl Outgoing {
+    /// A call to another service, served in-process by the dispatcher. The request body
+    /// is read whole (up to [`MAX_CALL_BODY`]), as is the answer.
+    fn call_service(
+        &self,
+        target: String,
+        request: http::Request<WasiBody>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let allowed = self.grant.services.contains(&target);
+        let (Some(caller), true) = (self.caller.clone(), allowed) else {
+            tracing::warn!(service = %self.grant.service, target, "call to a service not in `calls` refused");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        };
+        if self.hops >= MAX_HOPS {
+            return Box::new(async { Err(HttpError::LoopDetected) });
+        }
+        let service = self.grant.service.clone();
+        let identity = self.identity.clone();
+        let hops = self.hops + 1;
+        Box::new(async move {
+            let (mut parts, body) = request.into_parts();
+            let body = crate::body::collect(body, MAX_CALL_BODY)
+                .await
+                .map_err(|_| HttpError::HttpRequestBodySize(None))?;
+            strip_identity_headers(&mut parts.headers);
+            if let Ok(v) = http::HeaderValue::from_str(&service) {
+                parts.headers.insert(CALLER_HEADER, v);
+            }
+            parts
+                .headers
+                .insert(HOPS_HEADER, http::HeaderValue::from(hops));
+            if let Some(identity) = &identity {
+                set_identity_headers(&mut parts.headers, identity);
+            }
+            let response = caller
+                .call(target, http::Request::from_parts(parts, body))
+                .await;
+            let response = response.map(|b| {
+                Full::new(b)
+                    .map_err(|never: std::convert::Infallible| match never {})
+                    .boxed_unsync()
+            });
+            Ok((response, done()))
+        })
+    }
+
+    /// A call to an outside host: granted by `allowed_hosts`, connected only to the
+    /// addresses [`Egress`] permits.
+    fn call_host(
+        &self,
+        host: String,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let tls = request.uri().scheme_str() == Some("https");
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(if tls { 443 } else { 80 });
+        // A bare host name grants the web's ports only: no other service on that host
+        // (the admin listener on loopback, a database) is reachable by name alone.
+        let granted = (matches!(port, 80 | 443) && self.grant.hosts.contains(&host))
+            || self.grant.hosts.contains(&format!("{host}:{port}"));
+        if !granted {
+            tracing::warn!(service = %self.grant.service, host, port, "outgoing request to a host and port not in `allowed_hosts` refused");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let service = self.grant.service.clone();
+        let egress = self.egress.clone();
+        Box::new(async move {
+            let lookup_timeout = options
+                .and_then(|o| o.connect_timeout)
+                .unwrap_or(egress::DEFAULT_TIMEOUT);
+            let addrs = egress
+                .resolve(&host, port, lookup_timeout)
+                .await
+                .map_err(|refused| {
+                    tracing::warn!(service = %service, host, port, %refused, "outgoing request refused");
+                    refused.code()
+                })?;
+            let (response, io) = egress.send(&addrs, &host, tls, request, options).await?;
+            Ok((response, io))
+        })
+    }
+}
+
 impl WasiHttpHooks for Outgoing {
     fn send_request(
         &mut self,
@@ -159,67 +254,10 @@ impl WasiHttpHooks for Outgoing {
             .host()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        if let Some(target) = host.strip_suffix(INTERNAL_SUFFIX) {
-            let target = target.to_string();
-            let allowed = self.grant.services.contains(&target);
-            let (Some(caller), true) = (self.caller.clone(), allowed) else {
-                tracing::warn!(service = %self.grant.service, target, "call to a service not in `calls` refused");
-                return Box::new(async { Err(HttpError::HttpRequestDenied) });
-            };
-            if self.hops >= MAX_HOPS {
-                return Box::new(async { Err(HttpError::LoopDetected) });
-            }
-            let service = self.grant.service.clone();
-            let identity = self.identity.clone();
-            let hops = self.hops + 1;
-            return Box::new(async move {
-                let (mut parts, body) = request.into_parts();
-                let body = crate::body::collect(body, MAX_CALL_BODY)
-                    .await
-                    .map_err(|_| HttpError::HttpRequestBodySize(None))?;
-                strip_identity_headers(&mut parts.headers);
-                if let Ok(v) = http::HeaderValue::from_str(&service) {
-                    parts.headers.insert(CALLER_HEADER, v);
-                }
-                parts
-                    .headers
-                    .insert(HOPS_HEADER, http::HeaderValue::from(hops));
-                if let Some(identity) = &identity {
-                    set_identity_headers(&mut parts.headers, identity);
-                }
-                let response = caller
-                    .call(target, http::Request::from_parts(parts, body))
-                    .await;
-                let response = response.map(|b| {
-                    Full::new(b)
-                        .map_err(|never: std::convert::Infallible| match never {})
-                        .boxed_unsync()
-                });
-                Ok((response, done()))
-            });
+        match host.strip_suffix(INTERNAL_SUFFIX) {
+            Some(target) => self.call_service(target.to_string(), request),
+            None => self.call_host(host, request, options),
         }
-        let port = request
-            .uri()
-            .port_u16()
-            .unwrap_or(match request.uri().scheme_str() {
-                Some("https") => 443,
-                _ => 80,
-            });
-        // A bare host name grants the web's ports only: no other service on that host
-        // (the admin listener on loopback, a database) is reachable by name alone.
-        let granted = (matches!(port, 80 | 443) && self.grant.hosts.contains(&host))
-            || self.grant.hosts.contains(&format!("{host}:{port}"));
-        if !granted {
-            tracing::warn!(service = %self.grant.service, host, port, "outgoing request to a host and port not in `allowed_hosts` refused");
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
-        Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
-        })
     }
 }
 
@@ -272,17 +310,20 @@ mod tests {
             r#"calls = ["user"]
 allowed_hosts = ["api.example.com"]"#,
         ));
-        grant.outgoing(&RequestContext {
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            request_id: Some("req-1".into()),
-            identity: Some(Identity {
-                subject: "ada".into(),
-                claims: serde_json::Map::new(),
-            }),
-            hops,
-            caller: Some(recorder.clone() as Arc<dyn ServiceCaller>),
-            ..RequestContext::new("v1")
-        })
+        grant.outgoing(
+            &RequestContext {
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+                request_id: Some("req-1".into()),
+                identity: Some(Identity {
+                    subject: "ada".into(),
+                    claims: serde_json::Map::new(),
+                }),
+                hops,
+                caller: Some(recorder.clone() as Arc<dyn ServiceCaller>),
+                ..RequestContext::new("v1")
+            },
+            &Arc::new(Egress::default()),
+        )
     }
 
     #[tokio::test]
@@ -365,6 +406,68 @@ allowed_hosts = ["api.example.com"]"#,
             Err(HttpError::LoopDetected)
         ));
         assert!(recorder.0.lock().is_empty());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod refusals {
+    use super::super::test_spec::spec;
+    use super::*;
+
+    /// Stands in for the dispatcher: answers every call with a body of `.0` bytes.
+    struct Answers(usize);
+
+    impl ServiceCaller for Answers {
+        fn call(&self, _: String, _: http::Request<Bytes>) -> BoxFuture<http::Response<Bytes>> {
+            let body = Bytes::from(vec![b'x'; self.0]);
+            Box::pin(async move { http::Response::new(body) })
+        }
+    }
+
+    fn outgoing(manifest: &str, answer: usize, egress: Egress) -> Outgoing {
+        HttpGrant::new(&spec(manifest)).outgoing(
+            &RequestContext {
+                caller: Some(Arc::new(Answers(answer)) as Arc<dyn ServiceCaller>),
+                ..RequestContext::new("v1")
+            },
+            &Arc::new(egress),
+        )
+    }
+
+    async fn send(outgoing: &mut Outgoing, uri: &str, body: usize) -> Result<usize, HttpError> {
+        let mut request = http::Request::new(
+            Full::new(Bytes::from(vec![b'x'; body]))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *request.uri_mut() = uri.parse().expect("a valid test uri");
+        let sent = outgoing.send_request(request, None, done());
+        let (response, _io) = Box::into_pin(sent).await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(body.len())
+    }
+
+    #[tokio::test]
+    async fn a_granted_name_never_leads_inside_nor_to_the_host() -> anyhow::Result<()> {
+        let admin: std::net::SocketAddr = "127.0.0.1:3100".parse()?;
+        let manifest = r#"allowed_hosts = ["localhost:8080", "localhost:3100", "127.0.0.1:3100"]"#;
+        let mut calls = outgoing(manifest, 0, Egress::new(&[admin]));
+        for uri in [
+            // `localhost` resolves to loopback: not reached by name.
+            "http://localhost:8080/",
+            "http://localhost:3100/admin/services",
+            // The admin listener: not even by its IP literal.
+            "http://127.0.0.1:3100/admin/services",
+        ] {
+            assert!(
+                matches!(
+                    send(&mut calls, uri, 0).await,
+                    Err(HttpError::DestinationIpProhibited)
+                ),
+                "{uri}"
+            );
+        }
         Ok(())
     }
 }
