@@ -145,8 +145,11 @@ impl InvocationState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        // Every handle a guest holds is host memory its own memory limit does not see.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(grants.limits.resources as usize);
         InvocationState {
-            table: ResourceTable::new(),
+            table,
             wasi,
             http_ctx: WasiHttpCtx::new(),
             granted: Granted::new(grants, request, egress),

@@ -289,6 +289,16 @@ pub struct Limits {
     pub write_kib: u64,
     /// Bytes of event payloads one invocation may publish, in KiB (held until commit).
     pub event_kib: u64,
+    /// Bytes one invocation may send over outgoing HTTP (request headers and bodies of
+    /// all its calls, to services and hosts), in KiB.
+    pub http_send_kib: u64,
+    /// Bytes one invocation may receive over outgoing HTTP (response headers and
+    /// bodies of all its calls), in KiB.
+    pub http_receive_kib: u64,
+    /// Host resources one instance may hold open at once (handles in its wasmtime
+    /// `ResourceTable`: streams, header maps, requests, responses, buckets, ...); each
+    /// is host memory the guest's own limit does not count.
+    pub resources: u32,
 }
 
 impl Default for Limits {
@@ -301,6 +311,9 @@ impl Default for Limits {
             writes: 10_000,
             write_kib: 16 * 1024,
             event_kib: 16 * 1024,
+            http_send_kib: 16 * 1024,
+            http_receive_kib: 16 * 1024,
+            resources: 1000,
         }
     }
 }
@@ -312,6 +325,14 @@ impl Limits {
 
     pub fn event_bytes(&self) -> usize {
         usize::try_from(self.event_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    pub fn http_send_bytes(&self) -> usize {
+        usize::try_from(self.http_send_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    pub fn http_receive_bytes(&self) -> usize {
+        usize::try_from(self.http_receive_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
     }
 }
 
@@ -484,7 +505,15 @@ impl Limits {
         .map_err(|e| e.note("1 is a fresh instance per request"))?;
         in_range("limits.writes", self.writes, 1..=1_000_000)?;
         in_range("limits.write_kib", self.write_kib, 1..=1024 * 1024)?;
-        in_range("limits.event_kib", self.event_kib, 1..=1024 * 1024)
+        in_range("limits.event_kib", self.event_kib, 1..=1024 * 1024)?;
+        in_range("limits.http_send_kib", self.http_send_kib, 1..=1024 * 1024)?;
+        in_range(
+            "limits.http_receive_kib",
+            self.http_receive_kib,
+            1..=1024 * 1024,
+        )?;
+        in_range("limits.resources", self.resources, 16..=1_000_000)
+            .map_err(|e| e.note("an instance needs a few for its own request"))
     }
 }
 
@@ -601,6 +630,21 @@ mod tests {
                 "limits = { max_body_kib = 2000000 }",
                 "limits.max_body_kib",
                 "at most 1048576, got 2000000",
+            ),
+            (
+                "limits = { http_send_kib = 0 }",
+                "limits.http_send_kib",
+                "from 1 to 1048576, got 0",
+            ),
+            (
+                "limits = { http_receive_kib = 2000000 }",
+                "limits.http_receive_kib",
+                "from 1 to 1048576, got 2000000",
+            ),
+            (
+                "limits = { resources = 8 }",
+                "limits.resources",
+                "from 16 to 1000000, got 8 (an instance needs",
             ),
             (
                 "limits = { instance_reuse = 0 }",

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use std::future::Future;
 use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::Proxy;
@@ -374,6 +375,19 @@ fn check_guest<T>(
     }
     if store.data().granted.limiter.hit {
         return Err(InvokeError::MemoryLimit(grants.memory_bytes()));
+    }
+    // The WASI constructors that ran into the resource table's cap have no error case
+    // to report it in: they trap, and the trap is told for what it is.
+    if e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    }) {
+        return Err(InvokeError::Trap(format!(
+            "the service held more than {} host resources open at once (its `limits.resources`)",
+            grants.limits.resources
+        )));
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         return Err(InvokeError::Trap(trap.to_string()));

@@ -5,6 +5,7 @@
 //! entry must name such an address as an IP literal), and no entry, IP literal
 //! included, reaches the host's own listeners (gateway and admin).
 
+use super::budget::{Direction, HttpBudget, Metered};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -160,6 +161,7 @@ impl Egress {
     /// Sends `request` over a new HTTP/1.1 connection to the first of `addrs` that
     /// answers (TLS with `host` as the server name when `tls`), as
     /// `wasmtime_wasi_http::default_send_request` does for a name it resolves itself.
+    /// The response body counts against `budget` as the guest reads it.
     pub(crate) async fn send(
         &self,
         addrs: &[SocketAddr],
@@ -167,6 +169,7 @@ impl Egress {
         tls: bool,
         mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
+        budget: Arc<HttpBudget>,
     ) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
@@ -256,7 +259,9 @@ impl Egress {
                 None => Ok(()),
             }
         });
-        Ok((response.map(BodyExt::boxed_unsync), io))
+        let response =
+            response.map(|body| Metered::new(body, budget, Direction::Receive).boxed_unsync());
+        Ok((response, io))
     }
 }
 

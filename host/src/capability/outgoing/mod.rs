@@ -4,8 +4,10 @@
 //! hosts the manifest allows, and only to the addresses [`egress`] lets them resolve
 //! to; everything else is refused with `HTTP-request-denied` (not granted) or
 //! `destination-IP-prohibited` (granted, but an internal address or the host itself),
-//! which the guest sees as an error, not a trap.
+//! which the guest sees as an error, not a trap. Everything an invocation sends and
+//! receives counts against its [`budget`].
 
+pub(crate) mod budget;
 pub(crate) mod egress;
 
 use super::RequestContext;
@@ -15,6 +17,7 @@ use crate::headers::{
     CALLER_HEADER, CLAIMS_HEADER, HOPS_HEADER, HOST_HEADER_PREFIX, REQUEST_ID_HEADER,
     SUBJECT_HEADER, TRACEPARENT_HEADER,
 };
+use budget::{Direction, HttpBudget, Metered, header_bytes};
 use bytes::Bytes;
 pub(crate) use egress::Egress;
 use http_body_util::{BodyExt, Full};
@@ -79,6 +82,10 @@ pub(crate) struct HttpGrant {
     services: Arc<BTreeSet<String>>,
     /// Outside hosts it may call (manifest `allowed_hosts`).
     hosts: Arc<BTreeSet<String>>,
+    /// Bytes one invocation may send and receive (`limits.http_send_kib`,
+    /// `limits.http_receive_kib`).
+    max_sent: usize,
+    max_received: usize,
 }
 
 impl HttpGrant {
@@ -92,6 +99,8 @@ impl HttpGrant {
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
             ),
+            max_sent: spec.limits.http_send_bytes(),
+            max_received: spec.limits.http_receive_bytes(),
         }
     }
 
@@ -99,6 +108,11 @@ impl HttpGrant {
     /// its outside calls may connect.
     pub(crate) fn outgoing(&self, request: &RequestContext, egress: &Arc<Egress>) -> Outgoing {
         Outgoing {
+            budget: Arc::new(HttpBudget::new(
+                &self.service,
+                self.max_sent,
+                self.max_received,
+            )),
             egress: egress.clone(),
             grant: self.clone(),
             caller: request.caller.clone(),
@@ -115,6 +129,8 @@ pub(crate) struct Outgoing {
     grant: HttpGrant,
     /// Where outside calls may connect (never the host's own listeners).
     egress: Arc<Egress>,
+    /// What the invocation has sent and received so far, and may.
+    budget: Arc<HttpBudget>,
     /// Who serves its calls to services (the dispatcher).
     caller: Option<Arc<dyn ServiceCaller>>,
     /// The verified identity of the request being served, passed on.
@@ -155,9 +171,17 @@ fn done() -> Box<dyn Future<Output = Result<(), HttpError>> + Send> {
     Box::new(async { Ok(()) })
 }
 
+/// The declared `content-length` of a message, if any.
+fn content_length(headers: &http::HeaderMap) -> Option<usize> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 impl Outgoing {
     /// A call to another service, served in-process by the dispatcher. The request body
-    /// is read whole (up to [`MAX_CALL_BODY`]), as is the answer.
+    /// is read whole (within the budget and [`MAX_CALL_BODY`]), as is the answer.
     fn call_service(
         &self,
         target: String,
@@ -174,11 +198,18 @@ impl Outgoing {
         let service = self.grant.service.clone();
         let identity = self.identity.clone();
         let hops = self.hops + 1;
+        let budget = self.budget.clone();
         Box::new(async move {
             let (mut parts, body) = request.into_parts();
-            let body = crate::body::collect(body, MAX_CALL_BODY)
-                .await
-                .map_err(|_| HttpError::HttpRequestBodySize(None))?;
+            let remaining = budget.remaining(Direction::Send);
+            let body = match crate::body::collect(body, remaining.min(MAX_CALL_BODY)).await {
+                Ok(body) => body,
+                Err(crate::body::BodyError::TooLarge(_)) if remaining < MAX_CALL_BODY => {
+                    return Err(budget.exhaust(Direction::Send));
+                }
+                Err(_) => return Err(HttpError::HttpRequestBodySize(None)),
+            };
+            budget.spend(Direction::Send, header_bytes(&parts.headers) + body.len())?;
             strip_identity_headers(&mut parts.headers);
             if let Ok(v) = http::HeaderValue::from_str(&service) {
                 parts.headers.insert(CALLER_HEADER, v);
@@ -192,6 +223,10 @@ impl Outgoing {
             let response = caller
                 .call(target, http::Request::from_parts(parts, body))
                 .await;
+            budget.spend(
+                Direction::Receive,
+                header_bytes(response.headers()) + response.body().len(),
+            )?;
             let response = response.map(|b| {
                 Full::new(b)
                     .map_err(|never: std::convert::Infallible| match never {})
@@ -202,7 +237,7 @@ impl Outgoing {
     }
 
     /// A call to an outside host: granted by `allowed_hosts`, connected only to the
-    /// addresses [`Egress`] permits.
+    /// addresses [`Egress`] permits, its bodies metered against the budget as they pass.
     fn call_host(
         &self,
         host: String,
@@ -224,7 +259,14 @@ impl Outgoing {
         }
         let service = self.grant.service.clone();
         let egress = self.egress.clone();
+        let budget = self.budget.clone();
         Box::new(async move {
+            budget.spend(Direction::Send, header_bytes(request.headers()))?;
+            if content_length(request.headers())
+                .is_some_and(|n| n > budget.remaining(Direction::Send))
+            {
+                return Err(budget.exhaust(Direction::Send));
+            }
             let lookup_timeout = options
                 .and_then(|o| o.connect_timeout)
                 .unwrap_or(egress::DEFAULT_TIMEOUT);
@@ -235,7 +277,25 @@ impl Outgoing {
                     tracing::warn!(service = %service, host, port, %refused, "outgoing request refused");
                     refused.code()
                 })?;
-            let (response, io) = egress.send(&addrs, &host, tls, request, options).await?;
+            let request = request
+                .map(|body| Metered::new(body, budget.clone(), Direction::Send).boxed_unsync());
+            let (response, io) = egress
+                .send(&addrs, &host, tls, request, options, budget.clone())
+                .await
+                // A request body cut off by the budget fails the exchange; say why.
+                .map_err(|e| {
+                    if budget.overrun(Direction::Send) {
+                        budget.error(Direction::Send)
+                    } else {
+                        e
+                    }
+                })?;
+            budget.spend(Direction::Receive, header_bytes(response.headers()))?;
+            if content_length(response.headers())
+                .is_some_and(|n| n > budget.remaining(Direction::Receive))
+            {
+                return Err(budget.exhaust(Direction::Receive));
+            }
             Ok((response, io))
         })
     }
@@ -446,6 +506,27 @@ mod refusals {
         let (response, _io) = Box::into_pin(sent).await?;
         let body = response.into_body().collect().await?.to_bytes();
         Ok(body.len())
+    }
+
+    #[tokio::test]
+    async fn an_invocation_sends_and_receives_within_its_budget() -> anyhow::Result<()> {
+        let manifest = "calls = [\"user\"]\nlimits = { http_send_kib = 4, http_receive_kib = 4 }";
+        let mut calls = outgoing(manifest, 1024, Egress::default());
+        // Three calls of 1 KiB each way fit; a body of 2 KiB more does not.
+        for _ in 0..3 {
+            assert_eq!(send(&mut calls, "http://user.internal/", 1024).await?, 1024);
+        }
+        assert!(matches!(
+            send(&mut calls, "http://user.internal/", 2048).await,
+            Err(HttpError::HttpRequestBodySize(Some(4096)))
+        ));
+        // The answers count too: one of 8 KiB is over the receive budget at once.
+        let mut calls = outgoing(manifest, 8 * 1024, Egress::default());
+        assert!(matches!(
+            send(&mut calls, "http://user.internal/", 0).await,
+            Err(HttpError::HttpResponseBodySize(Some(4096)))
+        ));
+        Ok(())
     }
 
     #[tokio::test]
