@@ -207,8 +207,13 @@ impl Resp {
     }
 }
 
+/// A client that never reuses a connection idle for half a second: the test hosts
+/// close idle keep-alive connections after their one-second header-read timeout, and a
+/// request sent on one just as it closes fails.
 pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_millis(500))
+        .build_http()
 }
 
 impl Host {
