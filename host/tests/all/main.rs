@@ -7,6 +7,7 @@ mod deploy;
 mod edge;
 mod failures;
 mod gateway;
+mod hog;
 mod layers;
 mod policies;
 mod process;
