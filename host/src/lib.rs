@@ -154,6 +154,15 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         None => generate_admin_token(&config.data_dir)?,
     };
 
+    // Bound first: guests' outside calls must know the host's own addresses (even the
+    // health checks while the services load), and never reach them.
+    let gateway_listener = gateway::server::listen(config.listen)
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let admin_listener = gateway::server::listen(config.admin_listen)
+        .with_context(|| format!("failed to listen on {} (admin)", config.admin_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
     let storage = Arc::new(store::Storage::new(backend));
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
         max_instances: config.max_instances,
@@ -164,6 +173,7 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
                 .clone()
                 .unwrap_or_else(|| config.data_dir.join("cache")),
         ),
+        egress: Arc::new(capability::Egress::new(&[gateway_addr, admin_addr])),
     })?);
     let auth_spec = &config.manifest.auth;
     let auth = Arc::new(
@@ -194,12 +204,6 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
         None => None,
     };
-    let gateway_listener = gateway::server::listen(config.listen)
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let admin_listener = gateway::server::listen(config.admin_listen)
-        .with_context(|| format!("failed to listen on {} (admin)", config.admin_listen))?;
-    let gateway_addr = gateway_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown, stop) = watch::channel(false);
     let gateway = Arc::new(gateway::Gateway::new(

@@ -194,16 +194,23 @@ impl Request {
         let outgoing = request.body().expect("a new request's body is taken once");
         let future = outgoing_handler::handle(request, None)
             .map_err(|e| unavailable(format!("request refused: {e:?}")))?;
-        {
+        let written = {
             let stream = outgoing.write().expect("a new body's stream is taken once");
-            if let Some(body) = &self.body {
-                // `blocking-write-and-flush` accepts at most 4096 bytes per call.
-                for chunk in body.chunks(4096) {
-                    stream.blocking_write_and_flush(chunk).map_err(|e| {
-                        unavailable(format!("writing the request body failed: {e:?}"))
-                    })?;
-                }
-            }
+            // `blocking-write-and-flush` accepts at most 4096 bytes per call.
+            self.body
+                .iter()
+                .flat_map(|body| body.chunks(4096))
+                .try_for_each(|chunk| stream.blocking_write_and_flush(chunk))
+        };
+        if let Err(e) = written {
+            // The host may have refused the request while it was being written (a body
+            // over the caller's budget): its answer says why, better than the stream.
+            drop(outgoing);
+            future.subscribe().block();
+            return Err(match future.get() {
+                Some(Ok(Err(code))) => unavailable(format!("request failed: {code:?}")),
+                _ => unavailable(format!("writing the request body failed: {e:?}")),
+            });
         }
         OutgoingBody::finish(outgoing, None)
             .map_err(|e| unavailable(format!("finishing the request failed: {e:?}")))?;

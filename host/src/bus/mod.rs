@@ -57,9 +57,10 @@ struct Attempts {
     attempts: u32,
 }
 
-/// The name under which a subscription's dead letters are shown.
+/// The dead-letter topic of `service`'s subscription to `topic`: where its dead letters
+/// are shown, and a topic like any other that a service may subscribe to.
 pub(crate) fn dead_letter_topic(topic: &str, service: &str) -> String {
-    format!("{topic}.dlq.{service}")
+    crate::config::Topic::dead_letters(topic, service)
 }
 
 impl Bus {
@@ -204,7 +205,10 @@ impl Bus {
     }
 
     /// Moves `item` to the subscription's dead-letter topic and acknowledges it, in one
-    /// atomic, durable step; delivery goes on with the next item.
+    /// atomic, durable step; delivery goes on with the next item. The dead letter is
+    /// kept for the admin API (with why it failed, for redrive) and appended to the
+    /// log of the dead-letter topic, so a subscriber to that topic receives the event
+    /// (same id, source, key and data; its topic is the dead-letter topic).
     pub(crate) async fn dead_letter(
         &self,
         item: &Item,
@@ -222,15 +226,28 @@ impl Bus {
         };
         let value = serde_json::to_vec(&letter).map_err(|e| StoreError::Backend(e.to_string()))?;
         let prefix = keys::dead_prefix(topic, service);
+        // A name too long to be a topic (a dead-letter topic's own, many levels down)
+        // cannot be subscribed to: such a letter is kept for the admin API only.
+        let dead_topic = crate::config::Topic::try_from(dead_letter_topic(topic, service)).ok();
         self.storage.transact(&mut |view| {
             let mut batch = Batch::default();
             item.ack.apply(view, &mut batch)?;
             let seq = view.next_seq(&prefix, 0)?;
             batch.put(keys::seq(&prefix, seq), value.clone());
+            if let Some(dead_topic) = &dead_topic {
+                let mut event = item.event.clone();
+                event.topic = dead_topic.to_string();
+                event.offset = unit::next_offset(view, dead_topic)?;
+                batch.put(keys::log(dead_topic, event.offset), event.encode());
+            }
             Ok(batch)
         })?;
         self.storage.durable().await?;
         self.metrics.dead_lettered(topic, service);
+        if let Some(dead_topic) = &dead_topic {
+            self.metrics.published(dead_topic);
+            self.wake(dead_topic);
+        }
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod kv;
 pub(crate) mod outgoing;
 mod state;
 
+pub(crate) use outgoing::Egress;
 pub(crate) use state::{InvocationState, RequestContext, ServiceGrants};
 use wasmtime::component::Linker;
 

@@ -6,7 +6,7 @@
 use super::auth::AuthGrant;
 use super::events::{EventsGrant, Publisher};
 use super::kv::KvGrant;
-use super::outgoing::{HttpGrant, Outgoing, ServiceCaller};
+use super::outgoing::{Egress, HttpGrant, Outgoing, ServiceCaller};
 use crate::auth::{Auth, Identity};
 use crate::bus::unit::UnitOfWork;
 use crate::config::{Limits, ServiceSpec};
@@ -106,12 +106,12 @@ pub(crate) struct Granted {
 }
 
 impl Granted {
-    fn new(grants: &ServiceGrants, request: &RequestContext) -> Granted {
+    fn new(grants: &ServiceGrants, request: &RequestContext, egress: &Arc<Egress>) -> Granted {
         Granted {
             kv: grants.kv.clone(),
             events: grants.events.publisher(request),
             auth: grants.auth.clone(),
-            http: grants.http.outgoing(request),
+            http: grants.http.outgoing(request, egress),
             config: grants.config.clone(),
             unit: UnitOfWork::new(&grants.service),
             limiter: MemoryLimiter {
@@ -123,7 +123,13 @@ impl Granted {
 }
 
 impl InvocationState {
-    pub(crate) fn new(grants: &ServiceGrants, request: &RequestContext) -> Self {
+    /// The state of a new instance of the service of `grants` serving `request`; its
+    /// outside calls connect where `egress` permits.
+    pub(crate) fn new(
+        grants: &ServiceGrants,
+        request: &RequestContext,
+        egress: &Arc<Egress>,
+    ) -> Self {
         // No environment, arguments, preopened directories or network: a guest gets only
         // what its manifest grants (outgoing HTTP goes through `Outgoing`, never a
         // socket of its own). Its stdout/stderr go to the host's. The socket denials are
@@ -135,18 +141,26 @@ impl InvocationState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        // Every handle a guest holds is host memory its own memory limit does not see.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(grants.limits.resources as usize);
         InvocationState {
-            table: ResourceTable::new(),
+            table,
             wasi,
             http_ctx: WasiHttpCtx::new(),
-            granted: Granted::new(grants, request),
+            granted: Granted::new(grants, request, egress),
         }
     }
 
     /// Gives a warm instance's state to the next request: its grants and identity, an
     /// empty unit of work, the memory limiter reset. The WASI contexts stay.
-    pub(crate) fn renew(&mut self, grants: &ServiceGrants, request: &RequestContext) {
-        self.granted = Granted::new(grants, request);
+    pub(crate) fn renew(
+        &mut self,
+        grants: &ServiceGrants,
+        request: &RequestContext,
+        egress: &Arc<Egress>,
+    ) {
+        self.granted = Granted::new(grants, request, egress);
     }
 
     /// The invocation's effects, leaving an empty unit of work behind.

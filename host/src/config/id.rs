@@ -132,17 +132,28 @@ checked_string!(
 );
 
 checked_string!(
-    /// An event topic: 1 to 128 of `a-z 0-9 . _ -`, starting with a letter or digit.
+    /// An event topic: 1 to 255 of `a-z 0-9 . _ -`, starting with a letter or digit
+    /// (long enough for the dead-letter topic of any subscription, see
+    /// [`Topic::dead_letters`]).
     Topic,
     |topic| {
-        topic.len() <= 128
+        topic.len() <= 255
             && topic.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && topic
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
     },
-    "topic: use 1 to 128 lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
+    "topic: use 1 to 255 lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
 );
+
+impl Topic {
+    /// The dead-letter topic of `service`'s subscription to `topic`:
+    /// `{topic}.dlq.{service}`. Always made of topic characters; a valid topic whenever
+    /// `topic` is one of at most 128 characters.
+    pub fn dead_letters(topic: &str, service: &str) -> String {
+        format!("{topic}.dlq.{service}")
+    }
+}
 
 checked_string!(
     /// A version label of a service, e.g. `0.1.0`: 1 to 64 of `A-Z a-z 0-9 . _ + -`.
@@ -177,7 +188,12 @@ mod tests {
         for good in ["order.created", "7up", "a_b-c"] {
             assert!(good.parse::<Topic>().is_ok(), "{good}");
         }
-        for bad in ["", "Order", ".x", "a b", "a/b", &"x".repeat(129)] {
+        let longest = Topic::dead_letters(&"t".repeat(128), &"s".repeat(63));
+        assert!(
+            longest.parse::<Topic>().is_ok(),
+            "every dead-letter topic is a topic"
+        );
+        for bad in ["", "Order", ".x", "a b", "a/b", &"x".repeat(256)] {
             let err = bad.parse::<Topic>().expect_err(bad).to_string();
             assert!(err.contains("is not a valid topic"), "{err}");
         }

@@ -164,6 +164,18 @@ impl Manifest {
             reason: e.reason,
         })?;
         let known: HashSet<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        // Dead-letter topics are written by the host only (they hold what a subscriber
+        // failed on): no service may publish to one and forge a dead letter.
+        let dead_letter_topics: std::collections::HashMap<String, (&str, &str)> = self
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.subscribe.iter().map(|sub| {
+                    let name = Topic::dead_letters(&sub.topic, &s.name);
+                    (name, (s.name.as_str(), sub.topic.as_str()))
+                })
+            })
+            .collect();
         let mut names = HashSet::new();
         let mut routes = HashSet::new();
         for service in &self.services {
@@ -181,6 +193,19 @@ impl Manifest {
                 )));
             }
             service.validate(&known).map_err(fail)?;
+            if let Some((topic, (subscriber, of))) = service
+                .publishes
+                .iter()
+                .find_map(|t| Some((t, dead_letter_topics.get(t.as_str())?)))
+            {
+                return Err(fail(FieldError::new(
+                    "publishes",
+                    format!(
+                        "topic {topic:?} is the dead-letter topic of service {subscriber:?}'s \
+                         subscription to {of:?}: only the host writes to it"
+                    ),
+                )));
+            }
             if !routes.insert(service.route.as_str()) {
                 return Err(fail(FieldError::new(
                     "route",
@@ -387,6 +412,31 @@ mod tests {
             .expect_err("dup route")
             .to_string();
         assert!(msg.contains("already the route"), "{msg}");
+    }
+
+    #[test]
+    fn no_service_publishes_to_a_dead_letter_topic() {
+        let subscriber = format!("{GOOD}[[service.subscribe]]\ntopic = \"orders\"\n");
+        let forger = GOOD
+            .replace("\"product\"", "\"forger\"")
+            .replace("/api/products", "/forger");
+        let text = format!("{subscriber}\n{forger}publishes = [\"orders.dlq.product\"]\n");
+        let msg = parse(&text).expect_err("forged dead letters").to_string();
+        assert!(
+            msg.contains("service \"forger\": field `publishes`")
+                && msg.contains(
+                    "\"orders.dlq.product\" is the dead-letter topic of service \"product\""
+                ),
+            "{msg}"
+        );
+        // Subscribing to one is what it is for.
+        let reader = forger
+            .replace("\"forger\"", "\"audit\"")
+            .replace("/forger", "/audit");
+        let text = format!(
+            "{subscriber}\n{reader}[[service.subscribe]]\ntopic = \"orders.dlq.product\"\n"
+        );
+        assert!(parse(&text).is_ok());
     }
 
     #[test]

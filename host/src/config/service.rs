@@ -289,6 +289,16 @@ pub struct Limits {
     pub write_kib: u64,
     /// Bytes of event payloads one invocation may publish, in KiB (held until commit).
     pub event_kib: u64,
+    /// Bytes one invocation may send over outgoing HTTP (request headers and bodies of
+    /// all its calls, to services and hosts), in KiB.
+    pub http_send_kib: u64,
+    /// Bytes one invocation may receive over outgoing HTTP (response headers and
+    /// bodies of all its calls), in KiB.
+    pub http_receive_kib: u64,
+    /// Host resources one instance may hold open at once (handles in its wasmtime
+    /// `ResourceTable`: streams, header maps, requests, responses, buckets, ...); each
+    /// is host memory the guest's own limit does not count.
+    pub resources: u32,
 }
 
 impl Default for Limits {
@@ -301,6 +311,9 @@ impl Default for Limits {
             writes: 10_000,
             write_kib: 16 * 1024,
             event_kib: 16 * 1024,
+            http_send_kib: 16 * 1024,
+            http_receive_kib: 16 * 1024,
+            resources: 1000,
         }
     }
 }
@@ -312,6 +325,14 @@ impl Limits {
 
     pub fn event_bytes(&self) -> usize {
         usize::try_from(self.event_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    pub fn http_send_bytes(&self) -> usize {
+        usize::try_from(self.http_send_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    pub fn http_receive_bytes(&self) -> usize {
+        usize::try_from(self.http_receive_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
     }
 }
 
@@ -349,21 +370,13 @@ impl ServiceSpec {
             }
         }
         for entry in &self.allowed_hosts {
-            let (host, port) = match entry.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (entry.as_str(), None),
-            };
-            let bad_port = port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0));
-            if host.is_empty()
-                || host.contains(['/', ' ', ':', '@'])
-                || host.ends_with(".internal")
-                || bad_port
-            {
+            if !valid_host_entry(entry) {
                 return Err(FieldError::new(
                     "allowed_hosts",
                     format!(
-                        "{entry:?} must be a host name, optionally with a port (`host` for ports \
-                         80 and 443, `host:port` for another); services are named in `calls`"
+                        "{entry:?} must be a host name or IP address, optionally with a port \
+                         (`host` for ports 80 and 443, `host:port` for another, `[v6]:port` \
+                         for an IPv6 address); services are named in `calls`"
                     ),
                 ));
             }
@@ -374,6 +387,33 @@ impl ServiceSpec {
         self.policy.validate()?;
         self.limits.validate()
     }
+}
+
+/// An `allowed_hosts` entry: `host`, `host:port`, `[v6]` or `[v6]:port`, with a port
+/// from 1 to 65535 and never a `.internal` name (services are named in `calls`).
+fn valid_host_entry(entry: &str) -> bool {
+    let (host, port) = match entry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => {
+                match port.strip_prefix(':') {
+                    Some(port) => (v6, Some(port)),
+                    None if port.is_empty() => (v6, None),
+                    None => return false,
+                }
+            }
+            _ => return false,
+        },
+        None => match entry.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (entry, None),
+        },
+    };
+    let good_port = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    let v6 = entry.starts_with('[');
+    good_port
+        && !host.is_empty()
+        && (v6 || !host.contains(['/', ' ', ':', '@', '[', ']']))
+        && !host.ends_with(".internal")
 }
 
 fn check_route(route: &str) -> Result<(), String> {
@@ -465,7 +505,15 @@ impl Limits {
         .map_err(|e| e.note("1 is a fresh instance per request"))?;
         in_range("limits.writes", self.writes, 1..=1_000_000)?;
         in_range("limits.write_kib", self.write_kib, 1..=1024 * 1024)?;
-        in_range("limits.event_kib", self.event_kib, 1..=1024 * 1024)
+        in_range("limits.event_kib", self.event_kib, 1..=1024 * 1024)?;
+        in_range("limits.http_send_kib", self.http_send_kib, 1..=1024 * 1024)?;
+        in_range(
+            "limits.http_receive_kib",
+            self.http_receive_kib,
+            1..=1024 * 1024,
+        )?;
+        in_range("limits.resources", self.resources, 16..=1_000_000)
+            .map_err(|e| e.note("an instance needs a few for its own request"))
     }
 }
 
@@ -492,7 +540,12 @@ mod tests {
     fn allowed_hosts_name_a_host_and_optionally_a_port() {
         let with = |hosts: &str| parse(&format!("{GOOD}allowed_hosts = {hosts}\n"));
         assert!(with(r#"["api.example.com", "db.example.com:5432"]"#).is_ok());
+        assert!(with(r#"["10.0.0.7:8080", "[::1]", "[fd00::7]:8080"]"#).is_ok());
         for bad in [
+            r#"["::1"]"#,
+            r#"["[::1"]"#,
+            r#"["[::1]8080"]"#,
+            r#"["[not-v6]:80"]"#,
             r#"["a:0"]"#,
             r#"["a:http"]"#,
             r#"["a/b"]"#,
@@ -577,6 +630,21 @@ mod tests {
                 "limits = { max_body_kib = 2000000 }",
                 "limits.max_body_kib",
                 "at most 1048576, got 2000000",
+            ),
+            (
+                "limits = { http_send_kib = 0 }",
+                "limits.http_send_kib",
+                "from 1 to 1048576, got 0",
+            ),
+            (
+                "limits = { http_receive_kib = 2000000 }",
+                "limits.http_receive_kib",
+                "from 1 to 1048576, got 2000000",
+            ),
+            (
+                "limits = { resources = 8 }",
+                "limits.resources",
+                "from 16 to 1000000, got 8 (an instance needs",
             ),
             (
                 "limits = { instance_reuse = 0 }",

@@ -295,6 +295,7 @@ mod tests {
             max_instances: 4,
             max_memory_mib: 64,
             cache_dir: None,
+            egress: std::sync::Arc::new(crate::capability::Egress::new(&[])),
         })?;
         let cases = [
             (

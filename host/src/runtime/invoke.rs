@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use std::future::Future;
 use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::Proxy;
@@ -102,7 +103,8 @@ impl Runtime {
         grants: &ServiceGrants,
         request: &RequestContext,
     ) -> Store<InvocationState> {
-        let mut store = Store::new(&self.engine, InvocationState::new(grants, request));
+        let state = InvocationState::new(grants, request, &self.config.egress);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.granted.limiter);
         arm_deadline(&mut store, grants.timeout());
         store
@@ -110,8 +112,13 @@ impl Runtime {
 
     /// Prepares a warm instance's store for another request: this request's grants,
     /// identity, trace context, an empty unit of work and a new deadline.
-    fn renew(store: &mut Store<InvocationState>, grants: &ServiceGrants, request: &RequestContext) {
-        store.data_mut().renew(grants, request);
+    fn renew(
+        &self,
+        store: &mut Store<InvocationState>,
+        grants: &ServiceGrants,
+        request: &RequestContext,
+    ) {
+        store.data_mut().renew(grants, request, &self.config.egress);
         arm_deadline(store, grants.timeout());
     }
 
@@ -140,7 +147,7 @@ impl Runtime {
         // A warm instance when the service allows reuse and one is idle; else a fresh one.
         let (store, warm) = match prepared.warm.take().filter(|_| reuse > 1) {
             Some(mut warm) => {
-                Self::renew(&mut warm.store, grants, cx);
+                self.renew(&mut warm.store, grants, cx);
                 (warm.store, Some((warm.proxy, warm.served)))
             }
             None => (self.new_store(grants, cx), None),
@@ -368,6 +375,19 @@ fn check_guest<T>(
     }
     if store.data().granted.limiter.hit {
         return Err(InvokeError::MemoryLimit(grants.memory_bytes()));
+    }
+    // The WASI constructors that ran into the resource table's cap have no error case
+    // to report it in: they trap, and the trap is told for what it is.
+    if e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    }) {
+        return Err(InvokeError::Trap(format!(
+            "the service held more than {} host resources open at once (its `limits.resources`)",
+            grants.limits.resources
+        )));
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         return Err(InvokeError::Trap(trap.to_string()));

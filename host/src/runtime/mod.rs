@@ -5,12 +5,14 @@
 mod component;
 mod invoke;
 
+use crate::capability::Egress;
 pub(crate) use crate::capability::InvocationState;
 pub(crate) use component::{ComponentError, Prepared, SUBSCRIBER};
 pub(crate) use invoke::InvokeError;
 
 use anyhow::Context as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -41,6 +43,8 @@ pub(crate) struct RuntimeConfig {
     pub(crate) max_memory_mib: u32,
     /// Where precompiled components are cached; `None` disables the cache.
     pub(crate) cache_dir: Option<PathBuf>,
+    /// Where guests' outside HTTP calls may connect (not the host's own listeners).
+    pub(crate) egress: Arc<Egress>,
 }
 
 impl Default for RuntimeConfig {
@@ -49,6 +53,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_memory_mib: 1024,
             cache_dir: None,
+            egress: Arc::default(),
         }
     }
 }

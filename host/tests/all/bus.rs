@@ -264,6 +264,62 @@ async fn poison_events_are_dead_lettered_and_can_be_redriven() -> anyhow::Result
     Ok(())
 }
 
+/// A dead-letter topic is a topic: a service subscribed to `orders.created.dlq.sub`
+/// receives what `sub` dead-lettered (the same event, under the dead-letter topic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_to_the_dead_letter_topic_receives_the_dead_letters() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            publisher(),
+            Svc::new("sub", "/s", "test-subscriber").subscribe("orders.created", 2, 20),
+            Svc::new("audit", "/audit", "test-subscriber").subscribe(
+                "orders.created.dlq.sub",
+                5,
+                20,
+            ),
+        ],
+        dir.path(),
+    )
+    .await?;
+    // `sub` is broken: its fragile events fail and are dead-lettered; `audit` is not.
+    assert_eq!(host.post("/s/break", "").await?.status, 204);
+    publish(&host, "fragile-1").await?;
+    publish(&host, "fragile-2").await?;
+    assert_eventually!(
+        WAIT,
+        count(&host, "audit", "fragile-2").await? == 1,
+        "the dead letter did not reach the dead-letter topic's subscriber"
+    );
+    assert_eq!(count(&host, "audit", "fragile-1").await?, 1);
+    assert_eq!(
+        order(&host, "audit", "orders.created.dlq.sub").await?,
+        ["fragile-1", "fragile-2"]
+    );
+    let event = host.get("/audit/event/fragile-1").await?.json();
+    assert_eq!(event["topic"], "orders.created.dlq.sub");
+    assert_eq!(event["source"], "pub@v1");
+    assert_eq!(event["offset"], 0);
+    assert_eq!(
+        count(&host, "s", "fragile-1").await?,
+        0,
+        "sub never acknowledged it"
+    );
+    // The dead letters are still listed (with why) for redrive.
+    let dead = host
+        .admin_get("/admin/subscriptions/sub/orders.created/dead-letters")
+        .await?;
+    assert_eq!(
+        dead["dead_letters"].as_array().map(Vec::len),
+        Some(2),
+        "{dead}"
+    );
+    let sub = subscription(&host, "orders.created.dlq.sub", "audit").await?;
+    assert_eq!(sub["lag"], 0, "{sub}");
+    host.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_delivers_again_from_an_offset() -> anyhow::Result<()> {
     let dir = data_dir();

@@ -8,6 +8,7 @@ mod edge;
 mod exhaustion;
 mod failures;
 mod gateway;
+mod hog;
 mod layers;
 mod policies;
 mod polyglot;

@@ -485,3 +485,116 @@ async fn registry_changes_survive_kill_9() -> anyhow::Result<()> {
     host.child.wait().await?;
     Ok(())
 }
+
+/// `VmRSS` and `VmHWM` (peak RSS) of process `pid`, in KiB, from `/proc/{pid}/status`.
+fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// A guest writing 1,000 values of 4 MiB in one request (and trying on after every
+/// refusal) meets its write budget: the host's RSS stays under the budget
+/// (`limits.write_kib`, 16 MiB) plus 100 MiB over what it was before the request, the
+/// guest sees the error, and another service answers meanwhile. The host runs as its
+/// own process so that its RSS is its own (tests in this binary run side by side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_bomb_keeps_the_hosts_memory_within_its_budget() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let manifest = dir.path().join("microhost.toml");
+    let services = [
+        Svc::new("hog", "/hog", "test-hog")
+            .memory_mib(64)
+            .timeout_ms(120_000),
+        Svc::new("echo", "/echo", "test-echo"),
+    ];
+    std::fs::write(&manifest, manifest_toml(&services))?;
+    let Process {
+        mut child, gateway, ..
+    } = spawn_host(&manifest, dir.path()).await?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let client = crate::support::client();
+    let post = |path: &str| {
+        let (client, url) = (client.clone(), format!("http://{gateway}{path}"));
+        async move {
+            crate::support::send(&client, http::Method::POST, &url, bytes::Bytes::new(), None).await
+        }
+    };
+    let echo_url = format!("http://{gateway}/echo/meanwhile");
+    // Warm both services up with ordinary requests first.
+    for _ in 0..3 {
+        let r = post("/hog/write?count=4&kib=64").await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = crate::support::send(
+            &client,
+            http::Method::GET,
+            &echo_url,
+            bytes::Bytes::new(),
+            None,
+        )
+        .await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    let (before, peak_before) = memory_kib(pid)?;
+    let started = std::time::Instant::now();
+    let bomb = tokio::spawn(post("/hog/write?count=1000&kib=4096"));
+    let (mut sampled, mut answered) = (before, 0);
+    while !bomb.is_finished() {
+        sampled = sampled.max(memory_kib(pid)?.0);
+        let r = crate::support::send(
+            &client,
+            http::Method::GET,
+            &echo_url,
+            bytes::Bytes::new(),
+            None,
+        )
+        .await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        answered += 1;
+        sampled = sampled.max(memory_kib(pid)?.0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = bomb.await??;
+    let elapsed = started.elapsed();
+    let (after, peak_after) = memory_kib(pid)?;
+    let peak = sampled.max(peak_after);
+    let budget_kib = 16 * 1024;
+    println!(
+        "write bomb (1,000 x 4 MiB) took {elapsed:?}: RSS before {} MiB (peak so far {} MiB), \
+         highest sample {} MiB, peak {} MiB, after {} MiB; growth {} MiB, allowed {} MiB; \
+         echo answered {answered} times meanwhile; the guest saw {}",
+        before / 1024,
+        peak_before / 1024,
+        sampled / 1024,
+        peak / 1024,
+        after / 1024,
+        peak.saturating_sub(before) / 1024,
+        (budget_kib + 100 * 1024) / 1024,
+        r.text()
+    );
+    assert_eq!(r.status, 500, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["written"], 3, "{seen}");
+    assert_eq!(seen["refused"], 997, "{seen}");
+    assert!(
+        seen["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`limits.write_kib`")),
+        "{seen}"
+    );
+    assert!(answered > 0, "echo was not asked while the bomb ran");
+    assert!(
+        peak.saturating_sub(before) < budget_kib + 100 * 1024,
+        "RSS grew from {before} KiB to {peak} KiB"
+    );
+    child.start_kill()?;
+    child.wait().await?;
+    Ok(())
+}

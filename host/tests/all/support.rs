@@ -38,6 +38,8 @@ pub(crate) struct Svc {
     pub timeout_ms: u64,
     pub max_body_kib: u64,
     pub instance_reuse: u32,
+    /// More `name = value` entries of the service's `limits` table.
+    pub limits: Vec<String>,
     pub config: Vec<(&'static str, &'static str)>,
     pub publishes: Vec<&'static str>,
     /// (topic, max_deliver, backoff_ms)
@@ -57,6 +59,7 @@ impl Svc {
             timeout_ms: 5_000,
             max_body_kib: 1024,
             instance_reuse: 1,
+            limits: Vec::new(),
             config: Vec::new(),
             publishes: Vec::new(),
             subscribe: Vec::new(),
@@ -67,6 +70,12 @@ impl Svc {
     /// Adds a `key = value` line to the service's table.
     pub(crate) fn set(mut self, line: &str) -> Svc {
         self.extra.push(line.to_string());
+        self
+    }
+
+    /// Adds a `name = value` entry to the service's `limits` table.
+    pub(crate) fn limit(mut self, entry: &str) -> Svc {
+        self.limits.push(entry.to_string());
         self
     }
 
@@ -116,7 +125,7 @@ pub(crate) fn manifest_toml(services: &[Svc]) -> String {
     for s in services {
         toml.push_str(&format!(
             "[[service]]\nname = {:?}\nroute = {:?}\ncomponent = {{ path = {:?}, version = {:?} }}\n\
-             limits = {{ memory_mib = {}, timeout_ms = {}, max_body_kib = {}, instance_reuse = {} }}\n",
+             limits = {{ memory_mib = {}, timeout_ms = {}, max_body_kib = {}, instance_reuse = {}{} }}\n",
             s.name,
             s.route,
             s.wasm.display().to_string(),
@@ -124,7 +133,8 @@ pub(crate) fn manifest_toml(services: &[Svc]) -> String {
             s.memory_mib,
             s.timeout_ms,
             s.max_body_kib,
-            s.instance_reuse
+            s.instance_reuse,
+            s.limits.iter().map(|l| format!(", {l}")).collect::<String>()
         ));
         for line in &s.extra {
             toml.push_str(line);
@@ -207,8 +217,13 @@ impl Resp {
     }
 }
 
+/// A client that never reuses a connection idle for half a second: the test hosts
+/// close idle keep-alive connections after their one-second header-read timeout, and a
+/// request sent on one just as it closes fails.
 pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_millis(500))
+        .build_http()
 }
 
 impl Host {
