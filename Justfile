@@ -110,7 +110,7 @@ watch *ARGS: build-components
     stamp=$(mktemp); \
     while kill -0 $host 2>/dev/null; do \
         sleep 1; \
-        changed=$(find components wit -path components/target -prune -o -newer "$stamp" -type f \( -name '*.rs' -o -name '*.toml' -o -name '*.wit' \) -print -quit); \
+        changed=$(find components wit \( -path components/target -o -path components/js/node_modules -o -path components/py/.venv \) -prune -o -newer "$stamp" -type f \( -name '*.rs' -o -name '*.toml' -o -name '*.wit' -o -name '*.py' -o -name '*.js' -o -name '*.json' \) -print -quit); \
         if [ -n "$changed" ]; then \
             touch "$stamp"; \
             echo "watch: $changed changed; rebuilding components"; \
