@@ -149,3 +149,8 @@ bench: build-components
     @wasmtime --version 2>/dev/null | grep -q "^wasmtime 48.0.8" || cargo install --locked wasmtime-cli --version 48.0.8
     RUST_BACKTRACE=0 cargo bench -p microhost --bench bus
     RUST_BACKTRACE=0 cargo bench -p microhost --bench peers
+
+# Only the guest-language figures (Rust, Python, JavaScript hello), merged into the last
+# `just bench` report in docs/.
+bench-languages: build-components
+    RUST_BACKTRACE=0 cargo bench -p microhost --bench peers -- --languages

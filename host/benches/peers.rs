@@ -619,6 +619,43 @@ async fn hot_swap(seconds: u64) -> anyhow::Result<Value> {
 
 /// Process start to the first 200 of the seed system, with an empty cache and then with
 /// the cache the first start filled.
+/// The same hello route in each guest language: the Rust `hello` component, and the
+/// `/hello` route of test-py and test-js (a JSON answer with a config lookup, through
+/// their helpers). Size, first start (compiling, empty cache), a start from the cache,
+/// then latency, throughput and RSS with a fresh instance per request.
+async fn languages(rounds: usize, seconds: u64) -> anyhow::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for (language, name, path) in [
+        ("rust", "hello", "/"),
+        ("python", "test_py", "/hello"),
+        ("javascript", "test_js", "/hello"),
+    ] {
+        let wasm = component(name);
+        let size = std::fs::metadata(&wasm)?.len();
+        let data = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        let args = ["--component", &wasm.display().to_string()];
+        let mut starts = Vec::new();
+        for _ in 0..2 {
+            let started = Instant::now();
+            let mut server = microhost(&args, data.path(), cache.path()).await?;
+            starts.push(started.elapsed().as_secs_f64() * 1000.0);
+            server.child.start_kill()?;
+            server.child.wait().await?;
+        }
+        let server = microhost(&args, data.path(), cache.path()).await?;
+        let mut target = hello_target(language, &server);
+        target.path = path.to_string();
+        let measured = measure(&[target], rounds, seconds).await?;
+        let mut figures = measured[language].clone();
+        figures["component_bytes"] = json!(size);
+        figures["first_start_ms"] = json!(starts[0].round());
+        figures["cached_start_ms"] = json!(starts[1].round());
+        out.insert(language.to_string(), figures);
+    }
+    Ok(Value::Object(out))
+}
+
 async fn cold_start() -> anyhow::Result<Value> {
     let manifest = root().join("registry/microhost.toml");
     let data = tempfile::tempdir()?;
@@ -813,6 +850,34 @@ fn markdown(report: &Value) -> String {
         cold["uncached_ms"].as_f64().unwrap_or(0.0),
         cold["cached_ms"].as_f64().unwrap_or(0.0),
     ));
+    let languages = &report["languages"];
+    md.push_str(&format!(
+        "## Guest languages\n\nThe same kind of route in each language, served by `microhost \
+         serve --component` with a fresh instance per request: Rust `components/hello`, and \
+         the `/hello` route of `components/test-py` (componentize-py 0.25.1) and \
+         `components/test-js` (componentize-js 0.23.0), which answer JSON through their \
+         helpers. First start: process start to serving with an empty precompiled cache \
+         (compiling the component); cached: the same with the cache filled. Measured on \
+         {}.\n\n\
+         | language | component MB | first start ms | cached start ms | p50 µs | req/s (32 conn) | errors | RSS idle MiB | RSS load MiB |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        languages["date"].as_str().unwrap_or("-"),
+    ));
+    for language in ["rust", "python", "javascript"] {
+        let l = &languages[language];
+        md.push_str(&format!(
+            "| {language} | {:.1} | {} | {} | {} | {} | {} | {} | {} |\n",
+            l["component_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            l["first_start_ms"],
+            l["cached_start_ms"],
+            l["p50_us"].as_f64().unwrap_or(0.0).round(),
+            l["rps"].as_f64().unwrap_or(0.0).round(),
+            l["errors"],
+            l["rss_idle_kib"].as_u64().unwrap_or(0) / 1024,
+            l["rss_load_kib"].as_u64().unwrap_or(0) / 1024,
+        ));
+    }
+    md.push('\n');
     let bus = &report["bus"];
     if bus.is_object() {
         md.push_str(&format!(
@@ -902,6 +967,25 @@ fn main() -> anyhow::Result<()> {
     let seconds = numbers.first().copied().unwrap_or(5);
     let rounds = numbers.get(1).copied().unwrap_or(3) as usize;
     let runtime = tokio::runtime::Runtime::new()?;
+    if std::env::args().any(|a| a == "--languages") {
+        // Only the guest-language figures, merged into the last full report (`just
+        // bench-languages`: no wasmtime CLI needed).
+        return runtime.block_on(async move {
+            let docs = root().join("docs");
+            let mut report: Value =
+                serde_json::from_slice(&std::fs::read(docs.join("benchmarks.json"))?)?;
+            report["languages"] = languages(rounds, seconds).await?;
+            report["languages"]["date"] =
+                json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+            std::fs::write(
+                docs.join("benchmarks.json"),
+                serde_json::to_string_pretty(&report)? + "\n",
+            )?;
+            std::fs::write(docs.join("benchmarks.md"), markdown(&report))?;
+            println!("{}", serde_json::to_string_pretty(&report["languages"])?);
+            Ok(())
+        });
+    }
     runtime.block_on(async move {
         let hello = component("hello");
         let data = tempfile::tempdir()?;
@@ -938,6 +1022,8 @@ fn main() -> anyhow::Result<()> {
         drop((native, wasmtime, wasmtime_reuse, mh, mh_reuse, seed));
         let swap = hot_swap(seconds.max(5)).await?;
         let cold = cold_start().await?;
+        let mut languages = languages(rounds, seconds).await?;
+        languages["date"] = json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
         let bus: Value = std::fs::read(root().join("target/bench/bus.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -958,6 +1044,7 @@ fn main() -> anyhow::Result<()> {
             },
             "hot_swap": swap,
             "cold_start": cold,
+            "languages": languages,
             "bus": bus,
         });
         let docs = root().join("docs");
