@@ -139,8 +139,8 @@ clippy: ensure-target
     cargo clippy --workspace --all-targets -- -D warnings
     cd components && cargo clippy --workspace --all-targets -- -D warnings
 
-# Everything CI checks: formatting, lints, tests.
-ci: fmt-check clippy test
+# Everything CI checks: formatting, lints, tests, a minute of each fuzz target.
+ci: fmt-check clippy test fuzz-smoke
 
 # Release-mode benchmarks (figures, not tests): the event bus, then microhost against a
 # native hyper server and `wasmtime serve` (installed if missing); rewrites
@@ -154,3 +154,41 @@ bench: build-components
 # `just bench` report in docs/.
 bench-languages: build-components
     RUST_BACKTRACE=0 cargo bench -p microhost --bench peers -- --languages
+
+# Fuzz targets in fuzz/ (docs/fuzzing.md). cargo-fuzz passes nightly-only -Z flags to
+# rustc; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+fuzz_targets := "manifest router jwt envelope admin_query edge"
+fuzz_env := "RUSTC_BOOTSTRAP=1 TMPDIR=$PWD/fuzz/target/tmp"
+fuzz_build := "--sanitizer none"
+
+# Install cargo-fuzz if missing.
+ensure-cargo-fuzz:
+    @cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz --version 0.13.2
+
+# Build every fuzz target (own workspace, target dir fuzz/target).
+fuzz-build: build-components ensure-cargo-fuzz
+    mkdir -p fuzz/target/tmp
+    {{fuzz_env}} cargo fuzz build {{fuzz_build}}
+
+# Fuzz TARGET for SECS seconds from its committed corpus (fuzz/corpus/TARGET); new
+# inputs go to fuzz/target/corpus/TARGET, crashes to fuzz/artifacts/TARGET. A crash
+# fails the recipe. `just fuzz-cmin TARGET` folds the new inputs into the corpus.
+fuzz TARGET SECS="600": fuzz-build
+    mkdir -p fuzz/target/corpus/{{TARGET}} fuzz/corpus/{{TARGET}}
+    dict=$PWD/fuzz/dict/{{TARGET}}.dict; status=0; \
+    {{fuzz_env}} cargo fuzz run {{fuzz_build}} {{TARGET}} \
+        $PWD/fuzz/target/corpus/{{TARGET}} $PWD/fuzz/corpus/{{TARGET}} -- \
+        -max_total_time={{SECS}} -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+        $( [ -f $dict ] && echo -dict=$dict ) || status=$?; \
+    rm -rf fuzz/target/tmp/microhost-fuzz-*; exit $status
+
+# Every fuzz target for a minute (CI): fails on the first crash.
+fuzz-smoke: fuzz-build
+    for target in {{fuzz_targets}}; do just fuzz $target 60; done
+
+# Minimize TARGET's committed corpus together with what `just fuzz` found.
+fuzz-cmin TARGET: fuzz-build
+    mkdir -p fuzz/target/corpus/{{TARGET}}
+    cp -n fuzz/target/corpus/{{TARGET}}/* fuzz/corpus/{{TARGET}}/ 2>/dev/null || true
+    {{fuzz_env}} cargo fuzz cmin {{fuzz_build}} {{TARGET}} $PWD/fuzz/corpus/{{TARGET}}
+    rm -rf fuzz/target/tmp/microhost-fuzz-*

@@ -12,6 +12,8 @@ mod bus;
 mod capability;
 pub mod config;
 mod dispatch;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod gateway;
 mod headers;
 mod metrics;
@@ -163,42 +165,14 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let storage = Arc::new(store::Storage::new(backend));
-    let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
-        max_instances: config.max_instances,
-        max_memory_mib: config::MAX_MEMORY_MIB,
-        cache_dir: Some(
-            config
-                .cache_dir
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("cache")),
-        ),
-        egress: Arc::new(capability::Egress::new(&[gateway_addr, admin_addr])),
-    })?);
-    let auth_spec = &config.manifest.auth;
-    let auth = Arc::new(
-        auth::Auth::new(
-            &auth::Auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?,
-            &auth_spec.issuer,
-            &auth_spec.audience,
-            auth_spec.leeway_secs,
-        )
-        .with_keys(auth::load_keys(auth_spec, &config.manifest.base_dir)?)
-        .with_password(&auth_spec.password)?,
-    );
-    let bus = bus::Bus::new(storage.clone());
-    let (dispatcher, mut started) = dispatch::Dispatcher::new(
-        runtime.clone(),
-        bus.clone(),
-        registry::RegistryParts {
-            runtime,
-            storage,
-            auth: auth.clone(),
-            data_dir: config.data_dir.clone(),
-        },
-    );
-    let registry = dispatcher.registry().clone();
-    registry.load(&config.manifest).await?;
+    let Wired {
+        registry,
+        bus,
+        dispatcher,
+        gateway,
+        admin: admin_app,
+        mut started,
+    } = wire(&config, backend, &[gateway_addr, admin_addr], &admin_token).await?;
 
     let tls = match &config.tls {
         Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
@@ -206,12 +180,6 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
     };
 
     let (shutdown, stop) = watch::channel(false);
-    let gateway = Arc::new(gateway::Gateway::new(
-        registry.clone(),
-        dispatcher.clone(),
-        auth,
-        gateway::BodyPace::of(&config.limits),
-    ));
     let mut tasks =
         dispatch::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
     tasks.push(registry.supervise(stop.clone()));
@@ -275,13 +243,6 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         stop.clone(),
         refused("gateway"),
     ));
-    let admin_app = admin::router(
-        registry.clone(),
-        bus.clone(),
-        dispatcher.clone(),
-        Arc::from(admin_token.as_str()),
-        config.manifest.path.clone(),
-    );
     let admin_server = tokio::spawn(serve(
         "admin",
         admin_listener,
@@ -304,6 +265,80 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
             tasks.push(admin_server);
             tasks
         },
+    })
+}
+
+/// The host's parts, wired as [`start`] serves them, before any listener, delivery loop
+/// or supervisor runs.
+pub(crate) struct Wired {
+    pub(crate) registry: Arc<registry::Registry>,
+    pub(crate) bus: Arc<bus::Bus>,
+    pub(crate) dispatcher: dispatch::Dispatcher,
+    pub(crate) gateway: Arc<gateway::Gateway>,
+    pub(crate) admin: axum::Router,
+    /// The slots `apply` starts at runtime, for their delivery loops.
+    pub(crate) started: tokio::sync::mpsc::UnboundedReceiver<Arc<registry::ServiceSlot>>,
+}
+
+/// Opens the state on `backend`, builds the runtime (outgoing calls never reach
+/// `own_addrs`, the host's listeners), the token keys, the bus, the dispatcher and
+/// registry with the manifest's services loaded, the gateway and the admin API.
+pub(crate) async fn wire(
+    config: &HostConfig,
+    backend: impl store::Backend,
+    own_addrs: &[SocketAddr],
+    admin_token: &str,
+) -> anyhow::Result<Wired> {
+    let storage = Arc::new(store::Storage::new(backend));
+    let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
+        max_instances: config.max_instances,
+        max_memory_mib: config::MAX_MEMORY_MIB,
+        cache_dir: Some(
+            config
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("cache")),
+        ),
+        egress: Arc::new(capability::Egress::new(own_addrs)),
+    })?);
+    let auth = Arc::new(auth::Auth::for_manifest(
+        &auth::Auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?,
+        &config.manifest,
+    )?);
+    let bus = bus::Bus::new(storage.clone());
+    let (dispatcher, started) = dispatch::Dispatcher::new(
+        runtime.clone(),
+        bus.clone(),
+        registry::RegistryParts {
+            runtime,
+            storage,
+            auth: auth.clone(),
+            data_dir: config.data_dir.clone(),
+        },
+    );
+    let registry = dispatcher.registry().clone();
+    registry.load(&config.manifest).await?;
+
+    let gateway = Arc::new(gateway::Gateway::new(
+        registry.clone(),
+        dispatcher.clone(),
+        auth,
+        gateway::BodyPace::of(&config.limits),
+    ));
+    let admin = admin::router(
+        registry.clone(),
+        bus.clone(),
+        dispatcher.clone(),
+        Arc::from(admin_token),
+        config.manifest.path.clone(),
+    );
+    Ok(Wired {
+        registry,
+        bus,
+        dispatcher,
+        gateway,
+        admin,
+        started,
     })
 }
 

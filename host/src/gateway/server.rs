@@ -141,6 +141,28 @@ pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAccepto
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+impl ServerLimits {
+    /// The HTTP/1 and HTTP/2 settings every connection gets: header-read timeout,
+    /// header count and size, h2 stream cap and keep-alive.
+    pub(crate) fn http_builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_headers(self.max_headers)
+            .max_buf_size(self.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .keep_alive_interval(self.header_read_timeout)
+            .keep_alive_timeout(self.header_read_timeout);
+        builder
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` turns true, serving each with the
 /// service `make(peer)` returns (over TLS if `tls` is set); a connection over a limit is
 /// closed at once and reported to `refused`. Then stops accepting and waits (up to the
@@ -165,20 +187,7 @@ pub(crate) async fn serve<M, S, B, R>(
     B::Error: Into<BoxError>,
     R: Fn(Refusal) + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = limits.http_builder();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = Arc::new(PerClient::new(limits.max_connections_per_ip));
     // Every connection task holds a sender; when all are gone, the receiver says so.
