@@ -128,15 +128,18 @@ test: build-components
 fmt:
     cargo fmt --all
     cd components && cargo fmt --all
+    cd fuzz && cargo fmt --all
 
 # Check formatting of both workspaces.
 fmt-check:
     cargo fmt --all -- --check
     cd components && cargo fmt --all -- --check
+    cd fuzz && cargo fmt --all -- --check
 
 # Lint both workspaces; warnings are errors.
 clippy: ensure-target
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p microhost --lib --features fuzzing -- -D warnings
     cd components && cargo clippy --workspace --all-targets -- -D warnings
 
 # Everything CI checks: formatting, lints, tests, a minute of each fuzz target.

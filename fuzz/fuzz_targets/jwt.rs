@@ -195,8 +195,11 @@ fn keys() -> &'static Keys {
         let fixtures = microhost_fuzz::base_dir().join("../host/tests/fixtures");
         let read = |file: &str| std::fs::read(fixtures.join(file)).expect("an RSA fixture");
         Keys {
-            tokens: Tokens::new(&microhost_fuzz::manifest(), microhost_fuzz::JWT_SECRET.as_bytes())
-                .expect("the fuzzing keys load"),
+            tokens: Tokens::new(
+                &microhost_fuzz::manifest(),
+                microhost_fuzz::JWT_SECRET.as_bytes(),
+            )
+            .expect("the fuzzing keys load"),
             host: EncodingKey::from_secret(microhost_fuzz::JWT_SECRET.as_bytes()),
             oct: EncodingKey::from_secret(microhost_fuzz::OCT_SECRET),
             rsa: EncodingKey::from_rsa_pem(&read("jwt-rsa-private.pem")).expect("an RSA key"),
@@ -219,7 +222,8 @@ fn sign(key: Key, alg: Alg, header: &[u8], claims: &[u8]) -> Option<String> {
         Key::RsaPublicAsSecret => &keys.rsa_public_as_secret,
     };
     let message = format!("{}.{}", b64(header), b64(claims));
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), encoding, alg.algorithm()).ok()?;
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), encoding, alg.algorithm()).ok()?;
     Some(format!("{message}.{signature}"))
 }
 
@@ -236,23 +240,42 @@ fn selected(kid: Option<&str>) -> Option<(Key, Algorithm, &'static str)> {
 /// What must hold of any token that verified; `signer` when the harness signed it.
 fn check_verified(token: &str, verified: &Verified, signer: Option<(Key, Alg)>) {
     let header = jsonwebtoken::decode_header(token).expect("a verified token has a header");
-    let (key, alg, issuer) =
-        selected(header.kid.as_deref()).unwrap_or_else(|| panic!("verified with unknown kid {:?}", header.kid));
-    assert_eq!(header.alg, alg, "verified under an algorithm its key does not pin");
+    let (key, alg, issuer) = selected(header.kid.as_deref())
+        .unwrap_or_else(|| panic!("verified with unknown kid {:?}", header.kid));
+    assert_eq!(
+        header.alg, alg,
+        "verified under an algorithm its key does not pin"
+    );
     if let Some((signed_with, signed_alg)) = signer {
-        assert_eq!(signed_with, key, "verified with a key other than the one that signed it");
-        assert_eq!(signed_alg.algorithm(), alg, "verified under another algorithm");
+        assert_eq!(
+            signed_with, key,
+            "verified with a key other than the one that signed it"
+        );
+        assert_eq!(
+            signed_alg.algorithm(),
+            alg,
+            "verified under another algorithm"
+        );
     }
     let claims = &verified.claims;
-    assert_eq!(claims.get("sub"), Some(&Value::from(verified.subject.as_str())));
+    assert_eq!(
+        claims.get("sub"),
+        Some(&Value::from(verified.subject.as_str()))
+    );
     assert_eq!(claims.get("iss"), Some(&Value::from(issuer)), "issuer");
     let aud = claims.get("aud").expect("a verified token has an audience");
     let audiences: Vec<&Value> = match aud {
         Value::Array(list) => list.iter().collect(),
         one => vec![one],
     };
-    assert!(audiences.contains(&&Value::from("microhost")), "audience {aud}");
-    let exp = claims.get("exp").and_then(Value::as_f64).expect("a numeric exp");
+    assert!(
+        audiences.contains(&&Value::from("microhost")),
+        "audience {aud}"
+    );
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .expect("a numeric exp");
     // 30 s of leeway, and some for the time this takes.
     assert!(exp >= (now() - 60) as f64, "expired at {exp}");
     if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
@@ -312,7 +335,11 @@ fuzz_target!(|input: Input| {
                 };
                 body.insert("aud".into(), aud);
             }
-            for (name, time) in [("exp", &claims.exp), ("nbf", &claims.nbf), ("iat", &claims.iat)] {
+            for (name, time) in [
+                ("exp", &claims.exp),
+                ("nbf", &claims.nbf),
+                ("iat", &claims.iat),
+            ] {
                 if let Some(time) = time {
                     body.insert(name.into(), time.value(now));
                 }

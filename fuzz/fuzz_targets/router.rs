@@ -50,7 +50,11 @@ fuzz_target!(|input: Input| {
         (Some(service), Some(longest)) => {
             let index: usize = service[1..].parse().expect("a service of the table");
             let prefix = &prefixes[index];
-            assert!(covers(prefix, &input.path), "{prefix:?} does not cover {:?}", input.path);
+            assert!(
+                covers(prefix, &input.path),
+                "{prefix:?} does not cover {:?}",
+                input.path
+            );
             assert_eq!(prefix.len(), longest, "{prefix:?} is not the longest match");
         }
         (got, longest) => panic!(

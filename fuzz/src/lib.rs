@@ -100,11 +100,36 @@ pub fn show(exchange: &Exchange) {
 /// The start of an HTTP/2 connection (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// One response read back from a connection.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// Its `x-microhost-service` tag: a service's answer, or the host's on its behalf.
+    pub service: Option<String>,
+    /// Its problem body, if it is `application/problem+json`.
+    pub problem: Option<serde_json::Value>,
+}
+
+impl Answer {
+    /// Whether the host itself failed (a 500 the service did not write): any 500 but a
+    /// service's own answer, which carries the service tag and no problem naming a
+    /// `service` (the host adds that member to the problems it writes for a service).
+    pub fn is_host_fault(&self) -> bool {
+        self.status == 500
+            && (self.service.is_none()
+                || self
+                    .problem
+                    .as_ref()
+                    .is_some_and(|problem| problem.get("service").is_some()))
+    }
+}
+
 /// Panics unless what the server wrote is a sequence of well-formed HTTP/1 responses:
 /// each head parses, framing (Content-Length or chunked) is unambiguous and fits what
 /// was sent, each answer of the gateway's handler carries `x-request-id`, and a problem
-/// body is a JSON object whose `status` is the response's.
-pub fn check_http1(exchange: &Exchange) {
+/// body is a JSON object whose `status` is the response's. Returns the responses.
+pub fn check_http1(exchange: &Exchange) -> Vec<Answer> {
+    let mut answers = Vec::new();
     let mut rest = exchange.output.as_slice();
     let mut answered = 0;
     while !rest.is_empty() {
@@ -154,26 +179,34 @@ pub fn check_http1(exchange: &Exchange) {
             // Delimited by the end of the connection.
             (body_start, &body_start[body_start.len()..])
         };
+        let mut problem = None;
         if status >= 200 && by_handler {
             assert!(
                 !header("x-request-id").is_empty(),
                 "the gateway's answer {status} has no x-request-id"
             );
             if header("content-type") == ["application/problem+json"] && !is_head {
-                let problem: serde_json::Value =
+                let body: serde_json::Value =
                     serde_json::from_slice(body).expect("a problem body is JSON");
                 assert_eq!(
-                    problem["status"],
+                    body["status"],
                     u64::from(status),
-                    "problem body {problem} of a {status}"
+                    "problem body {body} of a {status}"
                 );
+                problem = Some(body);
             }
         }
         if status >= 200 {
             answered += 1;
+            answers.push(Answer {
+                status,
+                service: header("x-microhost-service").first().map(|s| s.to_string()),
+                problem,
+            });
         }
         rest = after;
     }
+    answers
 }
 
 /// Splits a chunked body from what follows it; panics if it is not well-formed.

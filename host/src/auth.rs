@@ -259,7 +259,10 @@ impl Auth {
     /// The issuer and verifier a manifest's `[auth]` describes: tokens signed with
     /// `secret`, verified with it and the keys it names, passwords hashed with its
     /// `[auth.password]` settings.
-    pub(crate) fn for_manifest(secret: &[u8], manifest: &crate::config::Manifest) -> anyhow::Result<Auth> {
+    pub(crate) fn for_manifest(
+        secret: &[u8],
+        manifest: &crate::config::Manifest,
+    ) -> anyhow::Result<Auth> {
         let spec = &manifest.auth;
         Auth::new(secret, &spec.issuer, &spec.audience, spec.leeway_secs)
             .with_keys(load_keys(spec, &manifest.base_dir)?)

@@ -121,7 +121,8 @@ pub struct Host {
 }
 
 /// The peer address every fuzzed connection comes from.
-const PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+const PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
 
 impl Host {
     /// Loads `manifest` with its state in `data_dir` (compiled components cached in
