@@ -389,6 +389,16 @@ impl Auth {
         validation.leeway = self.leeway_secs;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| format!("invalid token: {e}"))?;
+        // jsonwebtoken checks `nbf` only when it reads as a u64 and ignores it otherwise
+        // (a string, a negative or huge number): a time the token names but the check
+        // skips is no token of ours.
+        if let Some(nbf) = data.claims.get("nbf")
+            && !nbf
+                .as_f64()
+                .is_some_and(|n| n.is_finite() && n >= 0.0 && n < u64::MAX as f64)
+        {
+            return Err(format!("invalid token: `nbf` {nbf} is not a NumericDate"));
+        }
         let subject = data
             .claims
             .get("sub")
@@ -480,6 +490,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hash_holds_its_permit_after_its_caller_goes_away() -> anyhow::Result<()> {
@@ -713,6 +724,36 @@ mod tests {
         )
         .map_err(|e| e.to_string())?;
         assert!(strict.verify(&no_exp).is_err(), "exp is required");
+        Ok(())
+    }
+
+    /// Found by the `jwt` fuzz target: an `nbf` jsonwebtoken cannot read as a u64 was
+    /// skipped, so a token not valid for 10^164 seconds verified.
+    #[test]
+    fn an_unreadable_not_before_is_refused() -> Result<(), String> {
+        let a = Auth::new(&[7u8; 32], "microhost", "microhost", 30);
+        let mut claims = Map::new();
+        claims.insert("sub".into(), "u".into());
+        claims.insert("iss".into(), "microhost".into());
+        claims.insert("aud".into(), "microhost".into());
+        claims.insert("exp".into(), (unix_now() + 600).into());
+        let sign = |claims: &Map<String, Value>| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(&[7u8; 32]),
+            )
+            .map_err(|e| e.to_string())
+        };
+        for nbf in [json!(1.2e164), json!(-5), json!("0"), json!(null)] {
+            claims.insert("nbf".into(), nbf.clone());
+            let refused = a.verify(&sign(&claims)?).err().unwrap_or_default();
+            assert!(refused.contains("nbf"), "nbf {nbf}: {refused:?}");
+        }
+        claims.insert("nbf".into(), (unix_now() + 3600).into());
+        assert!(a.verify(&sign(&claims)?).is_err(), "not yet valid");
+        claims.insert("nbf".into(), (unix_now() - 1).into());
+        a.verify(&sign(&claims)?)?;
         Ok(())
     }
 
