@@ -14,8 +14,12 @@
 //! - `GET /admin/services/{name}/history?after=N&limit=M`
 //! - `POST /admin/apply`: reads the host's manifest file again and makes the running
 //!   services match it (add, remove, reconfigure, deploy changed components)
-//! - `GET /healthz`: 200 `{"status":"ok"}`, or 503 with the reason once the store stopped
-//!   after a failed flush (also on the gateway, without a token)
+//! - `GET /healthz` (liveness): 200 `{"status":"ok"}`, or 503 with the reason once the
+//!   store stopped after a failed flush (only a restart cures that); also on the
+//!   gateway, without a token
+//! - `GET /readyz` (readiness): 200 `{"status":"ready","services":N}` when the store is
+//!   open and every service's active version passes its health checks, else 503 naming
+//!   the ones that do not (`unready`); also on the gateway, without a token
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text): requests, latency, in-flight,
 //!   rate limits, shedding, retries, cache, fallbacks, breakers, bus counters
 //! - `GET /admin/topics`: topics, lengths, per-subscription lag and counters
@@ -83,6 +87,7 @@ pub(crate) fn router(
         .route("/admin/apply", post(services::apply))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route("/admin/topics", get(bus::topics))
         .route(
             "/admin/subscriptions/{service}/{topic}/dead-letters",
@@ -110,6 +115,15 @@ async fn health(State(state): State<AdminState>) -> Response {
     state
         .dispatcher
         .health()
+        .map(axum::body::Body::from)
+        .into_response()
+}
+
+/// The host's readiness, as on the gateway's `/readyz` (here behind the token).
+async fn ready(State(state): State<AdminState>) -> Response {
+    state
+        .dispatcher
+        .readiness()
         .map(axum::body::Body::from)
         .into_response()
 }

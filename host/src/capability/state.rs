@@ -27,7 +27,7 @@ pub(crate) struct ServiceGrants {
     pub(crate) events: EventsGrant,
     pub(crate) http: HttpGrant,
     pub(crate) auth: AuthGrant,
-    /// The service's `[service.config]` values.
+    /// The service's `[service.config]` and `[service.secrets]` values.
     pub(crate) config: Arc<WasiConfigVariables>,
     /// Memory, CPU time and instance reuse of one invocation.
     pub(crate) limits: Limits,
@@ -41,7 +41,17 @@ impl ServiceGrants {
             events: EventsGrant::new(spec),
             http: HttpGrant::new(spec),
             auth: AuthGrant::new(spec, auth),
-            config: Arc::new(spec.config.iter().collect()),
+            config: Arc::new(
+                spec.config
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str()))
+                    .chain(
+                        spec.secrets
+                            .iter()
+                            .map(|(name, secret)| (name.as_str(), secret.value())),
+                    )
+                    .collect(),
+            ),
             limits: spec.limits,
         }
     }

@@ -10,6 +10,7 @@
 mod auth;
 mod id;
 mod policy;
+mod secret;
 mod service;
 
 pub use auth::{AuthRateLimit, AuthSpec, HOST_KID, KeySpec, PasswordSpec};
@@ -18,6 +19,7 @@ pub use policy::{
     CacheSpec, ConcurrencySpec, CorsSpec, FallbackSpec, HeaderOps, PolicySpec, RateLimitKey,
     RateLimitSpec, RetrySpec, TransformSpec,
 };
+pub use secret::{Secret, SecretSource};
 pub use service::{
     BreakerSpec, CanarySpec, ComponentSpec, HealthSpec, Limits, MAX_BODY_KIB, MAX_INSTANCE_REUSE,
     MAX_MEMORY_MIB, MAX_TIMEOUT_MS, PublicRule, ServiceSpec, SubscriptionSpec,
@@ -121,6 +123,7 @@ impl Manifest {
         manifest.base_dir = base_dir;
         manifest.validate(path)?;
         manifest.limit_auth_routes();
+        manifest.read_secrets(path)?;
         Ok(manifest)
     }
 
@@ -154,6 +157,25 @@ impl Manifest {
                 service.policy.rate_limit = Some(limit.clone());
             }
         }
+    }
+
+    /// Reads every service's secrets from their sources (after validation: a manifest
+    /// refused for another reason reads none).
+    fn read_secrets(&mut self, path: &Path) -> Result<(), ManifestError> {
+        for service in &mut self.services {
+            for (name, secret) in &mut service.secrets {
+                secret
+                    .read(&self.base_dir)
+                    .map_err(|reason| ManifestError::Field {
+                        path: path.to_path_buf(),
+                        service: service.name.to_string(),
+                        field: format!("secrets.{name}"),
+                        line: None,
+                        reason,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// Each spec checks its own values; here only what spans services.
@@ -400,6 +422,29 @@ mod tests {
             assert!(msg.contains(value), "{msg}");
             assert!(msg.contains("registry/microhost.toml"), "{msg}");
         }
+    }
+
+    #[test]
+    fn secrets_come_from_a_source_and_share_no_name_with_config() {
+        let with = |secrets: &str| format!("{GOOD}        secrets = {secrets}\n");
+        let msg = parse(&with(r#"{ default_page_size = { env = "PAGE" } }"#))
+            .expect_err("a config key")
+            .to_string();
+        assert!(msg.contains("secrets") && msg.contains("also a `config` key"), "{msg}");
+        let msg = parse(&with(r#"{ key = "inline-value" }"#))
+            .expect_err("inline")
+            .to_string();
+        assert!(msg.contains("secrets.key"), "{msg}");
+        let msg = parse(&with(r#"{ key = { env = "MICROHOST_TEST_UNSET_SECRET" } }"#))
+            .expect_err("unset")
+            .to_string();
+        assert!(
+            msg.contains("registry/microhost.toml")
+                && msg.contains("\"product\"")
+                && msg.contains("secrets.key")
+                && msg.contains("MICROHOST_TEST_UNSET_SECRET"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::id::{ServiceName, Topic, VersionLabel};
 use super::policy::PolicySpec;
+use super::secret::Secret;
 use super::{FieldError, in_range};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -32,6 +33,10 @@ pub struct ServiceSpec {
     /// Values the service reads through `wasi:config/store`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Values it reads the same way, from an environment variable or a file
+    /// (`[service.secrets]`, see [`Secret`]); a name may not also be a `config` key.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
     /// Topics the service may publish to; publishing elsewhere is an error the guest sees.
     #[serde(default)]
     pub publishes: Vec<Topic>,
@@ -341,6 +346,16 @@ impl ServiceSpec {
     /// `calls`). Names, topics and the version label were checked when parsed.
     pub(super) fn validate(&self, services: &HashSet<&str>) -> Result<(), FieldError> {
         check_route(&self.route).map_err(|reason| FieldError::new("route", reason))?;
+        if let Some(name) = self
+            .secrets
+            .keys()
+            .find(|name| self.config.contains_key(*name))
+        {
+            return Err(FieldError::new(
+                "secrets",
+                format!("{name:?} is also a `config` key: a service reads one value per name"),
+            ));
+        }
         self.component.validate()?;
         let mut published = HashSet::new();
         for topic in &self.publishes {

@@ -211,6 +211,44 @@ impl Dispatcher {
         }
     }
 
+    /// `GET /readyz` (gateway and admin): 200 when the host can serve every service: the
+    /// store is open (no fail-stop) and each service's active version passes its health
+    /// checks; else 503 naming what is not ready. (Kubernetes: a readiness probe; the
+    /// liveness probe is `/healthz`, which fails only when a restart is the cure.)
+    pub(crate) fn readiness(&self) -> http::Response<Bytes> {
+        let stopped = self.health();
+        if !stopped.status().is_success() {
+            return stopped;
+        }
+        let mut services = self.inner.registry.services();
+        services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        let unready: Vec<String> = services
+            .iter()
+            .filter(|slot| !slot.is_healthy())
+            .map(|slot| format!("{}@{}", slot.spec.name, slot.active().label))
+            .collect();
+        if unready.is_empty() {
+            let body = serde_json::json!({ "status": "ready", "services": services.len() });
+            let mut response = http::Response::new(Bytes::from(body.to_string()));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return response;
+        }
+        let mut extra = serde_json::Map::new();
+        extra.insert("unready".into(), unready.clone().into());
+        problem_bytes(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {} failing {} health checks",
+                unready.join(", "),
+                if unready.len() == 1 { "its" } else { "their" }
+            ),
+            extra,
+        )
+    }
+
     /// A handle that does not keep the dispatcher alive (for what the registry holds).
     pub(crate) fn downgrade(&self) -> WeakDispatcher {
         WeakDispatcher(Arc::downgrade(&self.inner))

@@ -30,8 +30,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The host's own health check, answered before routing (no service can take it).
+/// The host's own health checks, answered before routing (no service can take them):
+/// liveness and readiness, as Kubernetes probes expect.
 pub(crate) const HEALTH_PATH: &str = "/healthz";
+pub(crate) const READY_PATH: &str = "/readyz";
 
 /// The gateway: a router over the registry's services.
 pub(crate) struct Gateway {
@@ -135,6 +137,11 @@ impl Gateway {
         let answer = match self.registry.route(&path) {
             _ if path == HEALTH_PATH && matches!(method, Method::GET | Method::HEAD) => Answer {
                 response: self.dispatcher.health(),
+                service: "-".to_string(),
+                version: "-".to_string(),
+            },
+            _ if path == READY_PATH && matches!(method, Method::GET | Method::HEAD) => Answer {
+                response: self.dispatcher.readiness(),
                 service: "-".to_string(),
                 version: "-".to_string(),
             },

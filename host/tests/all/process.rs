@@ -598,3 +598,132 @@ async fn a_write_bomb_keeps_the_hosts_memory_within_its_budget() -> anyhow::Resu
     child.wait().await?;
     Ok(())
 }
+
+/// A secret from an environment variable reaches the guest through `wasi:config/store`
+/// (`test-echo` answers its `greeting`), one from a file replaces it on `apply`, and
+/// neither value appears in any admin answer, log line or error; a missing secret
+/// refuses start-up and `apply`, naming the secret and its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_guest_and_nothing_else() -> anyhow::Result<()> {
+    const FROM_ENV: &str = "env-secret-4f1c9a7e2b";
+    const FROM_FILE: &str = "file-secret-8d3b6e0c5a";
+    let dir = data_dir();
+    let manifest = dir.path().join("microhost.toml");
+    let write = |source: &str| {
+        let echo =
+            Svc::new("echo", "/", "test-echo").set(&format!("secrets = {{ greeting = {source} }}"));
+        std::fs::write(&manifest, manifest_toml(&[echo]))
+    };
+    write(r#"{ env = "ECHO_GREETING_SECRET" }"#)?;
+
+    // Missing: start-up stops, naming the service, the secret and the variable.
+    let output = serve(&manifest, dir.path())
+        .env_remove("ECHO_GREETING_SECRET")
+        .output()
+        .await?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for part in [
+        "microhost.toml",
+        "\"echo\"",
+        "secrets.greeting",
+        "ECHO_GREETING_SECRET",
+    ] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+
+    let mut cmd = serve(&manifest, dir.path());
+    cmd.env("ECHO_GREETING_SECRET", FROM_ENV);
+    let mut host = spawn(cmd).await?;
+    let token = std::fs::read_to_string(dir.path().join(microhost::ADMIN_TOKEN_FILE))?;
+    let client = crate::support::client();
+    let gateway = |path: &str| format!("http://{}{path}", host.gateway);
+    let admin = |path: &str| format!("http://{}{path}", host.admin);
+    let send = |method: http::Method, url: String, auth: bool| {
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            let token = auth.then_some(token.as_str());
+            crate::support::send(&client, method, &url, bytes::Bytes::new(), token).await
+        }
+    };
+
+    let answer = send(http::Method::GET, gateway("/hello"), false).await?;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["greeting"], FROM_ENV, "{}", answer.text());
+
+    // Everything an operator can read (the guest's own answers aside).
+    let mut seen = Vec::new();
+    let read_admin = |seen: &mut Vec<String>, resp: crate::support::Resp| {
+        seen.push(format!("{} {}", resp.status, resp.text()));
+    };
+    for path in [
+        "/admin/services",
+        "/admin/services/echo",
+        "/admin/services/echo/versions",
+        "/admin/services/echo/history",
+        "/admin/topics",
+        "/metrics",
+        "/healthz",
+    ] {
+        let resp = send(http::Method::GET, admin(path), true).await?;
+        assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+        read_admin(&mut seen, resp);
+    }
+    // Refusals: an unknown service, a component that is none.
+    read_admin(
+        &mut seen,
+        send(http::Method::GET, admin("/admin/services/nope"), true).await?,
+    );
+    let bad = crate::support::send(
+        &client,
+        http::Method::POST,
+        &admin("/admin/services/echo/versions?version=bad"),
+        bytes::Bytes::from_static(b"not a component"),
+        Some(&token),
+    )
+    .await?;
+    assert!(bad.status >= 400, "{}", bad.text());
+    read_admin(&mut seen, bad);
+
+    // A file secret replaces it on apply; a missing file refuses the apply, naming it.
+    std::fs::write(dir.path().join("greeting.txt"), format!("{FROM_FILE}\n"))?;
+    write(r#"{ file = "greeting.txt" }"#)?;
+    let applied = send(http::Method::POST, admin("/admin/apply"), true).await?;
+    assert_eq!(applied.status, 200, "{}", applied.text());
+    read_admin(&mut seen, applied);
+    crate::assert_eventually!(
+        Duration::from_secs(10),
+        send(http::Method::GET, gateway("/hello"), false)
+            .await?
+            .json()["greeting"]
+            == FROM_FILE,
+        "the file secret did not reach the guest"
+    );
+    write(r#"{ file = "gone.txt" }"#)?;
+    let refused = send(http::Method::POST, admin("/admin/apply"), true).await?;
+    assert!(
+        refused.status >= 400
+            && refused.text().contains("secrets.greeting")
+            && refused.text().contains("gone.txt"),
+        "{} {}",
+        refused.status,
+        refused.text()
+    );
+    read_admin(&mut seen, refused);
+    for path in ["/admin/services/echo", "/admin/services/echo/history"] {
+        let resp = send(http::Method::GET, admin(path), true).await?;
+        read_admin(&mut seen, resp);
+    }
+
+    host.child.start_kill()?;
+    host.child.wait().await?;
+    let log = host.log.await?;
+    assert!(!log.is_empty());
+    seen.extend(log);
+    for line in &seen {
+        for secret in [FROM_ENV, FROM_FILE] {
+            assert!(!line.contains(secret), "a secret leaked: {line}");
+        }
+    }
+    Ok(())
+}

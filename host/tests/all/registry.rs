@@ -423,6 +423,75 @@ async fn an_unhealthy_service_leaves_routing_and_comes_back() -> anyhow::Result<
     Ok(())
 }
 
+/// `/readyz` (readiness) turns 503 naming the service while its active version fails
+/// its health checks, and 200 again once it passes; `/healthz` (liveness) stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_while_a_service_fails_its_health_checks() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let services = [
+        Svc::new("echo", "/echo", "test-echo"),
+        Svc::new("h", "/h", "test-health")
+            .set("health = { interval_ms = 50, unhealthy_after = 2 }"),
+    ];
+    let host = Host::start(&services, dir.path()).await?;
+    let admin_ready = || async {
+        let token = host.running.admin_token.clone();
+        host.send(
+            http::Method::GET,
+            &host.admin_url("/readyz"),
+            bytes::Bytes::new(),
+            Some(&token),
+        )
+        .await
+    };
+    let ready = host.get("/readyz").await?;
+    expect(&ready, 200, "ready at first");
+    assert_eq!(
+        ready.json(),
+        serde_json::json!({"status": "ready", "services": 2})
+    );
+    expect(&admin_ready().await?, 200, "the admin listener's readyz");
+    expect(&host.put("/h/sick?ms=1500", "").await?, 204, "make it sick");
+    let mut unready = None;
+    crate::assert_eventually!(
+        Duration::from_secs(10),
+        {
+            let r = host.get("/readyz").await?;
+            let out = r.status == 503;
+            if out {
+                unready = Some(r);
+            }
+            out
+        },
+        "readyz stayed 200 while h failed its health checks"
+    );
+    let r = unready.ok_or_else(|| anyhow::anyhow!("no 503"))?;
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(
+        r.json()["unready"],
+        serde_json::json!(["h@v1"]),
+        "{}",
+        r.text()
+    );
+    expect(
+        &host.get("/healthz").await?,
+        200,
+        "liveness is not readiness",
+    );
+    expect(
+        &host.get("/echo/x").await?,
+        200,
+        "the other service serves on",
+    );
+    crate::assert_eventually!(
+        Duration::from_secs(10),
+        host.get("/readyz").await?.status == 200,
+        "readyz did not turn 200 once h passed its checks"
+    );
+    host.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_weights_and_history_survive_a_restart() -> anyhow::Result<()> {
     let dir = data_dir();
