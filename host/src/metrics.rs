@@ -75,6 +75,47 @@ impl prometheus_client::collector::Collector for Live {
                 ConstGauge::new(value).encode(e.encode_family(&labels)?)?;
             }
         }
+        if let (Some(bus), Some(registry)) = (self.bus.upgrade(), self.registry.upgrade()) {
+            let mut backlogs = Vec::new();
+            for slot in registry.services() {
+                for sub in &slot.spec.subscribe {
+                    match bus.backlog(&sub.topic, slot.name()) {
+                        Ok(backlog) => {
+                            backlogs.push((sub.topic.to_string(), slot.name().to_string(), backlog))
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %sub.topic, service = slot.name(), error = %e, "reading a subscription's backlog for /metrics failed")
+                        }
+                    }
+                }
+            }
+            backlogs.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            for (name, help, dead) in [
+                (
+                    "microhost_bus_lag",
+                    "Events of the topic a subscription has not yet handled, per subscription",
+                    false,
+                ),
+                (
+                    "microhost_bus_dead_letters",
+                    "Dead letters a subscription holds now (redrive empties it), per subscription",
+                    true,
+                ),
+            ] {
+                let mut e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (topic, service, backlog) in &backlogs {
+                    let n = if dead {
+                        backlog.dead_letters
+                    } else {
+                        backlog.lag
+                    };
+                    let labels: Labels =
+                        vec![("topic", topic.clone()), ("service", service.clone())];
+                    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                        .encode(e.encode_family(&labels)?)?;
+                }
+            }
+        }
         if let Some(bus) = self.bus.upgrade() {
             let published = bus.metrics.published_all();
             let mut e = encoder.encode_descriptor(

@@ -37,20 +37,16 @@ pub(super) async fn topics(State(state): State<AdminState>) -> Response {
             let Some(sub) = slot.spec.subscribe.iter().find(|s| s.topic == topic) else {
                 continue;
             };
-            let cursor = match state.bus.cursor(&topic, slot.name()) {
-                Ok(n) => n,
-                Err(e) => return internal(e),
-            };
-            let dead = match state.bus.dead_letter_count(&topic, slot.name()) {
-                Ok(n) => n,
+            let backlog = match state.bus.backlog(&topic, slot.name()) {
+                Ok(backlog) => backlog,
                 Err(e) => return internal(e),
             };
             subscriptions.push(SubscriptionView {
                 service: slot.name().to_string(),
-                cursor,
-                lag: length.saturating_sub(cursor),
+                cursor: backlog.cursor,
+                lag: backlog.lag,
                 max_deliver: sub.max_deliver,
-                dead_letters: dead,
+                dead_letters: backlog.dead_letters,
                 dead_letter_topic: dead_letter_topic(&topic, slot.name()),
                 counters: state.bus.metrics.subscription(&topic, slot.name()),
             });

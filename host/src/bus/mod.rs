@@ -50,6 +50,14 @@ pub(crate) struct DeadLetter {
     pub(crate) failed_at: String,
 }
 
+/// A subscription's position ([`Bus::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backlog {
+    pub(crate) cursor: u64,
+    pub(crate) lag: u64,
+    pub(crate) dead_letters: u64,
+}
+
 /// Delivery attempts of a subscription's current item.
 #[derive(Debug, Serialize, Deserialize)]
 struct Attempts {
@@ -276,6 +284,18 @@ impl Bus {
     pub(crate) fn dead_letter_count(&self, topic: &str, service: &str) -> Result<u64, StoreError> {
         let prefix = keys::dead_prefix(topic, service);
         Ok(self.storage.scan_keys(&prefix, None, usize::MAX)?.len() as u64)
+    }
+
+    /// Where `service`'s subscription to `topic` stands: its cursor, how far behind the
+    /// topic's end it is, and how many dead letters it holds.
+    pub(crate) fn backlog(&self, topic: &str, service: &str) -> Result<Backlog, StoreError> {
+        let length = self.length(topic)?;
+        let cursor = self.cursor(topic, service)?;
+        Ok(Backlog {
+            cursor,
+            lag: length.saturating_sub(cursor),
+            dead_letters: self.dead_letter_count(topic, service)?,
+        })
     }
 
     /// Moves every dead letter of a subscription back into delivery (to this subscriber

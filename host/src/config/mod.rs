@@ -430,14 +430,19 @@ mod tests {
         let msg = parse(&with(r#"{ default_page_size = { env = "PAGE" } }"#))
             .expect_err("a config key")
             .to_string();
-        assert!(msg.contains("secrets") && msg.contains("also a `config` key"), "{msg}");
+        assert!(
+            msg.contains("secrets") && msg.contains("also a `config` key"),
+            "{msg}"
+        );
         let msg = parse(&with(r#"{ key = "inline-value" }"#))
             .expect_err("inline")
             .to_string();
         assert!(msg.contains("secrets.key"), "{msg}");
-        let msg = parse(&with(r#"{ key = { env = "MICROHOST_TEST_UNSET_SECRET" } }"#))
-            .expect_err("unset")
-            .to_string();
+        let msg = parse(&with(
+            r#"{ key = { env = "MICROHOST_TEST_UNSET_SECRET" } }"#,
+        ))
+        .expect_err("unset")
+        .to_string();
         assert!(
             msg.contains("registry/microhost.toml")
                 && msg.contains("\"product\"")

@@ -219,10 +219,35 @@ async fn poison_events_are_dead_lettered_and_can_be_redriven() -> anyhow::Result
         "{}",
         letters[1]
     );
+    // Each dead letter's event is a CloudEvent, as the SDK reads it.
+    for (letter, payload) in letters.iter().zip(["poison-1", "trap-1"]) {
+        use cloudevents::event::{AttributesReader as _, Data, SpecVersion};
+        let event: cloudevents::Event = serde_json::from_value(letter["event"].clone())?;
+        assert_eq!(event.specversion(), SpecVersion::V10);
+        assert_eq!(event.ty(), "orders.created");
+        assert_eq!(Some(event.id()), letter["event"]["id"].as_str());
+        assert!(event.source().starts_with("pub@"), "{}", event.source());
+        assert!(event.time().is_some());
+        assert_eq!(
+            event.data(),
+            Some(&Data::Binary(payload.as_bytes().to_vec()))
+        );
+        assert!(event.extension("offset").is_some());
+    }
     let sub = subscription(&host, "orders.created", "sub").await?;
     assert_eq!(
         (sub["dead_letters"].clone(), sub["lag"].clone()),
         (2.into(), 0.into())
+    );
+    let metrics = host.metrics().await?;
+    let labels = [("topic", "orders.created"), ("service", "sub")];
+    assert_eq!(
+        crate::support::metric(&metrics, "microhost_bus_dead_letters", &labels),
+        2.0
+    );
+    assert_eq!(
+        crate::support::metric(&metrics, "microhost_bus_lag", &labels),
+        0.0
     );
 
     // A fragile event fails while the service is broken, and is redriven once fixed.
@@ -232,6 +257,14 @@ async fn poison_events_are_dead_lettered_and_can_be_redriven() -> anyhow::Result
         WAIT,
         subscription(&host, "orders.created", "sub").await?["dead_letters"] == 3,
         "fragile event not dead-lettered"
+    );
+    assert_eq!(
+        crate::support::metric(
+            &host.metrics().await?,
+            "microhost_bus_dead_letters",
+            &labels
+        ),
+        3.0
     );
     assert_eq!(host.post("/s/fix", "").await?.status, 204);
     let r = host
