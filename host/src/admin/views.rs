@@ -272,6 +272,7 @@ impl PolicyView {
                 FallbackSpec::Problem => "problem",
                 FallbackSpec::Cached => "cached",
                 FallbackSpec::Static { .. } => "static",
+                FallbackSpec::Service { .. } => "service",
             },
             cors: spec.cors.is_some(),
         }

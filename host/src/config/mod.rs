@@ -228,6 +228,18 @@ impl Manifest {
                     ),
                 )));
             }
+            if let FallbackSpec::Service { service: to } = &service.policy.fallback
+                && let Some(next) = self.services.iter().find(|s| &s.name == to)
+                && let FallbackSpec::Service { service: then } = &next.policy.fallback
+            {
+                return Err(fail(FieldError::new(
+                    "policy.fallback.service",
+                    format!(
+                        "{to:?} falls back to {then:?} in turn: a fallback service's own \
+                         fallback may not be a service"
+                    ),
+                )));
+            }
             if !routes.insert(service.route.as_str()) {
                 return Err(fail(FieldError::new(
                     "route",
@@ -450,6 +462,33 @@ mod tests {
                 && msg.contains("MICROHOST_TEST_UNSET_SECRET"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_fallback_service_is_another_service_without_a_fallback_service() {
+        let service = |name: &str, route: &str, to: &str| {
+            format!(
+                "[[service]]\nname = {name:?}\nroute = {route:?}\n\
+                 component = {{ path = \"a.wasm\", version = \"1\" }}\n\
+                 policy = {{ fallback = {{ kind = \"service\", service = {to:?} }} }}\n"
+            )
+        };
+        let plain = "[[service]]\nname = \"b\"\nroute = \"/b\"\ncomponent = { path = \"b.wasm\", version = \"1\" }\n";
+        assert!(parse(&format!("{}{plain}", service("a", "/a", "b"))).is_ok());
+        for (text, expect) in [
+            (service("a", "/a", "a"), "is this service"),
+            (service("a", "/a", "nope"), "not a service of the manifest"),
+            (
+                format!("{}{}", service("a", "/a", "b"), service("b", "/b", "a")),
+                "may not be a service",
+            ),
+        ] {
+            let msg = parse(&text).expect_err(expect).to_string();
+            assert!(
+                msg.contains("policy.fallback.service") && msg.contains(expect),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! response cache, fallback, CORS and transformation, each validating its own values.
 //! Every table is optional; a service without them is routed as before.
 
+use super::id::ServiceName;
 use super::service::MAX_TIMEOUT_MS;
 use super::{FieldError, in_range};
 use serde::Deserialize;
@@ -114,8 +115,9 @@ fn default_max_entry_kib() -> u64 {
     256
 }
 
-/// What a `GET` or `HEAD` gets when the service cannot answer (breaker open, shed,
-/// unhealthy, or failed after retries).
+/// What a request gets when the service cannot answer (breaker open, shed, unhealthy,
+/// or failed after retries): `problem`, `cached` and `static` answer a `GET` or `HEAD`;
+/// `service` sends the request to another service.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
 pub enum FallbackSpec {
@@ -133,6 +135,11 @@ pub enum FallbackSpec {
         #[serde(default = "default_fallback_type")]
         content_type: String,
     },
+    /// Another service of the manifest (a read-only replica, a degraded mode) answers
+    /// instead, through its own policies: any request the service never got (breaker
+    /// open, shed, unhealthy), and an idempotent one that failed retriably. It receives
+    /// the request as the service would have; its own fallback may not be a service.
+    Service { service: ServiceName },
 }
 
 fn default_fallback_status() -> u16 {
@@ -287,7 +294,7 @@ impl FallbackSpec {
     /// `has_cache`: the route has a `[service.policy.cache]` to serve `cached` from.
     fn validate(&self, has_cache: bool) -> Result<(), FieldError> {
         match self {
-            FallbackSpec::Problem => Ok(()),
+            FallbackSpec::Problem | FallbackSpec::Service { .. } => Ok(()),
             FallbackSpec::Cached if has_cache => Ok(()),
             FallbackSpec::Cached => Err(FieldError::new(
                 "policy.fallback",

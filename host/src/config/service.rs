@@ -400,6 +400,20 @@ impl ServiceSpec {
         self.health.validate()?;
         self.canary.validate()?;
         self.policy.validate()?;
+        if let super::FallbackSpec::Service { service } = &self.policy.fallback {
+            if service == &self.name {
+                return Err(FieldError::new(
+                    "policy.fallback.service",
+                    format!("{service:?} is this service: a fallback is another one"),
+                ));
+            }
+            if !services.contains(service.as_str()) {
+                return Err(FieldError::new(
+                    "policy.fallback.service",
+                    format!("{service:?} is not a service of the manifest"),
+                ));
+            }
+        }
         self.limits.validate()
     }
 }

@@ -82,6 +82,20 @@ impl Outcome {
     }
 }
 
+/// Whether a failed call goes to the route's fallback service: any call the service
+/// never got (breaker open, shed, unhealthy), and an idempotent one that failed in a way
+/// another attempt may mend.
+fn falls_back_to_service(outcome: &Outcome, method: &Method) -> bool {
+    match &outcome.result {
+        Err(
+            DispatchError::BreakerOpen(_)
+            | DispatchError::Overloaded(_)
+            | DispatchError::Unhealthy(_),
+        ) => true,
+        _ => method.is_idempotent() && outcome.class().retriable(),
+    }
+}
+
 /// Why an event delivery did not take.
 #[derive(Debug)]
 pub(crate) enum DeliveryError {
@@ -495,6 +509,28 @@ impl Dispatcher {
         };
 
         let version = outcome.version.clone();
+        if let FallbackSpec::Service { service: other } = &policy.spec.fallback
+            && falls_back_to_service(&outcome, &method)
+            && let Some(other) = self.inner.registry.get(other)
+        {
+            let mut request = http::Request::new(body);
+            *request.method_mut() = parts.method;
+            *request.uri_mut() = parts.uri;
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers;
+            let (mut response, _) = self.serve_fallback(&other, request).await;
+            metrics.fallback(name, "service");
+            response
+                .headers_mut()
+                .insert(FALLBACK_HEADER, HeaderValue::from_static("service"));
+            metrics.request(
+                name,
+                &version,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            return (response, version);
+        }
         let response = if !outcome.class().commits()
             && (method == Method::GET || method == Method::HEAD)
             && let Some(fallback) =
@@ -533,7 +569,18 @@ impl Dispatcher {
         (response, version)
     }
 
-    /// The route's fallback for a request that failed, if it has one to give.
+    /// [`Dispatcher::serve`] for a fallback service, boxed: `serve` calls it (once: a
+    /// fallback service's own fallback is never a service).
+    fn serve_fallback<'a>(
+        &'a self,
+        slot: &'a ServiceSlot,
+        request: http::Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = (http::Response<Bytes>, String)> + Send + 'a>> {
+        Box::pin(self.serve(slot, request))
+    }
+
+    /// The route's fallback for a request that failed, if it has one to give (`problem`,
+    /// `cached`, `static`; a `service` fallback is served in [`Dispatcher::serve`]).
     fn fallback(
         &self,
         slot: &ServiceSlot,
@@ -542,7 +589,7 @@ impl Dispatcher {
     ) -> Option<http::Response<Bytes>> {
         let name = slot.name();
         let (mut response, kind) = match &slot.policy.spec.fallback {
-            FallbackSpec::Problem => return None,
+            FallbackSpec::Problem | FallbackSpec::Service { .. } => return None,
             FallbackSpec::Cached => {
                 let mut response = slot.policy.cache.as_ref()?.get(active, cache_key?, true)?;
                 response

@@ -140,6 +140,86 @@ async fn breaker_opens_fails_fast_serves_the_fallback_half_opens_and_closes() ->
     Ok(())
 }
 
+/// `fallback = { kind = "service" }`: while the breaker is open every request goes to the
+/// alternative service (it answers, and says so), which gets it as the service would
+/// have; once the breaker closes the service answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_fallback_sends_requests_to_the_alternative_while_open() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(
+        &[
+            Svc::new("echo", "/", "test-echo")
+                .set("breaker = { failures = 3, open_ms = 400 }")
+                .set(r#"policy = { fallback = { kind = "service", service = "replica" } }"#),
+            Svc::new("replica", "/replica", "test-echo").config("greeting", "from the replica"),
+        ],
+        dir.path(),
+    )
+    .await?;
+    let r = host.get("/item/7").await?;
+    assert_eq!(
+        (r.status, r.served_by().and_then(|s| s.split('@').next())),
+        (200, Some("echo")),
+        "{}",
+        r.text()
+    );
+    for _ in 0..3 {
+        assert_eq!(host.post("/fail?status=500", "").await?.status, 500);
+    }
+    assert_eq!(breaker(&host, "echo").await?, "open");
+    let served = host.served("echo").await?;
+
+    for (method, answered) in [(http::Method::GET, "GET"), (http::Method::POST, "POST")] {
+        let r = host
+            .send(
+                method,
+                &host.url("/item/7?x=1"),
+                bytes::Bytes::from_static(b"{}"),
+                None,
+            )
+            .await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.served_by().and_then(|s| s.split('@').next()),
+            Some("replica"),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(r.header("x-microhost-fallback"), Some("service"));
+        let body = r.json();
+        assert_eq!(
+            (body["method"].as_str(), body["path"].as_str()),
+            (Some(answered), Some("/item/7"))
+        );
+        assert_eq!(body["query"], "x=1");
+        assert_eq!(body["greeting"], "from the replica");
+    }
+    assert_eq!(
+        host.served("echo").await?,
+        served,
+        "the open breaker kept them from echo"
+    );
+    assert_eq!(
+        metric(
+            &host.metrics().await?,
+            "microhost_fallbacks_total",
+            &[("service", "echo"), ("kind", "service")]
+        ),
+        2.0
+    );
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let r = host.get("/probe").await?;
+    assert_eq!(
+        (r.status, r.served_by().and_then(|s| s.split('@').next())),
+        (200, Some("echo")),
+        "closed again"
+    );
+    assert_eq!(r.header("x-microhost-fallback"), None);
+    host.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_fallback_serves_the_last_good_response_while_open() -> anyhow::Result<()> {
     let dir = data_dir();
