@@ -167,6 +167,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show the last lines a service's guests wrote to stdout and stderr, each tagged
+    /// with the version, the stream and the request id; `--follow` keeps printing new ones.
+    Logs {
+        service: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Keep printing lines as they are written (until interrupted).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List the services, their routes and versions (the catalog).
     Services {
         #[command(flatten)]
@@ -424,6 +436,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ))
                 .await?,
         ),
+        Command::Logs {
+            service,
+            limit,
+            follow,
+            admin,
+        } => {
+            let client = admin.client()?;
+            let path = format!("/admin/services/{service}/logs?limit={limit}");
+            if follow {
+                client
+                    .follow(&format!("{path}&follow=true"), |event, data| match event {
+                        "line" => match serde_json::from_str(data) {
+                            Ok(line) => println!("{}", log_line(&line)),
+                            Err(_) => println!("{data}"),
+                        },
+                        "lagged" => eprintln!("({data} lines skipped: the reader fell behind)"),
+                        _ => {}
+                    })
+                    .await
+            } else {
+                let answer = client.get(&path).await?;
+                for line in answer["lines"].as_array().into_iter().flatten() {
+                    println!("{}", log_line(line));
+                }
+                Ok(())
+            }
+        }
         Command::Services { admin } => print(admin.client()?.get("/admin/services").await?),
         Command::Topics { admin } => print(admin.client()?.get("/admin/topics").await?),
         Command::DeadLetters {
@@ -472,6 +511,20 @@ fn label(version: &str) -> String {
         .replace('%', "%25")
         .replace('+', "%2B")
         .replace('&', "%26")
+}
+
+/// `TIME SERVICE@VERSION STREAM REQUEST-ID: LINE`, as `microhost logs` prints a line.
+fn log_line(line: &serde_json::Value) -> String {
+    let field = |name: &str| line[name].as_str().unwrap_or("-").to_string();
+    format!(
+        "{} {}@{} {} {}: {}",
+        field("time"),
+        field("service"),
+        field("version"),
+        field("stream"),
+        field("request_id"),
+        field("line")
+    )
 }
 
 fn print(answer: serde_json::Value) -> anyhow::Result<()> {

@@ -52,6 +52,63 @@ impl AdminClient {
         self.send(http::Method::POST, &url, Bytes::new()).await
     }
 
+    /// `GET`s a server-sent-events path and calls `on_event(event, data)` for each event
+    /// until the server ends the stream.
+    pub async fn follow(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, &str),
+    ) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.base);
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = http::Request::get(&url)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(http::header::ACCEPT, "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .with_context(|| format!("invalid admin URL {url:?}"))?;
+        let response = client.request(request).await.with_context(|| {
+            format!("cannot reach the admin API at {url} (is the host running?)")
+        })?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            bail!("{status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        let mut pending = Vec::new();
+        let (mut event, mut data) = (String::new(), String::new());
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("the admin API's stream broke off")?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.is_empty() {
+                    if !data.is_empty() || !event.is_empty() {
+                        on_event(if event.is_empty() { "message" } else { &event }, &data);
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim_start().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn send(
         &self,
         method: http::Method,

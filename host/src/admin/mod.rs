@@ -12,6 +12,9 @@
 //! - `POST /admin/services/{name}/canary?version=V&weight=W` (0 ends the canary)
 //! - `POST /admin/services/{name}/promote`, `POST /admin/services/{name}/rollback`
 //! - `GET /admin/services/{name}/history?after=N&limit=M`
+//! - `GET /admin/services/{name}/logs?limit=N[&follow=true]`: the last lines its guests
+//!   wrote (stdout, stderr), tagged with version, request id and trace id; following,
+//!   as server-sent events
 //! - `POST /admin/apply`: reads the host's manifest file again and makes the running
 //!   services match it (add, remove, reconfigure, deploy changed components)
 //! - `GET /healthz` (liveness): 200 `{"status":"ok"}`, or 503 with the reason once the
@@ -84,6 +87,7 @@ pub(crate) fn router(
         .route("/admin/services/{name}/promote", post(services::promote))
         .route("/admin/services/{name}/rollback", post(services::rollback))
         .route("/admin/services/{name}/history", get(services::history))
+        .route("/admin/services/{name}/logs", get(services::logs))
         .route("/admin/apply", post(services::apply))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))

@@ -266,3 +266,61 @@ pub(super) async fn history(
         Err(error) => registry_problem(&name, error),
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogsQuery {
+    #[serde(default = "default_history_limit")]
+    limit: usize,
+    /// Keep the answer open and send each new line as it is written (SSE).
+    #[serde(default)]
+    follow: bool,
+}
+
+/// `GET /admin/services/{name}/logs?limit=N[&follow=true]`: the last lines its guests
+/// wrote to stdout and stderr (JSON), or, following, those and every later one as
+/// server-sent events (`event: line`, the line as JSON; `event: lagged` with how many
+/// were skipped when the reader fell behind).
+pub(super) async fn logs(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let Ok(Query(query)) = query else {
+        return bad_query("query parameters are `limit` (lines) and `follow` (true or false)");
+    };
+    let Some(slot) = state.registry.get(&name) else {
+        return registry_problem(&name, RegistryError::UnknownService { name: name.clone() });
+    };
+    let limit = query.limit.clamp(1, crate::capability::log::KEPT_LINES);
+    let log = &slot.grants.log;
+    if !query.follow {
+        return axum::Json(serde_json::json!({ "service": name, "lines": log.tail(limit) }))
+            .into_response();
+    }
+    let (tail, live) = log.follow(limit);
+    let line = |line: &crate::capability::log::LogLine| {
+        Event::default()
+            .event("line")
+            .json_data(line)
+            .unwrap_or_else(|_| Event::default().comment("unencodable line"))
+    };
+    let backlog = futures_util::stream::iter(tail.iter().map(line).collect::<Vec<_>>());
+    let live = futures_util::stream::unfold(live, move |mut live| async move {
+        let event = match live.recv().await {
+            Ok(next) => line(&next),
+            Err(RecvError::Lagged(skipped)) => {
+                Event::default().event("lagged").data(skipped.to_string())
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((event, live))
+    });
+    use futures_util::StreamExt as _;
+    let events = backlog.chain(live).map(Ok::<_, std::convert::Infallible>);
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

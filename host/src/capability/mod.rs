@@ -5,6 +5,7 @@
 pub(crate) mod auth;
 pub(crate) mod events;
 pub(crate) mod kv;
+pub(crate) mod log;
 pub(crate) mod outgoing;
 mod state;
 

@@ -6,6 +6,7 @@
 use super::auth::AuthGrant;
 use super::events::{EventsGrant, Publisher};
 use super::kv::KvGrant;
+use super::log::{GuestOutput, ServiceLog, Serving};
 use super::outgoing::{Egress, HttpGrant, Outgoing, ServiceCaller};
 use crate::auth::{Auth, Identity};
 use crate::bus::unit::UnitOfWork;
@@ -31,10 +32,17 @@ pub(crate) struct ServiceGrants {
     pub(crate) config: Arc<WasiConfigVariables>,
     /// Memory, CPU time and instance reuse of one invocation.
     pub(crate) limits: Limits,
+    /// Where its guests' stdout and stderr lines go.
+    pub(crate) log: Arc<ServiceLog>,
 }
 
 impl ServiceGrants {
-    pub(crate) fn new(spec: &ServiceSpec, storage: Arc<Storage>, auth: Arc<Auth>) -> ServiceGrants {
+    pub(crate) fn new(
+        spec: &ServiceSpec,
+        storage: Arc<Storage>,
+        auth: Arc<Auth>,
+        log: Arc<ServiceLog>,
+    ) -> ServiceGrants {
         ServiceGrants {
             service: spec.name.to_string(),
             kv: KvGrant::new(storage, &spec.limits),
@@ -53,6 +61,7 @@ impl ServiceGrants {
                     .collect(),
             ),
             limits: spec.limits,
+            log,
         }
     }
 
@@ -96,6 +105,8 @@ impl RequestContext {
 pub(crate) struct InvocationState {
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
+    /// The request its stdout/stderr lines are tagged with.
+    serving: Arc<parking_lot::Mutex<Serving>>,
     http_ctx: WasiHttpCtx,
     /// What this invocation may use, and what it did.
     pub(crate) granted: Granted,
@@ -144,9 +155,11 @@ impl InvocationState {
         // what its manifest grants (outgoing HTTP goes through `Outgoing`, never a
         // socket of its own). Its stdout/stderr go to the host's. The socket denials are
         // wasmtime-wasi's defaults too; they are spelled out so no upgrade relaxes them.
+        let serving = Arc::new(parking_lot::Mutex::new(Serving::of(request)));
+        let output = |stream| GuestOutput::new(grants.log.clone(), serving.clone(), stream);
         let wasi = WasiCtx::builder()
-            .inherit_stdout()
-            .inherit_stderr()
+            .stdout(output("stdout"))
+            .stderr(output("stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -157,6 +170,7 @@ impl InvocationState {
         InvocationState {
             table,
             wasi,
+            serving,
             http_ctx: WasiHttpCtx::new(),
             granted: Granted::new(grants, request, egress),
         }
@@ -171,6 +185,7 @@ impl InvocationState {
         egress: &Arc<Egress>,
     ) {
         self.granted = Granted::new(grants, request, egress);
+        *self.serving.lock() = Serving::of(request);
     }
 
     /// The invocation's effects, leaving an empty unit of work behind.

@@ -8,6 +8,7 @@
 
 use crate::auth::Auth;
 use crate::capability::ServiceGrants;
+use crate::capability::log::ServiceLog;
 use crate::config::ServiceSpec;
 use crate::outcome::Class;
 use crate::policy::Policy;
@@ -180,9 +181,21 @@ impl ServiceSlot {
         auth: Arc<Auth>,
         routing: Routing,
     ) -> ServiceSlot {
+        let log = ServiceLog::new(&spec.name);
+        ServiceSlot::with_log(spec, storage, auth, routing, log)
+    }
+
+    /// As [`ServiceSlot::new`], its guests' output going to `log`.
+    fn with_log(
+        spec: &ServiceSpec,
+        storage: Arc<Storage>,
+        auth: Arc<Auth>,
+        routing: Routing,
+        log: Arc<ServiceLog>,
+    ) -> ServiceSlot {
         ServiceSlot {
             spec: spec.clone(),
-            grants: Arc::new(ServiceGrants::new(spec, storage, auth)),
+            grants: Arc::new(ServiceGrants::new(spec, storage, auth, log)),
             policy: Arc::new(Policy::new(&spec.policy)),
             routing: Arc::new(RwLock::new(routing)),
             draining: Mutex::new(Vec::new()),
@@ -203,7 +216,9 @@ impl ServiceSlot {
         storage: Arc<Storage>,
         auth: Arc<Auth>,
     ) -> ServiceSlot {
-        let mut slot = ServiceSlot::new(spec, storage, auth, self.routing());
+        // The log carries over too: what the guests wrote before is still to be read.
+        let log = self.grants.log.clone();
+        let mut slot = ServiceSlot::with_log(spec, storage, auth, self.routing(), log);
         slot.routing = self.routing.clone();
         slot
     }

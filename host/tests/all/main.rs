@@ -10,6 +10,7 @@ mod failures;
 mod gateway;
 mod hog;
 mod layers;
+mod logs;
 mod policies;
 mod polyglot;
 mod process;
