@@ -125,6 +125,13 @@ impl Bus {
         self.storage.durable_through(unit.ticket).await
     }
 
+    /// The value of a host key (not a service's), once what it shows is durable.
+    pub(crate) async fn read_durable(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.storage.get(key)?;
+        self.storage.durable_through(self.storage.ticket()).await?;
+        Ok(value)
+    }
+
     /// Why the store stopped, if a flush failed.
     pub(crate) fn stopped(&self) -> Option<String> {
         self.storage.stopped().map(str::to_string)

@@ -31,6 +31,9 @@ pub(crate) struct UnitOfWork {
     /// The newest write any read of committed state can have seen: the invocation's
     /// answer waits for it to be durable.
     pub(crate) ticket: Ticket,
+    /// Writes of the host's own that commit with the invocation (storage key, value):
+    /// the stored answer of an idempotency key. No budget of the guest's counts them.
+    pub(crate) host: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One page of committed keys a `list-keys` call saw: the keys under `prefix` after
@@ -83,7 +86,7 @@ impl UnitOfWork {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.kv.is_empty() && self.events.is_empty()
+        self.kv.is_empty() && self.events.is_empty() && self.host.is_empty()
     }
 
     /// Notes a read of committed state: the answer waits for what it saw to be durable.
@@ -197,6 +200,9 @@ pub(crate) fn apply(
                 Some(v) => batch.put(k, v.clone()),
                 None => batch.delete(k),
             }
+        }
+        for (key, value) in &unit.host {
+            batch.put(key.clone(), value.clone());
         }
         let mut next: BTreeMap<&str, u64> = BTreeMap::new();
         for event in &unit.events {

@@ -16,8 +16,8 @@ mod service;
 pub use auth::{AuthRateLimit, AuthSpec, HOST_KID, KeySpec, PasswordSpec};
 pub use id::{InvalidId, ServiceName, Topic, VersionLabel};
 pub use policy::{
-    CacheSpec, ConcurrencySpec, CorsSpec, FallbackSpec, HeaderOps, PolicySpec, RateLimitKey,
-    RateLimitSpec, RetrySpec, TransformSpec,
+    CacheSpec, ConcurrencySpec, CorsSpec, FallbackSpec, HeaderOps, IdempotencySpec,
+    MAX_IDEMPOTENCY_TTL_SECS, PolicySpec, RateLimitKey, RateLimitSpec, RetrySpec, TransformSpec,
 };
 pub use secret::{Secret, SecretSource};
 pub use service::{

@@ -1,5 +1,6 @@
 //! A route's gateway policies (`[service.policy]`): rate limit, load shedding, retries,
-//! response cache, fallback, CORS and transformation, each validating its own values.
+//! response cache, fallback, CORS, transformation and idempotency keys, each validating
+//! its own values.
 //! Every table is optional; a service without them is routed as before.
 
 use super::id::ServiceName;
@@ -19,6 +20,26 @@ pub struct PolicySpec {
     pub fallback: FallbackSpec,
     pub cors: Option<CorsSpec>,
     pub transform: TransformSpec,
+    pub idempotency: IdempotencySpec,
+}
+
+/// `Idempotency-Key` on `POST` and `PATCH` (always on): how long a key's stored answer
+/// is kept.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencySpec {
+    pub ttl_secs: u64,
+}
+
+/// Longest a key's answer may be kept: 30 days.
+pub const MAX_IDEMPOTENCY_TTL_SECS: u64 = 30 * 24 * 3600;
+
+impl Default for IdempotencySpec {
+    fn default() -> Self {
+        IdempotencySpec {
+            ttl_secs: 24 * 3600,
+        }
+    }
 }
 
 /// A token bucket per client: `per_second` tokens a second, holding at most `burst`.
@@ -233,6 +254,11 @@ impl PolicySpec {
             cache.validate()?;
         }
         self.fallback.validate(self.cache.is_some())?;
+        in_range(
+            "policy.idempotency.ttl_secs",
+            self.idempotency.ttl_secs,
+            1..=MAX_IDEMPOTENCY_TTL_SECS,
+        )?;
         if let Some(cors) = &self.cors {
             cors.validate()?;
         }

@@ -5,6 +5,7 @@
 //! response cache, concurrency limit, circuit breaker, retries and fallback.
 
 pub(crate) mod delivery;
+pub(crate) mod idempotency;
 
 use crate::auth::Identity;
 use crate::bus::{Bus, Item};
@@ -124,6 +125,8 @@ struct Inner {
     /// This dispatcher as the server of guests' service-to-service calls (a weak
     /// handle: the dispatcher must not keep itself alive).
     as_caller: Arc<dyn ServiceCaller>,
+    /// Idempotency keys whose requests are running now.
+    idempotent: Arc<idempotency::Running>,
 }
 
 /// The identity the gateway (or a calling service's host side) put on the request.
@@ -187,6 +190,7 @@ impl Dispatcher {
                 breakers,
                 metrics: Arc::new(metrics),
                 as_caller: caller,
+                idempotent: Arc::default(),
             }
         });
         let started = started.expect("new_cyclic runs its closure once");
@@ -295,6 +299,33 @@ impl Dispatcher {
                 result: Err(DispatchError::Unhealthy(health.reason.unwrap_or_default())),
             };
         }
+        let identity = identity_of(&parts.headers);
+        let claim = match idempotency::begin(
+            &self.inner.bus,
+            &self.inner.idempotent,
+            slot.name(),
+            slot.spec.policy.idempotency.ttl_secs,
+            identity.as_ref().map(|id| id.subject.as_str()),
+            parts,
+            body,
+        )
+        .await
+        {
+            idempotency::Verdict::Run => None,
+            idempotency::Verdict::Claimed(claim) => Some(claim),
+            idempotency::Verdict::Answer(response) => {
+                return Outcome {
+                    version: slot.active().label.clone(),
+                    result: Ok(response),
+                };
+            }
+            idempotency::Verdict::Failed(why) => {
+                return Outcome {
+                    version: slot.active().label.clone(),
+                    result: Err(DispatchError::Storage(why)),
+                };
+            }
+        };
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
         let headers = &parts.headers;
@@ -303,7 +334,7 @@ impl Dispatcher {
             version: version.clone(),
             traceparent: text(TRACEPARENT_HEADER).map(str::to_string),
             request_id: text(REQUEST_ID_HEADER).map(str::to_string),
-            identity: identity_of(headers),
+            identity,
             hops: text(HOPS_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0),
             caller: Some(self.inner.as_caller.clone()),
         };
@@ -319,7 +350,7 @@ impl Dispatcher {
                 .runtime
                 .handle_http(&pinned.version().prepared, &slot.grants, &cx, request)
                 .await;
-            let (response, unit) = match result {
+            let (response, mut unit) = match result {
                 Ok(done) => done,
                 Err(e) => break Err(DispatchError::Invoke(e)),
             };
@@ -328,6 +359,9 @@ impl Dispatcher {
                     Ok(()) => Ok(response),
                     Err(e) => Err(DispatchError::Storage(e.to_string())),
                 };
+            }
+            if let Some(claim) = &claim {
+                claim.record(&response, &mut unit);
             }
             match self.inner.bus.commit(&unit, None).await {
                 Ok(_) => break Ok(response),

@@ -12,6 +12,7 @@
 //! | `r/{topic}\0{service}\0{seq: u64 BE}` | a redriven event waiting for redelivery |
 //! | `g/{service}` | the registry's record of a service: versions, active, canary |
 //! | `h/{service}\0{seq: u64 BE}` | an entry of a service's deployment history |
+//! | `i/{service}\0{sha256(caller, key): hex}` | the stored answer of an idempotency key |
 
 const SEP: u8 = 0;
 
@@ -77,6 +78,22 @@ pub(crate) fn redrive_prefix(topic: &str, service: &str) -> Vec<u8> {
 /// The registry's record of `service`.
 pub(crate) fn registry_record(service: &str) -> Vec<u8> {
     join(b'g', &[service.as_bytes()])
+}
+
+/// The stored answer of idempotency key `key` sent by `caller` to `service`.
+pub(crate) fn idempotency(service: &str, caller: &str, key: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(caller.as_bytes());
+    hasher.update([SEP]);
+    hasher.update(key.as_bytes());
+    join(
+        b'i',
+        &[
+            service.as_bytes(),
+            hex::encode(hasher.finalize()).as_bytes(),
+        ],
+    )
 }
 
 /// Prefix of `service`'s deployment history.

@@ -9,6 +9,7 @@ mod exhaustion;
 mod failures;
 mod gateway;
 mod hog;
+mod idempotency;
 mod layers;
 mod logs;
 mod policies;

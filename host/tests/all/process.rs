@@ -727,3 +727,110 @@ async fn secrets_reach_the_guest_and_nothing_else() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Clients post with an `Idempotency-Key` each while the host is killed (`kill -9`);
+/// after a restart every request whose answer was lost is retried with its key. Each
+/// request ran exactly once (the counter ends at the number of keys) and every answer,
+/// first or retried, is its own run's (the answers are 1..=N, each once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_posting_with_idempotency_keys_runs_each_once() -> anyhow::Result<()> {
+    const CLIENTS: usize = 4;
+    const CYCLES: usize = 5;
+    let dir = data_dir();
+    let manifest = dir.path().join("microhost.toml");
+    std::fs::write(&manifest, manifest_toml(&[Svc::new("kv", "/", "test-kv")]))?;
+    type Client = hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >;
+    let post = |client: Client, url: String, key: String| async move {
+        let request = http::Request::post(url)
+            .header("idempotency-key", key)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let response = client.request(request).await?;
+        let status = response.status().as_u16();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await?
+            .to_bytes();
+        anyhow::ensure!(status == 200, "{status} {}", String::from_utf8_lossy(&body));
+        Ok::<u64, anyhow::Error>(std::str::from_utf8(&body)?.parse()?)
+    };
+    let mut answers: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut lost: Vec<String> = Vec::new();
+    let mut keys = 0usize;
+    for cycle in 0..CYCLES {
+        let mut host = spawn_host(&manifest, dir.path()).await?;
+        let url = format!("http://{}/kv/orders/incr", host.gateway);
+        // The answers lost in the last crash first, with their keys.
+        for key in std::mem::take(&mut lost) {
+            let value = post(crate::support::client(), url.clone(), key.clone()).await?;
+            answers.insert(key, value);
+        }
+        let mut clients = Vec::new();
+        for c in 0..CLIENTS {
+            let url = url.clone();
+            clients.push(tokio::spawn(async move {
+                let client = crate::support::client();
+                let mut done = Vec::new();
+                for i in 0.. {
+                    let key = format!("cycle{cycle}-client{c}-{i}");
+                    match post(client.clone(), url.clone(), key.clone()).await {
+                        Ok(value) => done.push((key, value)),
+                        Err(_) => return (done, key),
+                    }
+                }
+                unreachable!("the host is killed first")
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(150 + 100 * cycle as u64)).await;
+        host.child.start_kill()?;
+        host.child.wait().await?;
+        for client in clients {
+            let (done, cut) = client.await?;
+            keys += done.len() + 1;
+            answers.extend(done);
+            lost.push(cut);
+        }
+    }
+    let mut host = spawn_host(&manifest, dir.path()).await?;
+    let url = format!("http://{}/kv/orders/incr", host.gateway);
+    for key in std::mem::take(&mut lost) {
+        let value = post(crate::support::client(), url.clone(), key.clone()).await?;
+        answers.insert(key, value);
+    }
+    // A retry of an answered key gets its answer again, not a new run.
+    let (key, value) = answers
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), *v))
+        .unwrap_or_default();
+    assert_eq!(
+        post(crate::support::client(), url.clone(), key).await?,
+        value
+    );
+    let counter = crate::support::send(
+        &crate::support::client(),
+        http::Method::GET,
+        &format!("http://{}/kv/orders", host.gateway),
+        bytes::Bytes::new(),
+        None,
+    )
+    .await?;
+    assert_eq!(answers.len(), keys);
+    assert_eq!(
+        counter.text(),
+        keys.to_string(),
+        "each keyed request ran once"
+    );
+    let mut values: Vec<u64> = answers.values().copied().collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (1..=keys as u64).collect::<Vec<_>>(),
+        "every answer is its own run's"
+    );
+    println!("idempotency crash test: {CYCLES} kills, {keys} keyed requests");
+    host.child.start_kill()?;
+    host.child.wait().await?;
+    Ok(())
+}

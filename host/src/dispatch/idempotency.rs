@@ -1,0 +1,220 @@
+//! Idempotency keys (the IETF `Idempotency-Key` header draft, as payment APIs offer
+//! them): a `POST` or `PATCH` that carries one runs once. Its answer is stored in the
+//! same commit as its effects, so no crash can separate the two; a retry with the same
+//! key from the same caller gets that answer (`idempotent-replayed: true`), one with a
+//! different request under the key gets `422`, one while the first is still running
+//! `409`. A key's answer is kept for the route's `policy.idempotency.ttl_secs`; an
+//! expired one is as if never stored. Answers that do not commit (5xx) are not stored:
+//! the client's retry runs the request again, as it would have without a key.
+
+use crate::bus::unit::UnitOfWork;
+use crate::problem::problem_bytes;
+use crate::store::keys;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// The request header.
+pub(crate) const HEADER: &str = "idempotency-key";
+/// The header a stored answer is sent back with.
+pub(crate) const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// Longest key accepted.
+pub(crate) const MAX_KEY_LEN: usize = 255;
+
+/// The keys being run now on this host.
+#[derive(Default)]
+pub(crate) struct Running(Mutex<HashSet<Vec<u8>>>);
+
+/// A key this request holds while it runs.
+pub(crate) struct Claim {
+    running: Arc<Running>,
+    key: Vec<u8>,
+    fingerprint: String,
+    /// The digest of what was stored under the key when looked up (an expired answer),
+    /// checked again at commit.
+    seen: Option<[u8; 32]>,
+    ttl_ms: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.running.0.lock().remove(&self.key);
+    }
+}
+
+/// What a stored answer holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    /// Of the method, path with query, and body of the request that ran.
+    fingerprint: String,
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// Base64.
+    body: String,
+    expires_ms: u64,
+}
+
+/// What to do with a request.
+pub(crate) enum Verdict {
+    /// No key (or a method that is idempotent anyway): run it as usual.
+    Run,
+    /// Run it holding the claim; [`Claim::record`] its answer into the unit of work.
+    Claimed(Claim),
+    /// Answer this without running it: the stored answer, or why not.
+    Answer(http::Response<Bytes>),
+    /// The stored answer could not be read: the host's failure.
+    Failed(String),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn fingerprint(parts: &http::request::Parts, body: &Bytes) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(parts.method.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    hasher.update([0]);
+    hasher.update(body);
+    hex::encode(hasher.finalize())
+}
+
+fn refuse(status: StatusCode, detail: String) -> Verdict {
+    Verdict::Answer(problem_bytes(status, detail, serde_json::Map::new()))
+}
+
+/// Looks the request's key up: `caller` is the verified subject (`None`: anonymous).
+pub(crate) async fn begin(
+    bus: &crate::bus::Bus,
+    running: &Arc<Running>,
+    service: &str,
+    ttl_secs: u64,
+    caller: Option<&str>,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Verdict {
+    if !matches!(parts.method, Method::POST | Method::PATCH) {
+        return Verdict::Run;
+    }
+    let Some(value) = parts.headers.get(HEADER) else {
+        return Verdict::Run;
+    };
+    let key = match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => key,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the Idempotency-Key header must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+                ),
+            );
+        }
+    };
+    let storage_key = keys::idempotency(service, caller.unwrap_or(""), key);
+    if !running.0.lock().insert(storage_key.clone()) {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "a request with Idempotency-Key {key:?} is still running: retry once it has answered"
+            ),
+        );
+    }
+    let claim = Claim {
+        running: running.clone(),
+        key: storage_key,
+        fingerprint: fingerprint(parts, body),
+        seen: None,
+        ttl_ms: ttl_secs.saturating_mul(1000),
+    };
+    let stored = match bus.read_durable(&claim.key).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            return Verdict::Failed(format!(
+                "reading the answer of Idempotency-Key {key:?} failed: {e}"
+            ));
+        }
+    };
+    let Some(bytes) = stored else {
+        return Verdict::Claimed(claim);
+    };
+    let record: Stored = match serde_json::from_slice(&bytes) {
+        Ok(record) => record,
+        Err(e) => {
+            return Verdict::Failed(format!(
+                "the stored answer of Idempotency-Key {key:?} is corrupt: {e}"
+            ));
+        }
+    };
+    if record.expires_ms <= now_ms() {
+        let mut claim = claim;
+        claim.seen = Some(crate::bus::unit::digest(&bytes));
+        return Verdict::Claimed(claim);
+    }
+    if record.fingerprint != claim.fingerprint {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "Idempotency-Key {key:?} was used for a different request (method, path or body): \
+                 a key names one request"
+            ),
+        );
+    }
+    Verdict::Answer(replay(record))
+}
+
+fn replay(record: Stored) -> http::Response<Bytes> {
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&record.body)
+        .unwrap_or_default();
+    let mut response = http::Response::new(Bytes::from(body));
+    *response.status_mut() = StatusCode::from_u16(record.status).unwrap_or(StatusCode::OK);
+    for (name, value) in &record.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    response
+}
+
+impl Claim {
+    /// Adds the answer to the invocation's unit of work, so that it commits with the
+    /// effects (and the commit fails if another answer was stored meanwhile).
+    pub(crate) fn record(&self, response: &http::Response<Bytes>, unit: &mut UnitOfWork) {
+        let stored = Stored {
+            fingerprint: self.fingerprint.clone(),
+            status: response.status().as_u16(),
+            headers: response
+                .headers()
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.to_string(), value.to_str().ok()?.to_string()))
+                })
+                .collect(),
+            body: base64::engine::general_purpose::STANDARD.encode(response.body()),
+            expires_ms: now_ms().saturating_add(self.ttl_ms),
+        };
+        let bytes = serde_json::to_vec(&stored).expect("a stored answer serializes");
+        unit.reads.insert(self.key.clone(), self.seen);
+        unit.host.push((self.key.clone(), bytes));
+    }
+}
