@@ -132,6 +132,50 @@ impl Bus {
         Ok(value)
     }
 
+    /// Deletes the host keys under `prefix` whose value `expired` says so (checked again
+    /// inside the transaction that deletes them), a page at a time; returns how many.
+    pub(crate) async fn delete_expired(
+        &self,
+        prefix: &[u8],
+        expired: &(dyn Fn(&[u8]) -> bool + Sync),
+    ) -> Result<usize, StoreError> {
+        const PAGE: usize = 1000;
+        let mut deleted = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.storage.scan(prefix, after.as_deref(), PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let stale: Vec<&Vec<u8>> = page
+                .iter()
+                .filter(|(_, value)| expired(value))
+                .map(|(key, _)| key)
+                .collect();
+            if !stale.is_empty() {
+                let mut removed = 0;
+                self.storage.transact(&mut |view| {
+                    let mut batch = Batch::default();
+                    removed = 0;
+                    for key in &stale {
+                        if view.get(key)?.is_some_and(|value| expired(&value)) {
+                            batch.delete((*key).clone());
+                            removed += 1;
+                        }
+                    }
+                    Ok(batch)
+                })?;
+                deleted += removed;
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        if deleted > 0 {
+            self.storage.durable().await?;
+        }
+        Ok(deleted)
+    }
+
     /// Why the store stopped, if a flush failed.
     pub(crate) fn stopped(&self) -> Option<String> {
         self.storage.stopped().map(str::to_string)

@@ -4,7 +4,7 @@
 //! key from the same caller gets that answer (`idempotent-replayed: true`), one with a
 //! different request under the key gets `422`, one while the first is still running
 //! `409`. A key's answer is kept for the route's `policy.idempotency.ttl_secs`; an
-//! expired one is as if never stored. Answers that do not commit (5xx) are not stored:
+//! expired one is as if never stored, and [`sweep`] deletes it. Answers that do not commit (5xx) are not stored:
 //! the client's retry runs the request again, as it would have without a key.
 
 use crate::bus::unit::UnitOfWork;
@@ -196,6 +196,38 @@ fn replay(record: Stored) -> http::Response<Bytes> {
     response
 }
 
+/// How often expired answers are deleted.
+pub(crate) const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletes every expired answer; returns how many.
+pub(crate) async fn sweep(bus: &crate::bus::Bus) -> Result<usize, crate::store::StoreError> {
+    let now = now_ms();
+    let expired = |value: &[u8]| {
+        serde_json::from_slice::<Stored>(value).is_ok_and(|stored| stored.expires_ms <= now)
+    };
+    bus.delete_expired(keys::IDEMPOTENCY_PREFIX, &expired).await
+}
+
+/// Runs [`sweep`] every [`SWEEP_EVERY`] until `stop` turns true.
+pub(crate) fn spawn_sweeper(
+    bus: Arc<crate::bus::Bus>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            match sweep(&bus).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "expired idempotency answers deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting expired idempotency answers failed"),
+            }
+        }
+    })
+}
+
 impl Claim {
     /// Adds the answer to the invocation's unit of work, so that it commits with the
     /// effects (and the commit fails if another answer was stored meanwhile).
@@ -216,5 +248,49 @@ impl Claim {
         let bytes = serde_json::to_vec(&stored).expect("a stored answer serializes");
         unit.reads.insert(self.key.clone(), self.seen);
         unit.host.push((self.key.clone(), bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Batch, SledStorage, Storage};
+
+    #[tokio::test]
+    async fn the_sweep_deletes_expired_answers_only() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let storage = Arc::new(Storage::new(SledStorage::open(dir.path())?));
+        let bus = crate::bus::Bus::new(storage.clone());
+        let record = |expires_ms| {
+            serde_json::to_vec(&Stored {
+                fingerprint: String::new(),
+                status: 200,
+                headers: Vec::new(),
+                body: String::new(),
+                expires_ms,
+            })
+        };
+        let (old, fresh) = (
+            keys::idempotency("svc", "", "old"),
+            keys::idempotency("svc", "", "fresh"),
+        );
+        let (old_value, fresh_value) = (record(1)?, record(now_ms() + 60_000)?);
+        storage.transact(&mut |_| {
+            let mut batch = Batch::default();
+            batch.put(old.clone(), old_value.clone());
+            batch.put(fresh.clone(), fresh_value.clone());
+            batch.put(keys::kv("svc", "default", "other"), b"kept".to_vec());
+            Ok(batch)
+        })?;
+        assert_eq!(sweep(&bus).await?, 1);
+        assert_eq!(bus.read_durable(&old).await?, None);
+        assert_eq!(bus.read_durable(&fresh).await?, Some(fresh_value));
+        assert_eq!(
+            bus.read_durable(&keys::kv("svc", "default", "other"))
+                .await?,
+            Some(b"kept".to_vec())
+        );
+        assert_eq!(sweep(&bus).await?, 0);
+        Ok(())
     }
 }

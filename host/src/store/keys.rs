@@ -96,6 +96,9 @@ pub(crate) fn idempotency(service: &str, caller: &str, key: &str) -> Vec<u8> {
     )
 }
 
+/// Prefix of every stored idempotency answer.
+pub(crate) const IDEMPOTENCY_PREFIX: &[u8] = b"i/";
+
 /// Prefix of `service`'s deployment history.
 pub(crate) fn history_prefix(service: &str) -> Vec<u8> {
     let mut key = join(b'h', &[service.as_bytes()]);
