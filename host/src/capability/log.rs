@@ -1,5 +1,5 @@
 //! A guest's stdout and stderr: cut into lines, each tagged with the service, the
-//! version, the stream and the request (id and trace id) the instance was serving when
+//! version, the stream and the request (id, trace and span id) the instance was serving when
 //! it wrote it. Each line goes to the host's log (target `guest`) and to the service's
 //! [`ServiceLog`]: the last lines, kept in memory for `GET /admin/services/{name}/logs`
 //! (and `microhost logs`), and a broadcast for those who follow it.
@@ -31,6 +31,9 @@ pub(crate) struct LogLine {
     pub(crate) request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trace_id: Option<String>,
+    /// The span of the request's hop into the service (its `traceparent`'s parent id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) span_id: Option<String>,
     /// The text (invalid UTF-8 replaced), without its newline.
     pub(crate) line: String,
 }
@@ -80,6 +83,7 @@ impl ServiceLog {
             stream = line.stream,
             request_id = line.request_id.as_deref().unwrap_or("-"),
             trace_id = line.trace_id.as_deref().unwrap_or("-"),
+            span_id = line.span_id.as_deref().unwrap_or("-"),
             "{}",
             line.line
         );
@@ -99,18 +103,21 @@ pub(crate) struct Serving {
     pub(crate) version: String,
     pub(crate) request_id: Option<String>,
     pub(crate) trace_id: Option<String>,
+    pub(crate) span_id: Option<String>,
 }
 
 impl Serving {
     pub(crate) fn of(request: &super::RequestContext) -> Serving {
+        let part = |n: usize| {
+            let traceparent = request.traceparent.as_deref()?;
+            let part = traceparent.split('-').nth(n)?;
+            Some(part.to_string())
+        };
         Serving {
             version: request.version.clone(),
             request_id: request.request_id.clone(),
-            trace_id: request
-                .traceparent
-                .as_deref()
-                .and_then(|tp| tp.split('-').nth(1))
-                .map(str::to_string),
+            trace_id: part(1),
+            span_id: part(2),
         }
     }
 }
@@ -165,6 +172,7 @@ impl Pending {
             stream: self.stream,
             request_id: serving.request_id,
             trace_id: serving.trace_id,
+            span_id: serving.span_id,
             line: text,
         });
     }
@@ -269,6 +277,7 @@ mod tests {
             version: "v1".into(),
             request_id: Some("r-1".into()),
             trace_id: None,
+            span_id: None,
         }));
         let (_, mut live) = log.follow(0);
         let out = GuestOutput::new(log.clone(), serving.clone(), "stdout");

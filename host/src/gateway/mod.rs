@@ -170,6 +170,7 @@ impl Gateway {
             latency_us = started.elapsed().as_micros() as u64,
             request_id,
             trace_id = trace::trace_id(&traceparent).unwrap_or("-"),
+            span_id = trace::span_id(&traceparent).unwrap_or("-"),
             peer = %peer,
         );
         response.map(Full::new)

@@ -86,6 +86,11 @@ pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
     parse(traceparent).map(|(trace, _)| trace)
 }
 
+/// The span id (parent id) of a `traceparent` we made or accepted.
+pub(crate) fn span_id(traceparent: &str) -> Option<&str> {
+    parse(traceparent).and_then(|_| traceparent.split('-').nth(2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,9 @@ async fn guest_output_is_tagged_with_its_request_and_can_be_followed() -> anyhow
     assert_eq!(panic["stream"], "stderr");
     assert_eq!(panic["request_id"], "req-log-1");
     assert_eq!(panic["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    // The gateway's own span (a child of the client's), as the guest's traceparent says.
+    let span = panic["span_id"].as_str().unwrap_or_default();
+    assert!(span.len() == 16 && span != "b7ad6b7169203331", "{panic}");
 
     // The CLI prints the same lines.
     let output = host.cli(&["logs", "trap", "--limit", "50"]).await?;
