@@ -183,10 +183,7 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
     let mut tasks =
         dispatch::delivery::spawn_all(&bus, registry.services().into_iter(), &dispatcher, &stop);
     tasks.push(registry.supervise(stop.clone()));
-    tasks.push(dispatch::idempotency::spawn_sweeper(
-        bus.clone(),
-        stop.clone(),
-    ));
+    tasks.push(dispatch::spawn_sweeper(bus.clone(), stop.clone()));
     let later: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
     {
         // Delivery loops for the slots `apply` starts at runtime.

@@ -1,6 +1,8 @@
 //! Test guest: raw key-value access over HTTP.
 //! `GET /kv/{key}`, `PUT /kv/{key}` (body = value), `DELETE /kv/{key}`, `GET /kv` (keys).
 //! `POST /kv/{key}/incr` adds one to a counter (a read-modify-write).
+//! `POST /kv/{key}/append` adds the body and a newline to the value and answers with
+//! the number of lines (a read-modify-write that shows order and duplicates).
 //! `POST /kv/{key}/fill?count=N&kib=K` writes N keys `{key}-{i}` of K KiB each (a write
 //! bomb: the host's budget, not the guest, decides when it stops).
 //! `PUT /kv/{key}?then=X` writes, then: `read` answers 200 with the value read back in
@@ -24,6 +26,14 @@ impl Service for Kv {
             let next = (current + 1).to_string();
             store.set(key, next.as_bytes())?;
             return Ok(Response::text(200, next));
+        }
+        if let ([.., "kv", key, "append"], "POST") = (segments.as_slice(), req.method.as_str()) {
+            let mut value = store.get(key)?.unwrap_or_default();
+            value.extend_from_slice(&req.body);
+            value.push(b'\n');
+            store.set(key, &value)?;
+            let lines = value.iter().filter(|b| **b == b'\n').count();
+            return Ok(Response::text(200, lines.to_string()));
         }
         if let ([.., "kv", key, "fill"], "POST") = (segments.as_slice(), req.method.as_str()) {
             let number = |name: &str| req.query_param(name).and_then(|v| v.parse::<usize>().ok());

@@ -273,6 +273,7 @@ impl PolicyView {
                 FallbackSpec::Cached => "cached",
                 FallbackSpec::Static { .. } => "static",
                 FallbackSpec::Service { .. } => "service",
+                FallbackSpec::Queue { .. } => "queue",
             },
             cors: spec.cors.is_some(),
         }

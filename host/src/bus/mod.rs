@@ -11,7 +11,7 @@ pub(crate) mod envelope;
 pub(crate) mod metrics;
 pub(crate) mod unit;
 
-use crate::store::{Batch, ReadView as _, Storage, StoreError, keys};
+use crate::store::{Batch, Entry, ReadView as _, Storage, StoreError, keys};
 use envelope::Envelope;
 use metrics::Metrics;
 use parking_lot::Mutex;
@@ -93,7 +93,8 @@ impl Bus {
         self.signal(topic).subscribe()
     }
 
-    fn wake(&self, topic: &str) {
+    /// Wakes whoever [`Bus::watch`]es `topic` (a topic, or a name of the host's own).
+    pub(crate) fn wake(&self, topic: &str) {
         self.signal(topic).send_modify(|n| *n += 1);
     }
 
@@ -130,6 +131,16 @@ impl Bus {
         let value = self.storage.get(key)?;
         self.storage.durable_through(self.storage.ticket()).await?;
         Ok(value)
+    }
+
+    /// The first host key under `prefix` and its value.
+    pub(crate) fn first(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
+        Ok(self.storage.scan(prefix, None, 1)?.into_iter().next())
+    }
+
+    /// How many host keys are under `prefix`, counting up to `limit`.
+    pub(crate) fn count(&self, prefix: &[u8], limit: usize) -> Result<usize, StoreError> {
+        Ok(self.storage.scan_keys(prefix, None, limit)?.len())
     }
 
     /// Deletes the host keys under `prefix` whose value `expired` says so (checked again

@@ -34,6 +34,9 @@ pub(crate) struct UnitOfWork {
     /// Writes of the host's own that commit with the invocation (storage key, value):
     /// the stored answer of an idempotency key. No budget of the guest's counts them.
     pub(crate) host: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Values of the host's own appended under a prefix at its next sequence number
+    /// (prefix, value): a request a `queue` fallback stores.
+    pub(crate) appends: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One page of committed keys a `list-keys` call saw: the keys under `prefix` after
@@ -86,7 +89,10 @@ impl UnitOfWork {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.kv.is_empty() && self.events.is_empty() && self.host.is_empty()
+        self.kv.is_empty()
+            && self.events.is_empty()
+            && self.host.is_empty()
+            && self.appends.is_empty()
     }
 
     /// Notes a read of committed state: the answer waits for what it saw to be durable.
@@ -95,7 +101,8 @@ impl UnitOfWork {
     }
 }
 
-/// What a successful event delivery acknowledges, committed with its effects.
+/// What a successful event delivery (or replay of a queued request) acknowledges,
+/// committed with its effects.
 #[derive(Debug, Clone)]
 pub(crate) enum Ack {
     /// The event at `offset` of the topic's log: the cursor moves past it.
@@ -110,6 +117,8 @@ pub(crate) enum Ack {
         service: String,
         key: Vec<u8>,
     },
+    /// A request a `queue` fallback stored: its queue entry (at `key`) is removed.
+    Queued { key: Vec<u8> },
 }
 
 impl Ack {
@@ -144,6 +153,14 @@ impl Ack {
                 }
                 batch.delete(key.clone());
                 batch.delete(keys::attempts(topic, service));
+            }
+            Ack::Queued { key } => {
+                if view.get(key)?.is_none() {
+                    return Err(StoreError::Conflict(
+                        "the queued request was already replayed".to_string(),
+                    ));
+                }
+                batch.delete(key.clone());
             }
         }
         Ok(())
@@ -203,6 +220,15 @@ pub(crate) fn apply(
         }
         for (key, value) in &unit.host {
             batch.put(key.clone(), value.clone());
+        }
+        let mut appended: BTreeMap<&[u8], u64> = BTreeMap::new();
+        for (prefix, value) in &unit.appends {
+            let seq = match appended.get(prefix.as_slice()) {
+                Some(n) => *n,
+                None => view.next_seq(prefix, 0)?,
+            };
+            appended.insert(prefix, seq + 1);
+            batch.put(keys::seq(prefix, seq), value.clone());
         }
         let mut next: BTreeMap<&str, u64> = BTreeMap::new();
         for event in &unit.events {

@@ -138,7 +138,7 @@ fn default_max_entry_kib() -> u64 {
 
 /// What a request gets when the service cannot answer (breaker open, shed, unhealthy,
 /// or failed after retries): `problem`, `cached` and `static` answer a `GET` or `HEAD`;
-/// `service` sends the request to another service.
+/// `service` sends the request to another service; `queue` keeps a write for later.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
 pub enum FallbackSpec {
@@ -161,6 +161,36 @@ pub enum FallbackSpec {
     /// open, shed, unhealthy), and an idempotent one that failed retriably. It receives
     /// the request as the service would have; its own fallback may not be a service.
     Service { service: ServiceName },
+    /// For non-idempotent routes: a `POST`, `PUT`, `PATCH` or `DELETE` from the edge that
+    /// the service cannot take (breaker open, shed, unhealthy) is stored durably and
+    /// answered `202 Accepted` with a `Location` to poll; it is replayed once the
+    /// service takes calls again, in arrival order, each exactly once (its effects,
+    /// its result and its removal from the queue commit together). The result is kept
+    /// at the `Location` for `keep_secs`.
+    Queue {
+        /// How long a replayed request's result stays at its `Location`.
+        #[serde(default = "default_queue_keep_secs")]
+        keep_secs: u64,
+        /// Requests waiting at most; past it the request gets the 503 it would have.
+        #[serde(default = "default_queue_max")]
+        max_queued: u64,
+        /// Replays of a request that the service fails (5xx) before that failure is
+        /// its result. Refusals of the host (breaker open, shed) do not count.
+        #[serde(default = "default_queue_attempts")]
+        max_attempts: u32,
+    },
+}
+
+fn default_queue_keep_secs() -> u64 {
+    86_400
+}
+
+fn default_queue_max() -> u64 {
+    10_000
+}
+
+fn default_queue_attempts() -> u32 {
+    5
 }
 
 fn default_fallback_status() -> u16 {
@@ -321,6 +351,19 @@ impl FallbackSpec {
     fn validate(&self, has_cache: bool) -> Result<(), FieldError> {
         match self {
             FallbackSpec::Problem | FallbackSpec::Service { .. } => Ok(()),
+            FallbackSpec::Queue {
+                keep_secs,
+                max_queued,
+                max_attempts,
+            } => {
+                in_range("policy.fallback.keep_secs", *keep_secs, 1..=30 * 86_400)?;
+                in_range("policy.fallback.max_queued", *max_queued, 1..=1_000_000)?;
+                in_range(
+                    "policy.fallback.max_attempts",
+                    u64::from(*max_attempts),
+                    1..=100,
+                )
+            }
             FallbackSpec::Cached if has_cache => Ok(()),
             FallbackSpec::Cached => Err(FieldError::new(
                 "policy.fallback",
@@ -476,7 +519,25 @@ mod tests {
         assert_eq!(p.rate_limit.as_ref().map(RateLimitSpec::burst), Some(5));
         assert_eq!(p.retry.attempts, 1, "no retries unless asked");
         assert_eq!(p.fallback, FallbackSpec::Cached);
+        let queued = with(r#"fallback = { kind = "queue" }"#)?;
+        assert_eq!(
+            queued.services[0].policy.fallback,
+            FallbackSpec::Queue {
+                keep_secs: 86_400,
+                max_queued: 10_000,
+                max_attempts: 5
+            },
+            "the defaults"
+        );
         let cases = [
+            (
+                r#"fallback = { kind = "queue", keep_secs = 0 }"#,
+                "`policy.fallback.keep_secs`",
+            ),
+            (
+                r#"fallback = { kind = "queue", max_attempts = 0 }"#,
+                "`policy.fallback.max_attempts`",
+            ),
             (
                 "rate_limit = { per_second = 0 }",
                 "`policy.rate_limit.per_second`",

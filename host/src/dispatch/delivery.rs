@@ -28,7 +28,8 @@ pub(crate) fn spawn_all(
         .collect()
 }
 
-/// Starts a delivery loop for every subscription of `slot`. The loops stop when the
+/// Starts a delivery loop for every subscription of `slot` (and the replay loop of its
+/// queue, for a `queue` fallback). The loops stop when the
 /// host shuts down or the slot is retired (its service removed or reconfigured by an
 /// applied manifest; the new slot's loops take over from the stored cursors).
 pub(crate) fn spawn_slot(
@@ -37,7 +38,8 @@ pub(crate) fn spawn_slot(
     dispatcher: &Dispatcher,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    if slot.spec.subscribe.is_empty() {
+    let queue = super::queue::spawn(bus, slot, dispatcher, slot.stop_signal());
+    if slot.spec.subscribe.is_empty() && queue.is_none() {
         return Vec::new();
     }
     let (mut host_stop, mut slot_stop, retiring) =
@@ -48,6 +50,7 @@ pub(crate) fn spawn_slot(
             _ = slot_stop.wait_for(|stop| *stop) => {}
         }
     })];
+    loops.extend(queue);
     for sub in slot.spec.subscribe.clone() {
         loops.push(tokio::spawn(run(
             bus.clone(),
@@ -151,7 +154,7 @@ async fn deliver_one(
 }
 
 /// Sleeps, or returns early on shutdown.
-async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+pub(super) async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.wait_for(|stop| *stop) => {}

@@ -7,10 +7,10 @@
 //! expired one is as if never stored, and [`sweep`] deletes it. Answers that do not commit (5xx) are not stored:
 //! the client's retry runs the request again, as it would have without a key.
 
+use super::stored::StoredResponse;
 use crate::bus::unit::UnitOfWork;
 use crate::problem::problem_bytes;
 use crate::store::keys;
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use parking_lot::Mutex;
@@ -51,10 +51,8 @@ impl Drop for Claim {
 struct Stored {
     /// Of the method, path with query, and body of the request that ran.
     fingerprint: String,
-    status: u16,
-    headers: Vec<(String, String)>,
-    /// Base64.
-    body: String,
+    #[serde(flatten)]
+    answer: StoredResponse,
     expires_ms: u64,
 }
 
@@ -70,7 +68,8 @@ pub(crate) enum Verdict {
     Failed(String),
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -173,31 +172,12 @@ pub(crate) async fn begin(
             ),
         );
     }
-    Verdict::Answer(replay(record))
-}
-
-fn replay(record: Stored) -> http::Response<Bytes> {
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(&record.body)
-        .unwrap_or_default();
-    let mut response = http::Response::new(Bytes::from(body));
-    *response.status_mut() = StatusCode::from_u16(record.status).unwrap_or(StatusCode::OK);
-    for (name, value) in &record.headers {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            response.headers_mut().append(name, value);
-        }
-    }
+    let mut response = record.answer.to_response();
     response
         .headers_mut()
         .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-    response
+    Verdict::Answer(response)
 }
-
-/// How often expired answers are deleted.
-pub(crate) const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Deletes every expired answer; returns how many.
 pub(crate) async fn sweep(bus: &crate::bus::Bus) -> Result<usize, crate::store::StoreError> {
@@ -208,41 +188,13 @@ pub(crate) async fn sweep(bus: &crate::bus::Bus) -> Result<usize, crate::store::
     bus.delete_expired(keys::IDEMPOTENCY_PREFIX, &expired).await
 }
 
-/// Runs [`sweep`] every [`SWEEP_EVERY`] until `stop` turns true.
-pub(crate) fn spawn_sweeper(
-    bus: Arc<crate::bus::Bus>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
-            }
-            match sweep(&bus).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(deleted = n, "expired idempotency answers deleted"),
-                Err(e) => tracing::warn!(error = %e, "deleting expired idempotency answers failed"),
-            }
-        }
-    })
-}
-
 impl Claim {
     /// Adds the answer to the invocation's unit of work, so that it commits with the
     /// effects (and the commit fails if another answer was stored meanwhile).
     pub(crate) fn record(&self, response: &http::Response<Bytes>, unit: &mut UnitOfWork) {
         let stored = Stored {
             fingerprint: self.fingerprint.clone(),
-            status: response.status().as_u16(),
-            headers: response
-                .headers()
-                .iter()
-                .filter_map(|(name, value)| {
-                    Some((name.to_string(), value.to_str().ok()?.to_string()))
-                })
-                .collect(),
-            body: base64::engine::general_purpose::STANDARD.encode(response.body()),
+            answer: StoredResponse::of(response),
             expires_ms: now_ms().saturating_add(self.ttl_ms),
         };
         let bytes = serde_json::to_vec(&stored).expect("a stored answer serializes");
@@ -264,9 +216,11 @@ mod tests {
         let record = |expires_ms| {
             serde_json::to_vec(&Stored {
                 fingerprint: String::new(),
-                status: 200,
-                headers: Vec::new(),
-                body: String::new(),
+                answer: StoredResponse {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: String::new(),
+                },
                 expires_ms,
             })
         };

@@ -6,8 +6,11 @@
 
 pub(crate) mod delivery;
 pub(crate) mod idempotency;
+pub(crate) mod queue;
+pub(crate) mod stored;
 
 use crate::auth::Identity;
+use crate::bus::unit::Ack;
 use crate::bus::{Bus, Item};
 use crate::capability::RequestContext;
 use crate::capability::outgoing::ServiceCaller;
@@ -23,7 +26,7 @@ use crate::policy::{self, Cache, CacheControl};
 use crate::problem::problem_bytes;
 use crate::registry::{Registry, RegistryParts, ServiceSlot};
 use crate::runtime::Runtime;
-use crate::store::StoreError;
+use crate::store::{Entry, StoreError};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use std::future::Future;
@@ -95,6 +98,43 @@ fn falls_back_to_service(outcome: &Outcome, method: &Method) -> bool {
         ) => true,
         _ => method.is_idempotent() && outcome.class().retriable(),
     }
+}
+
+/// What a call commits with its effects besides them: the acknowledgement of a queued
+/// request and the host write `record` makes of the response (given with the version
+/// that answered it).
+pub(crate) struct Finish<'a> {
+    pub(crate) ack: &'a Ack,
+    pub(crate) record: &'a (dyn Fn(&http::Response<Bytes>, &str) -> Entry + Sync),
+}
+
+/// How often expired idempotency answers and queued results are deleted.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes expired idempotency answers and queued requests' results every
+/// [`SWEEP_EVERY`] until `stop` turns true.
+pub(crate) fn spawn_sweeper(
+    bus: Arc<Bus>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            for (what, swept) in [
+                ("idempotency answers", idempotency::sweep(&bus).await),
+                ("queued requests' results", queue::sweep(&bus).await),
+            ] {
+                match swept {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(deleted = n, "expired {what} deleted"),
+                    Err(e) => tracing::warn!(error = %e, "deleting expired {what} failed"),
+                }
+            }
+        }
+    })
 }
 
 /// Why an event delivery did not take.
@@ -292,6 +332,17 @@ impl Dispatcher {
         parts: &http::request::Parts,
         body: &Bytes,
     ) -> Outcome {
+        self.call_with(slot, parts, body, None).await
+    }
+
+    /// [`Dispatcher::call`], committing `finish` with the effects.
+    pub(crate) async fn call_with(
+        &self,
+        slot: &ServiceSlot,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        finish: Option<&Finish<'_>>,
+    ) -> Outcome {
         if !slot.is_healthy() {
             let health = slot.health();
             return Outcome {
@@ -363,7 +414,10 @@ impl Dispatcher {
             if let Some(claim) = &claim {
                 claim.record(&response, &mut unit);
             }
-            match self.inner.bus.commit(&unit, None).await {
+            if let Some(finish) = finish {
+                unit.host.push((finish.record)(&response, &version));
+            }
+            match self.inner.bus.commit(&unit, finish.map(|f| f.ack)).await {
                 Ok(_) => break Ok(response),
                 Err(StoreError::Conflict(why)) if retries < MAX_CONFLICT_RETRIES => {
                     retries += 1;
@@ -543,6 +597,18 @@ impl Dispatcher {
         };
 
         let version = outcome.version.clone();
+        if let FallbackSpec::Queue { max_queued, .. } = &policy.spec.fallback
+            && queue::takes(&outcome, &parts)
+            && let Some(response) = self.enqueue(slot, *max_queued, &parts, &body).await
+        {
+            metrics.request(
+                name,
+                &version,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            return (response, version);
+        }
         if let FallbackSpec::Service { service: other } = &policy.spec.fallback
             && falls_back_to_service(&outcome, &method)
             && let Some(other) = self.inner.registry.get(other)
@@ -623,7 +689,9 @@ impl Dispatcher {
     ) -> Option<http::Response<Bytes>> {
         let name = slot.name();
         let (mut response, kind) = match &slot.policy.spec.fallback {
-            FallbackSpec::Problem | FallbackSpec::Service { .. } => return None,
+            FallbackSpec::Problem | FallbackSpec::Service { .. } | FallbackSpec::Queue { .. } => {
+                return None;
+            }
             FallbackSpec::Cached => {
                 let mut response = slot.policy.cache.as_ref()?.get(active, cache_key?, true)?;
                 response

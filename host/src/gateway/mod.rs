@@ -16,7 +16,7 @@ use crate::auth::Auth;
 use crate::body::BodyError;
 use crate::capability::outgoing::{set_identity_headers, strip_identity_headers};
 use crate::config::RateLimitKey;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, queue};
 use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 use crate::problem::problem_bytes;
 use crate::registry::{Registry, ServiceSlot};
@@ -145,6 +145,17 @@ impl Gateway {
                 service: "-".to_string(),
                 version: "-".to_string(),
             },
+            _ if path.starts_with(queue::PATH_PREFIX)
+                && matches!(method, Method::GET | Method::HEAD) =>
+            {
+                Answer {
+                    response: self
+                        .poll_queue(&path[queue::PATH_PREFIX.len()..], &parts)
+                        .await,
+                    service: "-".to_string(),
+                    version: "-".to_string(),
+                }
+            }
             Some(slot) => self.forward(&slot, parts, body, peer).await,
             None => Answer {
                 response: problem_bytes(
@@ -278,6 +289,24 @@ impl Gateway {
             cors::decorate(cors, origin, response.headers_mut());
         }
         response
+    }
+
+    /// `GET /_microhost/queue/{id}`: where a request the `queue` fallback stored stands.
+    /// A request queued under a token answers only to a valid token of the same subject.
+    async fn poll_queue(&self, id: &str, parts: &http::request::Parts) -> http::Response<Bytes> {
+        let caller = match crate::auth::bearer(&parts.headers).map(|t| self.auth.verify(t)) {
+            None => None,
+            Some(Ok(identity)) => Some(identity.subject),
+            Some(Err(why)) => {
+                let mut response =
+                    problem_bytes(StatusCode::UNAUTHORIZED, why, serde_json::Map::new());
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return response;
+            }
+        };
+        self.dispatcher.queued(id, caller.as_deref()).await
     }
 
     /// Verifies the bearer token, if any. On a protected route (and not a `public`

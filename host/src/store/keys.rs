@@ -13,6 +13,8 @@
 //! | `g/{service}` | the registry's record of a service: versions, active, canary |
 //! | `h/{service}\0{seq: u64 BE}` | an entry of a service's deployment history |
 //! | `i/{service}\0{sha256(caller, key): hex}` | the stored answer of an idempotency key |
+//! | `q/{service}\0{seq: u64 BE}` | a request queued by a `queue` fallback, waiting for replay |
+//! | `j/{id}` | where a queued request stands: queued, or its stored result |
 
 const SEP: u8 = 0;
 
@@ -98,6 +100,21 @@ pub(crate) fn idempotency(service: &str, caller: &str, key: &str) -> Vec<u8> {
 
 /// Prefix of every stored idempotency answer.
 pub(crate) const IDEMPOTENCY_PREFIX: &[u8] = b"i/";
+
+/// Prefix of the requests queued for `service`, in arrival order.
+pub(crate) fn queue_prefix(service: &str) -> Vec<u8> {
+    let mut key = join(b'q', &[service.as_bytes()]);
+    key.push(SEP);
+    key
+}
+
+/// Where the queued request `id` stands.
+pub(crate) fn queued_job(id: &str) -> Vec<u8> {
+    join(b'j', &[id.as_bytes()])
+}
+
+/// Prefix of every queued request's standing.
+pub(crate) const QUEUED_JOB_PREFIX: &[u8] = b"j/";
 
 /// Prefix of `service`'s deployment history.
 pub(crate) fn history_prefix(service: &str) -> Vec<u8> {

@@ -15,6 +15,7 @@ mod logs;
 mod policies;
 mod polyglot;
 mod process;
+mod queue;
 mod registry;
 mod seed;
 mod state;
