@@ -10,7 +10,7 @@
 //       store.setJson('count', count);
 //       return Response.json(200, { path: req.path, count });
 //     },
-//     onEvent(event) { ... },   // optional: throw to have the host retry it
+//     onEvent(event) { ... },   // optional (may be async): throw to have the host retry it
 //     health() { ... },         // optional: throw to report unhealthy
 //   });
 //
@@ -359,6 +359,75 @@ export async function call(service, path, init = {}) {
   return fetch(`http://${service}.internal${path}`, init);
 }
 
+const base64 = (bytes) => {
+  let text = '';
+  for (const b of bytes) text += String.fromCharCode(b);
+  return btoa(text);
+};
+
+/**
+ * Outbound webhooks, as the Standard Webhooks spec has them: the payload is a
+ * CloudEvent (structured mode, `application/cloudevents+json`), signed with HMAC-SHA256
+ * over `{id}.{timestamp}.{body}` (`webhook-id`, `webhook-timestamp`,
+ * `webhook-signature: v1,{base64}`), and sent with `Idempotency-Key: {id}` so a
+ * receiver can drop a redelivery. A secret `whsec_{base64}` is the key's bytes in
+ * base64; any other secret is used as text. `send` throws unless the receiver answers
+ * 2xx: in an event handler, the host then retries the event (and dead-letters it).
+ */
+export const webhooks = {
+  async sign(secret, id, timestamp, body) {
+    const keyBytes = secret.startsWith('whsec_')
+      ? Uint8Array.from(atob(secret.slice(6)), (c) => c.charCodeAt(0))
+      : encoder.encode(secret);
+    const key = await crypto.subtle.importKey(
+      'raw',
+      keyBytes,
+      { name: 'HMAC', hash: 'SHA-256' },
+      false,
+      ['sign'],
+    );
+    const mac = await crypto.subtle.sign('HMAC', key, encoder.encode(`${id}.${timestamp}.${body}`));
+    return `v1,${base64(new Uint8Array(mac))}`;
+  },
+
+  /**
+   * POSTs `{ id, type, source, time, data, traceparent }` as a CloudEvent to `url`,
+   * signed with `secret`. The same `id` on every retry.
+   */
+  async send(url, secret, { id, type, source, time, data, traceparent }) {
+    const event = {
+      specversion: '1.0',
+      id,
+      source,
+      type,
+      time,
+      datacontenttype: 'application/json',
+      data,
+    };
+    if (traceparent) event.traceparent = traceparent;
+    const body = JSON.stringify(event);
+    const timestamp = String(Math.floor(Date.now() / 1000));
+    const headers = {
+      'content-type': 'application/cloudevents+json',
+      'idempotency-key': id,
+      'webhook-id': id,
+      'webhook-timestamp': timestamp,
+      'webhook-signature': await webhooks.sign(secret, id, timestamp, body),
+    };
+    if (traceparent) headers.traceparent = traceparent;
+    let response;
+    try {
+      response = await fetch(url, { method: 'POST', headers, body });
+    } catch (e) {
+      throw new Error(`webhook ${url}: ${messageOf(e)}`);
+    }
+    if (!response.ok) {
+      throw new Error(`webhook ${url} answered ${response.status}`);
+    }
+    return response.status;
+  },
+};
+
 /** A configuration value from the manifest (`[service.config]`), or null. */
 export function config(key) {
   try {
@@ -436,12 +505,21 @@ export function service({ handle, onEvent, health }) {
         if (!onEvent) {
           throw `this service does not handle events (got one from topic ${JSON.stringify(event.topic)})`;
         }
+        // `result<_, string>`: the error is the message, for the retry log and the dead
+        // letter. A handler may be async (the host waits for it).
+        let done;
         try {
-          onEvent(wrapped);
+          done = onEvent(wrapped);
         } catch (e) {
-          // `result<_, string>`: the error is the message, for the retry log and the
-          // dead letter.
           throw messageOf(e);
+        }
+        if (done && typeof done.then === 'function') {
+          return done.then(
+            () => undefined,
+            (e) => {
+              throw messageOf(e);
+            },
+          );
         }
       },
     },

@@ -21,3 +21,4 @@ mod seed;
 mod state;
 mod support;
 mod tokens;
+mod webhooks;

@@ -47,7 +47,7 @@ async fn call(
     })
 }
 
-async fn register_and_login(
+pub(crate) async fn register_and_login(
     host: &Host,
     email: &str,
     name: &str,
@@ -137,7 +137,10 @@ async fn stock(host: &Host, product_id: &str) -> anyhow::Result<i64> {
     Ok(r.json()["stock"].as_i64().unwrap_or(-1))
 }
 
-async fn notifications(host: &Host, token: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+pub(crate) async fn notifications(
+    host: &Host,
+    token: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let r = call(
         host,
         http::Method::GET,
