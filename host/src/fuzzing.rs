@@ -146,7 +146,13 @@ impl Host {
             .build()?;
         let backend = crate::store::SledStorage::open(data_dir)?;
         // No listeners: no address of the host's own to keep outgoing calls from.
-        let wired = runtime.block_on(crate::wire(&config, backend, &[], admin_token))?;
+        let wired = runtime.block_on(crate::wire(
+            &config,
+            backend,
+            &[],
+            admin_token,
+            Default::default(),
+        ))?;
         Ok(Host {
             runtime,
             gateway: wired.gateway,

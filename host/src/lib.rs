@@ -23,6 +23,7 @@ mod problem;
 mod registry;
 mod runtime;
 mod store;
+mod telemetry;
 
 pub use gateway::server::ServerLimits;
 
@@ -104,6 +105,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// Subscription loops of services added or reconfigured at runtime.
     later: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
+    /// The trace exporter, flushed last.
+    telemetry: telemetry::Telemetry,
 }
 
 impl Running {
@@ -129,6 +132,7 @@ impl Running {
         for task in later {
             let _ = task.await;
         }
+        self.telemetry.shutdown().await;
     }
 
     /// A handle that asks the host to shut down, for signal handlers.
@@ -156,6 +160,7 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         None => generate_admin_token(&config.data_dir)?,
     };
 
+    let telemetry = telemetry::Telemetry::start(&config.manifest.telemetry)?;
     // Bound first: guests' outside calls must know the host's own addresses (even the
     // health checks while the services load), and never reach them.
     let gateway_listener = gateway::server::listen(config.listen)
@@ -172,7 +177,14 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         gateway,
         admin: admin_app,
         mut started,
-    } = wire(&config, backend, &[gateway_addr, admin_addr], &admin_token).await?;
+    } = wire(
+        &config,
+        backend,
+        &[gateway_addr, admin_addr],
+        &admin_token,
+        telemetry.tracer(),
+    )
+    .await?;
 
     let tls = match &config.tls {
         Some(tls) => Some(gateway::server::tls_acceptor(&tls.cert, &tls.key)?),
@@ -261,6 +273,7 @@ async fn start_on(config: HostConfig, backend: impl store::Backend) -> anyhow::R
         bus,
         shutdown,
         later,
+        telemetry,
         tasks: {
             tasks.push(gateway_server);
             tasks.push(admin_server);
@@ -289,6 +302,7 @@ pub(crate) async fn wire(
     backend: impl store::Backend,
     own_addrs: &[SocketAddr],
     admin_token: &str,
+    tracer: telemetry::Tracer,
 ) -> anyhow::Result<Wired> {
     let storage = Arc::new(store::Storage::new(backend));
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
@@ -310,6 +324,7 @@ pub(crate) async fn wire(
     let (dispatcher, started) = dispatch::Dispatcher::new(
         runtime.clone(),
         bus.clone(),
+        tracer,
         registry::RegistryParts {
             runtime,
             storage,

@@ -40,6 +40,7 @@ impl EventsGrant {
             source: format!("{}@{}", self.service, request.version),
             grant: self.clone(),
             traceparent: request.traceparent.clone(),
+            tracer: request.tracer.clone(),
         }
     }
 }
@@ -51,6 +52,7 @@ pub(crate) struct Publisher {
     source: String,
     /// Trace context of the invocation, passed on to the events it publishes.
     traceparent: Option<String>,
+    tracer: crate::telemetry::Tracer,
 }
 
 pub(crate) struct EventsView<'a> {
@@ -116,7 +118,16 @@ impl events::Host for EventsView<'_> {
         let mut event = Envelope::new(p.source.clone(), topic, data);
         event.key = options.key;
         event.datacontenttype = options.content_type;
-        event.traceparent = p.traceparent.clone();
+        // The event carries the publish span's context: its deliveries are its children.
+        let mut span = p.tracer.child(
+            format!("publish {}", event.topic),
+            opentelemetry::trace::SpanKind::Producer,
+            p.traceparent.as_deref(),
+        );
+        span.set("messaging.system", "microhost");
+        span.set("messaging.destination.name", event.topic.clone());
+        span.set("messaging.message.id", event.id.clone());
+        event.traceparent = span.traceparent().map(str::to_string);
         let id = event.id.clone();
         self.unit.events.push(event);
         Ok(Ok(id))

@@ -89,6 +89,8 @@ pub(crate) struct RequestContext {
     pub(crate) hops: u32,
     /// Who serves the guest's calls to other services (the dispatcher).
     pub(crate) caller: Option<Arc<dyn ServiceCaller>>,
+    /// Opens the spans of the invocation's outgoing calls and publishes.
+    pub(crate) tracer: crate::telemetry::Tracer,
 }
 
 impl RequestContext {

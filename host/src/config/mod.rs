@@ -41,6 +41,8 @@ pub struct Manifest {
     pub admin: AdminSpec,
     #[serde(default)]
     pub auth: AuthSpec,
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
     /// The directory relative component paths are resolved against (the manifest's
     /// own directory); not a TOML field.
     #[serde(skip)]
@@ -58,6 +60,25 @@ pub struct AdminSpec {
     /// Bearer token of the admin API. `MICROHOST_ADMIN_TOKEN` overrides it; prefer the
     /// environment over committing a token.
     pub token: Option<String>,
+}
+
+/// `[telemetry]`: where and how traces are exported. Every field falls back to its
+/// standard `OTEL_*` variable.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySpec {
+    /// The collector's OTLP endpoint: `http://host:4318` for HTTP (`/v1/traces` is
+    /// added), `http://host:4317` for gRPC.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` (the default) or `grpc`.
+    pub protocol: Option<String>,
+    /// The `service.name` of the host's spans (default `microhost`).
+    pub service_name: Option<String>,
+    /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on` (the default),
+    /// `parentbased_always_off` or `parentbased_traceidratio`.
+    pub sampler: Option<String>,
+    /// The ratio of the `traceidratio` samplers, 0 to 1.
+    pub sampler_arg: Option<f64>,
 }
 
 /// A manifest that cannot be used, with where and why.

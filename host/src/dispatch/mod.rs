@@ -27,8 +27,10 @@ use crate::problem::problem_bytes;
 use crate::registry::{Registry, RegistryParts, ServiceSlot};
 use crate::runtime::Runtime;
 use crate::store::{Entry, StoreError};
+use crate::telemetry::Tracer;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
+use opentelemetry::trace::SpanKind;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -167,6 +169,8 @@ struct Inner {
     as_caller: Arc<dyn ServiceCaller>,
     /// Idempotency keys whose requests are running now.
     idempotent: Arc<idempotency::Running>,
+    /// Opens the spans of dispatch, invocations, commits and deliveries.
+    tracer: Tracer,
 }
 
 /// The identity the gateway (or a calling service's host side) put on the request.
@@ -212,6 +216,7 @@ impl Dispatcher {
     pub(crate) fn new(
         runtime: Arc<Runtime>,
         bus: Arc<Bus>,
+        tracer: Tracer,
         registry: RegistryParts,
     ) -> (Dispatcher, UnboundedReceiver<Arc<ServiceSlot>>) {
         let mut started = None;
@@ -231,6 +236,7 @@ impl Dispatcher {
                 metrics: Arc::new(metrics),
                 as_caller: caller,
                 idempotent: Arc::default(),
+                tracer,
             }
         });
         let started = started.expect("new_cyclic runs its closure once");
@@ -312,6 +318,10 @@ impl Dispatcher {
         WeakDispatcher(Arc::downgrade(&self.inner))
     }
 
+    pub(crate) fn tracer(&self) -> &Tracer {
+        &self.inner.tracer
+    }
+
     pub(crate) fn breakers(&self) -> &Breakers {
         &self.inner.breakers
     }
@@ -381,13 +391,15 @@ impl Dispatcher {
         let version = pinned.version().label.clone();
         let headers = &parts.headers;
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let cx = RequestContext {
+        let parent = text(TRACEPARENT_HEADER);
+        let mut cx = RequestContext {
             version: version.clone(),
-            traceparent: text(TRACEPARENT_HEADER).map(str::to_string),
+            traceparent: parent.map(str::to_string),
             request_id: text(REQUEST_ID_HEADER).map(str::to_string),
             identity,
             hops: text(HOPS_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0),
             caller: Some(self.inner.as_caller.clone()),
+            tracer: self.inner.tracer.clone(),
         };
         let mut retries = 0;
         let result = loop {
@@ -396,6 +408,8 @@ impl Dispatcher {
             *request.uri_mut() = parts.uri.clone();
             *request.version_mut() = parts.version;
             *request.headers_mut() = parts.headers.clone();
+            let mut invoke = self.invoke_span(slot.name(), &version, parent);
+            cx.traceparent = invoke.traceparent().map(str::to_string);
             let result = self
                 .inner
                 .runtime
@@ -403,8 +417,13 @@ impl Dispatcher {
                 .await;
             let (response, mut unit) = match result {
                 Ok(done) => done,
-                Err(e) => break Err(DispatchError::Invoke(e)),
+                Err(e) => {
+                    invoke.fail(e.to_string());
+                    break Err(DispatchError::Invoke(e));
+                }
             };
+            invoke.status(response.status().as_u16());
+            drop(invoke);
             if !Class::of_status(response.status()).commits() {
                 break match self.inner.bus.settle(&unit).await {
                     Ok(()) => Ok(response),
@@ -417,7 +436,7 @@ impl Dispatcher {
             if let Some(finish) = finish {
                 unit.host.push((finish.record)(&response, &version));
             }
-            match self.inner.bus.commit(&unit, finish.map(|f| f.ack)).await {
+            match self.commit(parent, &unit, finish.map(|f| f.ack)).await {
                 Ok(_) => break Ok(response),
                 Err(StoreError::Conflict(why)) if retries < MAX_CONFLICT_RETRIES => {
                     retries += 1;
@@ -434,6 +453,47 @@ impl Dispatcher {
         };
         pinned.version().record(classify(&result));
         Outcome { version, result }
+    }
+
+    /// The span of one invocation of `service@version`, under `parent`.
+    fn invoke_span(
+        &self,
+        service: &str,
+        version: &str,
+        parent: Option<&str>,
+    ) -> crate::telemetry::Span {
+        let mut span =
+            self.inner
+                .tracer
+                .child(format!("invoke {service}"), SpanKind::Internal, parent);
+        span.set("microhost.service", service.to_string());
+        span.set("microhost.version", version.to_string());
+        span
+    }
+
+    /// [`Bus::commit`] in a span (under `parent`) saying what it wrote.
+    async fn commit(
+        &self,
+        parent: Option<&str>,
+        unit: &crate::bus::unit::UnitOfWork,
+        ack: Option<&crate::bus::unit::Ack>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut span = self
+            .inner
+            .tracer
+            .child("commit", SpanKind::Internal, parent);
+        if span.is_recording() {
+            span.set("microhost.service", unit.service.clone());
+            span.set("microhost.kv.writes", unit.kv.len() as i64);
+            span.set("microhost.kv.reads", unit.reads.len() as i64);
+            span.set("microhost.events", unit.events.len() as i64);
+            span.set("microhost.acknowledges", ack.is_some());
+        }
+        let committed = self.inner.bus.commit(unit, ack).await;
+        if let Err(e) = &committed {
+            span.fail(e.to_string());
+        }
+        committed
     }
 
     /// A service-to-service call: the callee's own rules first, as at the edge (a token
@@ -490,6 +550,49 @@ impl Dispatcher {
         slot: &ServiceSlot,
         request: http::Request<Bytes>,
     ) -> (http::Response<Bytes>, String) {
+        let (mut parts, body) = request.into_parts();
+        let parent = parts
+            .headers
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut span = self.inner.tracer.child(
+            format!("dispatch {}", slot.name()),
+            SpanKind::Internal,
+            parent.as_deref(),
+        );
+        if let Some(value) = span
+            .traceparent()
+            .and_then(|tp| HeaderValue::from_str(tp).ok())
+        {
+            parts.headers.insert(TRACEPARENT_HEADER, value);
+        }
+        span.set("microhost.service", slot.name().to_string());
+        let (response, version) = self
+            .serve_in(slot, http::Request::from_parts(parts, body), &mut span)
+            .await;
+        if span.is_recording() {
+            span.set("microhost.version", version.clone());
+            span.set("microhost.canary", version != slot.active().label);
+            if let Some(kind) = response
+                .headers()
+                .get(FALLBACK_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                span.set("microhost.fallback", kind.to_string());
+            }
+            span.status(response.status().as_u16());
+        }
+        (response, version)
+    }
+
+    /// [`Dispatcher::serve`], noting its decisions on `span`.
+    async fn serve_in(
+        &self,
+        slot: &ServiceSlot,
+        request: http::Request<Bytes>,
+        span: &mut crate::telemetry::Span,
+    ) -> (http::Response<Bytes>, String) {
         let started = Instant::now();
         let name = slot.name();
         let policy = &slot.policy;
@@ -519,6 +622,7 @@ impl Dispatcher {
         {
             if let Some(mut response) = cache.get(&active, key, false) {
                 metrics.cache(name, "hit");
+                span.set("microhost.cache", "hit");
                 response
                     .headers_mut()
                     .insert(CACHE_HEADER, HeaderValue::from_static("HIT"));
@@ -531,6 +635,7 @@ impl Dispatcher {
                 return (response, active);
             }
             metrics.cache(name, "miss");
+            span.set("microhost.cache", "miss");
         }
 
         let outcome = 'call: {
@@ -559,6 +664,7 @@ impl Dispatcher {
             };
             let probe_timeout = Duration::from_millis(slot.spec.limits.timeout_ms);
             if !breakers.allow(name, probe_timeout) {
+                span.set("microhost.breaker", "open");
                 break 'call Outcome {
                     version: active.clone(),
                     result: Err(DispatchError::BreakerOpen(Duration::from_millis(
@@ -587,6 +693,7 @@ impl Dispatcher {
                     || !breakers.allow(name, probe_timeout)
                     || !policy.budget.withdraw()
                 {
+                    span.set("microhost.retries", i64::from(attempt - 1));
                     break 'call outcome;
                 }
                 metrics.retried(name);
@@ -734,9 +841,23 @@ impl Dispatcher {
     ) -> Result<(), DeliveryError> {
         let pinned = slot.pin();
         let version = pinned.version().label.clone();
+        // A child of the publish (its context came with the event): one trace from the
+        // request that published to every delivery it caused.
+        let mut delivery = self.inner.tracer.child(
+            format!("deliver {}", item.event.topic),
+            SpanKind::Consumer,
+            item.event.traceparent.as_deref(),
+        );
+        delivery.set("messaging.system", "microhost");
+        delivery.set("messaging.destination.name", item.event.topic.clone());
+        delivery.set("messaging.message.id", item.event.id.clone());
+        delivery.set("messaging.consumer.group.name", slot.name().to_string());
+        delivery.set("microhost.attempt", i64::from(attempt));
+        let mut invoke = self.invoke_span(slot.name(), &version, delivery.traceparent());
         let cx = RequestContext {
-            traceparent: item.event.traceparent.clone(),
+            traceparent: invoke.traceparent().map(str::to_string),
             caller: Some(self.inner.as_caller.clone()),
+            tracer: self.inner.tracer.clone(),
             ..RequestContext::new(&version)
         };
         let outcome = self
@@ -750,8 +871,15 @@ impl Dispatcher {
                 attempt,
             )
             .await;
+        if let Err(e) = &outcome {
+            invoke.fail(e.to_string());
+        }
+        drop(invoke);
         let result = match outcome {
-            Ok(unit) => match self.inner.bus.commit(&unit, Some(&item.ack)).await {
+            Ok(unit) => match self
+                .commit(delivery.traceparent(), &unit, Some(&item.ack))
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(StoreError::Conflict(why)) => return Err(DeliveryError::Conflict(why)),
                 Err(e) => Err(DispatchError::Storage(e.to_string())),
@@ -763,6 +891,9 @@ impl Dispatcher {
             Err(e) => e.class(),
         };
         pinned.version().record(class);
+        if let Err(e) = &result {
+            delivery.fail(e.to_string());
+        }
         result.map_err(|e| match class {
             Class::HostRefusal { .. } => DeliveryError::Host(format!("{version}: {e}")),
             _ => DeliveryError::Failed(format!("{version}: {e}")),

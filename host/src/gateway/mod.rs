@@ -123,7 +123,36 @@ impl Gateway {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let request_id = trace::request_id(parts.headers.get(REQUEST_ID_HEADER));
+        let incoming = parts
+            .headers
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let traceparent = trace::child_traceparent(parts.headers.get(TRACEPARENT_HEADER));
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_string();
+        let route = self.registry.route(&path);
+        // The edge span has the ids of the traceparent the request goes on with (and the
+        // sampler's verdict in its flags).
+        let mut edge = self.dispatcher.tracer().adopt(
+            format!(
+                "{method} {}",
+                route.as_ref().map_or("-", |slot| slot.spec.route.as_str())
+            ),
+            opentelemetry::trace::SpanKind::Server,
+            incoming.as_deref(),
+            &traceparent,
+        );
+        let traceparent = edge.traceparent().unwrap_or(&traceparent).to_string();
+        if edge.is_recording() {
+            edge.set("http.request.method", method.to_string());
+            edge.set("url.path", path.clone());
+            edge.set("client.address", peer.ip().to_string());
+            edge.set("microhost.request_id", request_id.clone());
+            if let Some(slot) = &route {
+                edge.set("http.route", slot.spec.route.to_string());
+            }
+        }
         for (name, value) in [
             (REQUEST_ID_HEADER, &request_id),
             (TRACEPARENT_HEADER, &traceparent),
@@ -132,9 +161,7 @@ impl Gateway {
                 parts.headers.insert(HeaderName::from_static(name), value);
             }
         }
-        let method = parts.method.clone();
-        let path = parts.uri.path().to_string();
-        let answer = match self.registry.route(&path) {
+        let answer = match route {
             _ if path == HEALTH_PATH && matches!(method, Method::GET | Method::HEAD) => Answer {
                 response: self.dispatcher.health(),
                 service: "-".to_string(),
@@ -168,6 +195,12 @@ impl Gateway {
             },
         };
         let mut response = answer.response;
+        if edge.is_recording() {
+            edge.set("microhost.service", answer.service.clone());
+            edge.set("microhost.version", answer.version.clone());
+            edge.status(response.status().as_u16());
+        }
+        drop(edge);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }

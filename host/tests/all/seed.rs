@@ -683,3 +683,202 @@ async fn analytics_counts_the_flow_and_a_replay_from_zero_changes_nothing() -> a
     );
     Ok(())
 }
+
+/// The spans an in-process OTLP/HTTP receiver got (`/v1/traces`, protobuf).
+#[derive(Default)]
+struct Collector {
+    spans: parking_lot::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>,
+    service_names: parking_lot::Mutex<Vec<String>>,
+}
+
+async fn start_collector() -> anyhow::Result<(std::net::SocketAddr, std::sync::Arc<Collector>)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let collector = std::sync::Arc::new(Collector::default());
+    let state = collector.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
+            let state = state.clone();
+            async move {
+                assert_eq!(
+                    headers.get("content-type").and_then(|v| v.to_str().ok()),
+                    Some("application/x-protobuf")
+                );
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                for resource in request.resource_spans {
+                    if let Some(resource) = &resource.resource {
+                        for attribute in &resource.attributes {
+                            if attribute.key == "service.name" {
+                                state.service_names.lock().push(format!("{:?}", attribute.value));
+                            }
+                        }
+                    }
+                    for scope in resource.scope_spans {
+                        state.spans.lock().extend(scope.spans);
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::default()
+                        .encode_to_vec(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((addr, collector))
+}
+
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let value = span
+        .attributes
+        .iter()
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?;
+    Some(match value.value.as_ref()? {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(n) => n.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// One order's trace, exported with OTLP/HTTP to a receiver in the test: edge → order
+/// → its calls to user and product → publish order.created → product's delivery →
+/// publish stock.reserved → order's delivery → publish order.confirmed →
+/// notification's delivery, every span the child of the one before (deliveries of the
+/// publish whose context the event carried), all under the one edge span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_one_trace_from_the_edge_to_the_notification() -> anyhow::Result<()> {
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let dir = data_dir();
+    let (addr, collector) = start_collector().await?;
+    let registry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry");
+    let path = registry.join("microhost.toml");
+    let text = format!(
+        "{}\n[telemetry]\nendpoint = \"http://{addr}\"\nprotocol = \"http/protobuf\"\n\
+         service_name = \"shop\"\n",
+        std::fs::read_to_string(&path)?
+    );
+    let mut config = crate::support::config(&[], dir.path())?;
+    config.manifest = Manifest::from_toml(&text, &path, registry)?;
+    let host = Host::start_with(config).await?;
+
+    let (_, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
+    let lamp = create_product(&host, &ada, "Lamp", 1999, 5).await?;
+    let r = order(&host, &ada, &[(&lamp, 2)]).await?;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let order_id = r.json()["id"].as_str().unwrap_or_default().to_string();
+    assert_eventually!(
+        WAIT,
+        notifications(&host, &ada)
+            .await?
+            .iter()
+            .any(|n| n["kind"] == "order.confirmed" && n["order_id"] == order_id.as_str()),
+        "no confirmation notification"
+    );
+    // Shutting down flushes the exporter.
+    host.shutdown().await;
+
+    let spans = collector.spans.lock().clone();
+    assert!(
+        collector
+            .service_names
+            .lock()
+            .iter()
+            .all(|n| n.contains("shop")),
+        "{:?}",
+        collector.service_names.lock()
+    );
+    let edge = spans
+        .iter()
+        .find(|s| {
+            s.name == "POST /api/orders"
+                && attribute(s, "http.response.status_code").as_deref() == Some("201")
+        })
+        .unwrap_or_else(|| panic!("no edge span for the order among {} spans", spans.len()));
+    assert_eq!(edge.kind, SpanKind::Server as i32);
+    assert!(
+        edge.parent_span_id.is_empty(),
+        "the client sent no trace context"
+    );
+    let trace: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == edge.trace_id)
+        .collect();
+    let names: Vec<&str> = trace.iter().map(|s| s.name.as_str()).collect();
+    // Every span but the edge's hangs from another span of the trace.
+    for span in &trace {
+        if span.span_id != edge.span_id {
+            assert!(
+                trace.iter().any(|p| p.span_id == span.parent_span_id),
+                "{} has no parent in the trace: {names:?}",
+                span.name
+            );
+        }
+    }
+    let child = |parent: &Span, name: &str, check: &dyn Fn(&Span) -> bool| -> Span {
+        trace
+            .iter()
+            .find(|s| s.parent_span_id == parent.span_id && s.name == name && check(s))
+            .map(|s| (*s).clone())
+            .unwrap_or_else(|| panic!("no {name:?} under {:?}: {names:?}", parent.name))
+    };
+    let any = |_: &Span| true;
+    let dispatch = child(edge, "dispatch order", &any);
+    assert_eq!(
+        attribute(&dispatch, "microhost.service").as_deref(),
+        Some("order")
+    );
+    assert!(attribute(&dispatch, "microhost.version").is_some());
+    assert_eq!(
+        attribute(&dispatch, "microhost.canary").as_deref(),
+        Some("false")
+    );
+    let invoke = child(&dispatch, "invoke order", &any);
+    child(&dispatch, "commit", &|s| {
+        attribute(s, "microhost.events").as_deref() == Some("1")
+    });
+    for callee in ["user", "product"] {
+        let call = trace
+            .iter()
+            .find(|s| {
+                s.parent_span_id == invoke.span_id
+                    && s.kind == SpanKind::Client as i32
+                    && attribute(s, "server.address").as_deref()
+                        == Some(&format!("{callee}.internal"))
+            })
+            .unwrap_or_else(|| panic!("no call to {callee} under the order: {names:?}"));
+        let served = child(call, &format!("dispatch {callee}"), &any);
+        child(&served, &format!("invoke {callee}"), &any);
+    }
+    // The bus: each delivery is the child of the publish whose context its event carried.
+    let publish = child(&invoke, "publish order.created", &any);
+    assert_eq!(publish.kind, SpanKind::Producer as i32);
+    let consumer = |group: &'static str| {
+        move |s: &Span| attribute(s, "messaging.consumer.group.name").as_deref() == Some(group)
+    };
+    let at_product = child(&publish, "deliver order.created", &consumer("product"));
+    assert_eq!(at_product.kind, SpanKind::Consumer as i32);
+    let reserving = child(&at_product, "invoke product", &any);
+    child(&at_product, "commit", &|s| {
+        attribute(s, "microhost.acknowledges").as_deref() == Some("true")
+    });
+    let reserved = child(&reserving, "publish stock.reserved", &any);
+    let at_order = child(&reserved, "deliver stock.reserved", &consumer("order"));
+    let confirming = child(&at_order, "invoke order", &any);
+    let confirmed = child(&confirming, "publish order.confirmed", &any);
+    let at_notification = child(
+        &confirmed,
+        "deliver order.confirmed",
+        &consumer("notification"),
+    );
+    child(&at_notification, "invoke notification", &any);
+    Ok(())
+}

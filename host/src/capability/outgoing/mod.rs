@@ -120,6 +120,7 @@ impl HttpGrant {
             hops: request.hops,
             traceparent: request.traceparent.clone(),
             request_id: request.request_id.clone(),
+            tracer: request.tracer.clone(),
         }
     }
 }
@@ -141,6 +142,8 @@ pub(crate) struct Outgoing {
     /// guest sets its own.
     traceparent: Option<String>,
     request_id: Option<String>,
+    /// Opens a client span for every call.
+    tracer: crate::telemetry::Tracer,
 }
 
 impl Outgoing {
@@ -314,10 +317,41 @@ impl WasiHttpHooks for Outgoing {
             .host()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        match host.strip_suffix(INTERNAL_SUFFIX) {
+        // A client span under the trace context the request carries (the invocation's,
+        // or one the guest set); the callee continues this span.
+        let parent = request
+            .headers()
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut span = self.tracer.child(
+            format!("{} {host}", request.method()),
+            opentelemetry::trace::SpanKind::Client,
+            parent.as_deref(),
+        );
+        if span.is_recording() {
+            span.set("http.request.method", request.method().to_string());
+            span.set("server.address", host.clone());
+            span.set("url.path", request.uri().path().to_string());
+            if let Some(value) = span
+                .traceparent()
+                .and_then(|tp| http::HeaderValue::from_str(tp).ok())
+            {
+                request.headers_mut().insert(TRACEPARENT_HEADER, value);
+            }
+        }
+        let sent = match host.strip_suffix(INTERNAL_SUFFIX) {
             Some(target) => self.call_service(target.to_string(), request),
             None => self.call_host(host, request, options),
-        }
+        };
+        Box::new(async move {
+            let result = Box::into_pin(sent).await;
+            match &result {
+                Ok((response, _)) => span.status(response.status().as_u16()),
+                Err(e) => span.fail(format!("{e:?}")),
+            }
+            result
+        })
     }
 }
 
