@@ -824,11 +824,17 @@ impl Dispatcher {
         response
             .headers_mut()
             .insert(FALLBACK_HEADER, HeaderValue::from_static(kind));
+        // A cached answer says which version gave it (perhaps one before a bad deploy).
+        let answered_by = response.headers().get(SERVICE_HEADER).cloned();
         let outcome = Outcome {
             version: active.to_string(),
             result: Ok(response),
         };
-        Some(outcome.into_response(name))
+        let mut response = outcome.into_response(name);
+        if let Some(tag) = answered_by {
+            response.headers_mut().insert(SERVICE_HEADER, tag);
+        }
+        Some(response)
     }
 
     /// Delivers `item` to the active version of `slot`. On success the handler's

@@ -7,13 +7,14 @@ use crate::config::CacheSpec;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use moka::policy::EvictionPolicy;
-use parking_lot::RwLock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A cached response.
 struct Entry {
-    /// The version that answered it: one from before a version change is never served.
+    /// The version that answered it: an answer of another version than the active one
+    /// is never served fresh, only by the cached fallback (the last good answer of the
+    /// version before a bad deploy).
     version: String,
     /// The request path, for invalidation by writes.
     path: String,
@@ -35,13 +36,13 @@ impl Entry {
     }
 }
 
-/// `GET` responses of one service's active version.
+/// `GET` responses of one service: the active version's, fresh; and what earlier
+/// versions answered, for `fallback = cached` only.
 pub(crate) struct Cache {
     pub(crate) spec: CacheSpec,
-    /// The version the entries came from; another one empties the store.
-    version: RwLock<String>,
-    /// Keyed by [`Cache::key`]. Nothing expires here: an entry past its lifetime stays
-    /// until it is evicted, invalidated or the version changes, for `fallback = cached`.
+    /// Keyed by [`Cache::key`]. Nothing expires here: an entry past its lifetime (or of
+    /// an earlier version) stays until it is evicted, invalidated or replaced, for
+    /// `fallback = cached`.
     entries: moka::sync::Cache<String, Arc<Entry>>,
 }
 
@@ -50,7 +51,6 @@ impl Cache {
         let capacity = u64::try_from(spec.max_entries).unwrap_or(u64::MAX);
         Cache {
             spec: spec.clone(),
-            version: RwLock::new(String::new()),
             // Least recently used out first: moka's default (TinyLFU) may refuse a new
             // answer while the store is full of popular ones, and a refused answer
             // would be a MISS on every request for it.
@@ -77,20 +77,8 @@ impl Cache {
         }
     }
 
-    /// Empties the store if its entries are not `version`'s.
-    fn switch_to(&self, version: &str) {
-        if *self.version.read() == version {
-            return;
-        }
-        let mut current = self.version.write();
-        if *current != version {
-            self.entries.invalidate_all();
-            *current = version.to_string();
-        }
-    }
-
-    /// The cached response for `key` of `version`: a fresh one only, or one past its
-    /// lifetime too (`stale_ok`, for fallbacks).
+    /// The cached response for `key` of `version`: a fresh one only, or (`stale_ok`, for
+    /// fallbacks) one past its lifetime or of an earlier version too.
     pub(crate) fn get(
         &self,
         version: &str,
@@ -107,9 +95,8 @@ impl Cache {
         stale_ok: bool,
         now: Instant,
     ) -> Option<http::Response<Bytes>> {
-        self.switch_to(version);
         let entry = self.entries.get(key)?;
-        if entry.version != version || !(stale_ok || entry.is_fresh(now)) {
+        if !stale_ok && (entry.version != version || !entry.is_fresh(now)) {
             return None;
         }
         let mut response = http::Response::new(entry.body.clone());
@@ -143,7 +130,6 @@ impl Cache {
         let Some(ttl) = lifetime(&self.spec, response) else {
             return;
         };
-        self.switch_to(version);
         let entry = Entry {
             version: version.to_string(),
             path: path.to_string(),
@@ -203,9 +189,17 @@ mod tests {
         assert_eq!(cache.len(), 2, "bounded by max_entries");
         assert!(cache.get("v1", "a", true).is_none(), "oldest evicted");
         assert!(
-            cache.get("v2", "f", true).is_none(),
-            "another version empties it"
+            cache.get("v2", "f", false).is_none(),
+            "another version's answer is never fresh"
         );
+        assert!(
+            cache.get("v2", "f", true).is_some(),
+            "but the fallback may serve it"
+        );
+        cache.store("v2", "f", "/f", &ok("f2", None));
+        assert!(cache.get("v2", "f", false).is_some(), "replaced by v2's");
+        cache.invalidate_path("/e");
+        cache.invalidate_path("/f");
         assert!(cache.is_empty());
         let big = ok(Box::leak("x".repeat(2048).into_boxed_str()), None);
         cache.store("v2", "big", "/big", &big);

@@ -352,7 +352,7 @@ async fn concurrency_limit_queues_then_sheds_with_503() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_responses_are_cached_and_dropped_when_the_version_changes() -> anyhow::Result<()> {
+async fn get_responses_are_cached_and_never_served_fresh_across_versions() -> anyhow::Result<()> {
     let dir = data_dir();
     let host = Host::start(
         &[Svc::new("echo", "/", "test-echo").set("policy = { cache = { ttl_ms = 60000 } }")],
@@ -413,7 +413,7 @@ async fn get_responses_are_cached_and_dropped_when_the_version_changes() -> anyh
         "the POST to /items dropped /items and /items?page=2"
     );
 
-    // A new version: nothing of the old one is served.
+    // A new version: nothing of the old one is served fresh.
     let r = host
         .deploy("echo", "v2", std::fs::read(wasm("test-echo"))?)
         .await?;

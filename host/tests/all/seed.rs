@@ -24,6 +24,20 @@ async fn seed_host(data: &Path, open_ms: u64) -> anyhow::Result<Host> {
     Host::start_with(config).await
 }
 
+/// The shipped manifest's text, changed by `edit`, on ephemeral ports (component paths
+/// still resolved against registry/).
+pub(crate) async fn seed_host_from(
+    data: &Path,
+    edit: impl FnOnce(String) -> String,
+) -> anyhow::Result<Host> {
+    let registry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry");
+    let path = registry.join("microhost.toml");
+    let text = edit(std::fs::read_to_string(&path)?);
+    let mut config = crate::support::config(&[], data)?;
+    config.manifest = Manifest::from_toml(&text, &path, registry)?;
+    Host::start_with(config).await
+}
+
 async fn call(
     host: &Host,
     method: http::Method,
@@ -759,16 +773,13 @@ async fn an_order_is_one_trace_from_the_edge_to_the_notification() -> anyhow::Re
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     let dir = data_dir();
     let (addr, collector) = start_collector().await?;
-    let registry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry");
-    let path = registry.join("microhost.toml");
-    let text = format!(
-        "{}\n[telemetry]\nendpoint = \"http://{addr}\"\nprotocol = \"http/protobuf\"\n\
-         service_name = \"shop\"\n",
-        std::fs::read_to_string(&path)?
-    );
-    let mut config = crate::support::config(&[], dir.path())?;
-    config.manifest = Manifest::from_toml(&text, &path, registry)?;
-    let host = Host::start_with(config).await?;
+    let host = seed_host_from(dir.path(), |text| {
+        format!(
+            "{text}\n[telemetry]\nendpoint = \"http://{addr}\"\nprotocol = \"http/protobuf\"\n\
+             service_name = \"shop\"\n"
+        )
+    })
+    .await?;
 
     let (_, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
     let lamp = create_product(&host, &ada, "Lamp", 1999, 5).await?;
@@ -880,5 +891,168 @@ async fn an_order_is_one_trace_from_the_edge_to_the_notification() -> anyhow::Re
         &consumer("notification"),
     );
     child(&at_notification, "invoke notification", &any);
+    Ok(())
+}
+
+/// The seed with product's policy set to `policy`, its breaker opening after 3 failures
+/// for 1 s, and (for the service fallback) a read-only `catalogue`: another instance of
+/// the product component on its own route and keyspace.
+async fn seed_with_product_policy(data: &Path, policy: &str) -> anyhow::Result<Host> {
+    seed_host_from(data, |text| {
+        let text = text.replacen(
+            "breaker = { failures = 3, open_ms = 5000 }\n",
+            &format!("breaker = {{ failures = 3, open_ms = 1000 }}\npolicy = {policy}\n"),
+            1,
+        );
+        format!(
+            "{text}\n[[service]]\nname = \"catalogue\"\nroute = \"/api/catalogue\"\n\
+             component = {{ path = \"product/0.1.0.wasm\", version = \"0.1.0\" }}\n\
+             config = {{ default_page_size = \"20\" }}\n"
+        )
+    })
+    .await
+}
+
+/// Deploys a trapping version of product and fails `path` (nothing cached) until its
+/// breaker is open.
+async fn break_product(host: &Host, path: &str) -> anyhow::Result<()> {
+    let r = host
+        .deploy("product", "broken", std::fs::read(wasm("test-trap"))?)
+        .await?;
+    assert_eq!(r.status, 201, "{}", r.text());
+    for _ in 0..3 {
+        // The trap, or already the fallback (it answers failed GETs too).
+        let r = host.get(path).await?;
+        assert!(
+            r.status == 502 || r.header("x-microhost-fallback").is_some(),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+    }
+    assert_eq!(breaker(host, "product").await?, "open");
+    Ok(())
+}
+
+/// Product's breaker open, with each fallback kind in turn: the last good answer
+/// (`cached`), a fixed one (`static`), another service (`service`), and for writes a
+/// durable queue (`queue`: 202, then once product recovers each queued product is
+/// created once, in order, its result at its Location).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_fallbacks_answer_while_its_breaker_is_open() -> anyhow::Result<()> {
+    // cached
+    let dir = data_dir();
+    let host = seed_with_product_policy(
+        dir.path(),
+        r#"{ cache = { ttl_ms = 100 }, fallback = { kind = "cached" } }"#,
+    )
+    .await?;
+    let (_, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
+    let lamp = create_product(&host, &ada, "Lamp", 1999, 5).await?;
+    let good = host.get(&format!("/api/products/{lamp}")).await?;
+    assert_eq!(good.status, 200);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    break_product(&host, "/api/products/none").await?;
+    let r = host.get(&format!("/api/products/{lamp}")).await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-microhost-fallback"), Some("cached"));
+    assert_eq!(r.header("x-cache"), Some("STALE"));
+    assert_eq!(r.json()["name"], "Lamp");
+    assert_eq!(
+        r.served_by(),
+        Some("product@0.1.0"),
+        "the last good version's answer, after a bad deploy"
+    );
+    host.shutdown().await;
+
+    // static
+    let dir = data_dir();
+    let host = seed_with_product_policy(
+        dir.path(),
+        r#"{ fallback = { kind = "static", body = '{"items":[],"next":null,"degraded":true}' } }"#,
+    )
+    .await?;
+    break_product(&host, "/api/products/none").await?;
+    let r = host.get("/api/products").await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-microhost-fallback"), Some("static"));
+    assert_eq!(r.json()["degraded"], true);
+    host.shutdown().await;
+
+    // service: the catalogue answers, and says so
+    let dir = data_dir();
+    let host = seed_with_product_policy(
+        dir.path(),
+        r#"{ fallback = { kind = "service", service = "catalogue" } }"#,
+    )
+    .await?;
+    break_product(&host, "/api/products/none").await?;
+    let r = host.get("/api/products").await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-microhost-fallback"), Some("service"));
+    assert!(
+        r.served_by().is_some_and(|s| s.starts_with("catalogue@")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.json()["items"], serde_json::json!([]));
+    host.shutdown().await;
+
+    // queue: creations wait, then each runs once, in order
+    let dir = data_dir();
+    let host = seed_with_product_policy(dir.path(), r#"{ fallback = { kind = "queue" } }"#).await?;
+    let (_, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
+    break_product(&host, "/api/products/none").await?;
+    let mut locations = Vec::new();
+    for name in ["Chair", "Desk", "Shelf"] {
+        let body = serde_json::json!({ "name": name, "price_cents": 1000, "stock": 1 });
+        let r = call(
+            &host,
+            http::Method::POST,
+            "/api/products",
+            Some(&ada),
+            Some(body),
+        )
+        .await?;
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert_eq!(r.header("x-microhost-fallback"), Some("queue"));
+        locations.push(r.header("location").unwrap_or_default().to_string());
+    }
+    let good = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry/product/0.1.0.wasm"),
+    )?;
+    let r = host.deploy("product", "0.1.1", good).await?;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut ids = Vec::new();
+    for (location, name) in locations.iter().zip(["Chair", "Desk", "Shelf"]) {
+        let poll = || call(&host, http::Method::GET, location, Some(&ada), None);
+        let mut result = poll().await?;
+        let deadline = Instant::now() + WAIT;
+        while result.status == 202 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            result = poll().await?;
+        }
+        assert_eq!(result.status, 201, "{location}: {}", result.text());
+        assert_eq!(result.json()["name"], name);
+        ids.push(result.json()["id"].as_str().unwrap_or_default().to_string());
+    }
+    let listed = host.get("/api/products?limit=100").await?.json();
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["Chair", "Desk", "Shelf"], "each once, in order");
+    let listed_ids: Vec<&str> = listed["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|p| p["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed_ids, ids);
+    // Queued under ada's token, the result answers to ada only.
+    let r = host.get(&locations[0]).await?;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let (_, bob) = register_and_login(&host, "bob@example.com", "Bob").await?;
+    let r = call(&host, http::Method::GET, &locations[0], Some(&bob), None).await?;
+    assert_eq!(r.status, 404, "{}", r.text());
+    host.shutdown().await;
     Ok(())
 }

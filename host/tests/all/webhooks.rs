@@ -5,10 +5,9 @@
 //! dead-lettered; redrive delivers once.
 
 use crate::assert_eventually;
-use crate::seed::{notifications, register_and_login};
+use crate::seed::{notifications, register_and_login, seed_host_from};
 use crate::support::Host;
 use base64::Engine as _;
-use microhost::config::Manifest;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::Path;
@@ -125,37 +124,34 @@ async fn start_receiver() -> anyhow::Result<(std::net::SocketAddr, Arc<Receiver>
 /// (its secret in a file under `data`), and its `user.registered` subscription retried
 /// three times, quickly.
 async fn seed_with_webhook(data: &Path, receiver: std::net::SocketAddr) -> anyhow::Result<Host> {
-    let registry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry");
-    let path = registry.join("microhost.toml");
-    let text = std::fs::read_to_string(&path)?;
     let secret = data.join("webhook-secret");
     std::fs::write(&secret, format!("{SECRET}\n"))?;
-    let start = text
-        .find("name = \"notification\"")
-        .expect("the seed has a notification service");
-    let end = text[start..]
-        .find("[[service]]")
-        .map_or(text.len(), |n| start + n);
-    let block = text[start..end]
-        .replacen(
-            "protected = true\n",
-            &format!(
-                "protected = true\nallowed_hosts = [\"{receiver}\"]\n\
-                 config = {{ webhook_url = \"http://{receiver}/hooks\" }}\n\
-                 secrets = {{ webhook_secret = {{ file = {:?} }} }}\n",
-                secret.display().to_string()
-            ),
-            1,
-        )
-        .replacen(
-            "topic = \"user.registered\"\n",
-            "topic = \"user.registered\"\nmax_deliver = 3\nbackoff_ms = 50\n",
-            1,
-        );
-    let text = format!("{}{block}{}", &text[..start], &text[end..]);
-    let mut config = crate::support::config(&[], data)?;
-    config.manifest = Manifest::from_toml(&text, &path, registry)?;
-    Host::start_with(config).await
+    seed_host_from(data, |text| {
+        let start = text
+            .find("name = \"notification\"")
+            .expect("the seed has a notification service");
+        let end = text[start..]
+            .find("[[service]]")
+            .map_or(text.len(), |n| start + n);
+        let block = text[start..end]
+            .replacen(
+                "protected = true\n",
+                &format!(
+                    "protected = true\nallowed_hosts = [\"{receiver}\"]\n\
+                     config = {{ webhook_url = \"http://{receiver}/hooks\" }}\n\
+                     secrets = {{ webhook_secret = {{ file = {:?} }} }}\n",
+                    secret.display().to_string()
+                ),
+                1,
+            )
+            .replacen(
+                "topic = \"user.registered\"\n",
+                "topic = \"user.registered\"\nmax_deliver = 3\nbackoff_ms = 50\n",
+                1,
+            );
+        format!("{}{block}{}", &text[..start], &text[end..])
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
