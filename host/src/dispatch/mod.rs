@@ -410,6 +410,13 @@ impl Dispatcher {
             *request.headers_mut() = parts.headers.clone();
             let mut invoke = self.invoke_span(slot.name(), &version, parent);
             cx.traceparent = invoke.traceparent().map(str::to_string);
+            // The guest sees its invocation's span as the parent of whatever it traces.
+            if let Some(value) = invoke
+                .traceparent()
+                .and_then(|tp| HeaderValue::from_str(tp).ok())
+            {
+                request.headers_mut().insert(TRACEPARENT_HEADER, value);
+            }
             let result = self
                 .inner
                 .runtime

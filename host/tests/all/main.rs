@@ -21,4 +21,5 @@ mod seed;
 mod state;
 mod support;
 mod tokens;
+mod traces;
 mod webhooks;
