@@ -711,17 +711,21 @@ impl Dispatcher {
         };
 
         let version = outcome.version.clone();
-        if let FallbackSpec::Queue { max_queued, .. } = &policy.spec.fallback
-            && queue::takes(&outcome, &parts)
-            && let Some(response) = self.enqueue(slot, *max_queued, &parts, &body).await
-        {
+        // Every answer from here is counted once, under the version that was called.
+        let counted = |response: http::Response<Bytes>| {
             metrics.request(
                 name,
                 &version,
                 response.status().as_u16(),
                 started.elapsed(),
             );
-            return (response, version);
+            (response, version.clone())
+        };
+        if let FallbackSpec::Queue { max_queued, .. } = &policy.spec.fallback
+            && queue::takes(&outcome, &parts)
+            && let Some(response) = self.enqueue(slot, *max_queued, &parts, &body).await
+        {
+            return counted(response);
         }
         if let FallbackSpec::Service { service: other } = &policy.spec.fallback
             && falls_back_to_service(&outcome, &method)
@@ -737,13 +741,7 @@ impl Dispatcher {
             response
                 .headers_mut()
                 .insert(FALLBACK_HEADER, HeaderValue::from_static("service"));
-            metrics.request(
-                name,
-                &version,
-                response.status().as_u16(),
-                started.elapsed(),
-            );
-            return (response, version);
+            return counted(response);
         }
         let response = if !outcome.class().commits()
             && (method == Method::GET || method == Method::HEAD)
@@ -774,13 +772,7 @@ impl Dispatcher {
             }
             response
         };
-        metrics.request(
-            name,
-            &version,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
-        (response, version)
+        counted(response)
     }
 
     /// [`Dispatcher::serve`] for a fallback service, boxed: `serve` calls it (once: a

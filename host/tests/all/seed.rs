@@ -151,6 +151,19 @@ async fn stock(host: &Host, product_id: &str) -> anyhow::Result<i64> {
     Ok(r.json()["stock"].as_i64().unwrap_or(-1))
 }
 
+/// Waits until `token`'s notifications hold the confirmation of `order_id`.
+async fn confirmation_arrives(host: &Host, token: &str, order_id: &str) -> anyhow::Result<()> {
+    assert_eventually!(
+        WAIT,
+        notifications(host, token)
+            .await?
+            .iter()
+            .any(|n| n["kind"] == "order.confirmed" && n["order_id"] == order_id),
+        "no confirmation notification for order {order_id}"
+    );
+    Ok(())
+}
+
 pub(crate) async fn notifications(
     host: &Host,
     token: &str,
@@ -299,14 +312,7 @@ async fn register_login_order_confirm_and_notify() -> anyhow::Result<()> {
     );
     assert_eq!(stock(&host, &lamp).await?, 3);
     assert_eq!(stock(&host, &desk).await?, 1);
-    assert_eventually!(
-        WAIT,
-        notifications(&host, &ada)
-            .await?
-            .iter()
-            .any(|n| n["kind"] == "order.confirmed" && n["order_id"] == order_id.as_str()),
-        "no confirmation notification"
-    );
+    confirmation_arrives(&host, &ada, &order_id).await?;
     let kinds: Vec<String> = notifications(&host, &ada)
         .await?
         .iter()
@@ -786,14 +792,7 @@ async fn an_order_is_one_trace_from_the_edge_to_the_notification() -> anyhow::Re
     let r = order(&host, &ada, &[(&lamp, 2)]).await?;
     assert_eq!(r.status, 201, "{}", r.text());
     let order_id = r.json()["id"].as_str().unwrap_or_default().to_string();
-    assert_eventually!(
-        WAIT,
-        notifications(&host, &ada)
-            .await?
-            .iter()
-            .any(|n| n["kind"] == "order.confirmed" && n["order_id"] == order_id.as_str()),
-        "no confirmation notification"
-    );
+    confirmation_arrives(&host, &ada, &order_id).await?;
     // Shutting down flushes the exporter.
     host.shutdown().await;
 
