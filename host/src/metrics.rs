@@ -115,6 +115,38 @@ impl prometheus_client::collector::Collector for Live {
                         .encode(e.encode_family(&labels)?)?;
                 }
             }
+            let mut e = encoder.encode_descriptor(
+                "microhost_queued_requests",
+                "Requests a queue fallback holds for replay, per service",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut queued: Vec<(String, usize)> = registry
+                .services()
+                .iter()
+                .filter(|slot| {
+                    matches!(
+                        slot.spec.policy.fallback,
+                        crate::config::FallbackSpec::Queue { .. }
+                    )
+                })
+                .filter_map(|slot| {
+                    let prefix = crate::store::keys::queue_prefix(slot.name());
+                    match bus.count(&prefix, usize::MAX) {
+                        Ok(n) => Some((slot.name().to_string(), n)),
+                        Err(e) => {
+                            tracing::warn!(service = slot.name(), error = %e, "counting a service's queued requests for /metrics failed");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            queued.sort();
+            for (service, n) in queued {
+                let labels: Labels = vec![("service", service)];
+                ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                    .encode(e.encode_family(&labels)?)?;
+            }
         }
         if let Some(bus) = self.bus.upgrade() {
             let published = bus.metrics.published_all();

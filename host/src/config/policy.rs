@@ -162,7 +162,8 @@ pub enum FallbackSpec {
     /// the request as the service would have; its own fallback may not be a service.
     Service { service: ServiceName },
     /// For non-idempotent routes: a `POST`, `PUT`, `PATCH` or `DELETE` from the edge that
-    /// the service cannot take (breaker open, shed, unhealthy) is stored durably and
+    /// the service cannot take (breaker open, shed, unhealthy, or its own `503`: a
+    /// service it calls is down) is stored durably and
     /// answered `202 Accepted` with a `Location` to poll; it is replayed once the
     /// service takes calls again, in arrival order, each exactly once (its effects,
     /// its result and its removal from the queue commit together). The result is kept

@@ -38,8 +38,10 @@ use tokio::task::JoinHandle;
 /// Where the gateway answers for queued requests: `{PATH_PREFIX}{id}`.
 pub(crate) const PATH_PREFIX: &str = "/_microhost/queue/";
 
-/// How long the replay loop waits while the service takes no calls.
+/// How long the replay loop first waits while the service takes no calls (doubling
+/// up to [`MAX_WAIT`]).
 const WAIT: Duration = Duration::from_millis(200);
+const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// A queued request, as stored.
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,18 +91,23 @@ fn now_text() -> String {
 }
 
 /// Whether the request goes to the queue: a write from the edge (not another service's
-/// call) that the service never got.
+/// call) that the service never got
+/// (or that it answered `503` itself: it cannot serve now, say because a service it
+/// calls is down; its invocation committed nothing).
 pub(crate) fn takes(outcome: &Outcome, parts: &http::request::Parts) -> bool {
     matches!(
         parts.method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) && !parts.headers.contains_key(CALLER_HEADER)
-        && matches!(
-            outcome.result,
-            Err(DispatchError::BreakerOpen(_)
+        && match &outcome.result {
+            Err(
+                DispatchError::BreakerOpen(_)
                 | DispatchError::Overloaded(_)
-                | DispatchError::Unhealthy(_))
-        )
+                | DispatchError::Unhealthy(_),
+            ) => true,
+            Ok(response) => response.status() == StatusCode::SERVICE_UNAVAILABLE,
+            Err(_) => false,
+        }
 }
 
 fn location(id: &str) -> String {
@@ -148,10 +155,16 @@ impl Queued {
             id: id.to_string(),
             method: parts.method.to_string(),
             uri: parts.uri.to_string(),
+            // The identity the gateway verified goes along (as its headers); the token
+            // it came from is not kept at rest.
             headers: parts
                 .headers
                 .iter()
-                .filter(|(name, _)| name.as_str() != idempotency::HEADER)
+                .filter(|(name, _)| {
+                    name.as_str() != idempotency::HEADER
+                        && !(*name == header::AUTHORIZATION
+                            && parts.headers.contains_key(SUBJECT_HEADER))
+                })
                 .map(|(name, value)| (name.to_string(), b64().encode(value.as_bytes())))
                 .collect(),
             body: b64().encode(body),
@@ -406,7 +419,10 @@ impl Dispatcher {
         }
         let unreadable = matches!(&outcome.result, Err(DispatchError::Storage(why)) if why.starts_with("the queued request"));
         match class {
+            // Not now: the host refused, or the service says it is unavailable (a
+            // service it calls is down). Later, without counting.
             Class::HostRefusal { .. } if !unreadable => return Replay::Wait,
+            Class::ServerFailure { blamed: false, .. } => return Replay::Wait,
             Class::ServerFailure { .. } if attempt < max_attempts => return Replay::Failed,
             _ => {}
         }
@@ -489,6 +505,8 @@ async fn run(
     let mut woken = bus.watch(&signal(&name));
     // Failed attempts of the request at the head (by key), in this loop's life.
     let mut failed: (Vec<u8>, u32) = (Vec::new(), 0);
+    // Waits in a row for a service that takes no calls.
+    let mut waited = 0;
     while !*stop.borrow() {
         woken.borrow_and_update();
         let head = match bus.first(&prefix) {
@@ -521,8 +539,12 @@ async fn run(
             .replay(&slot, &key, &queued, failed.1 + 1, limits)
             .await
         {
-            Replay::Done => {}
-            Replay::Wait => pause(&mut stop, WAIT).await,
+            Replay::Done => waited = 0,
+            // Waits grow from WAIT to MAX_WAIT while the service stays unavailable.
+            Replay::Wait => {
+                pause(&mut stop, (WAIT * 2u32.pow(waited)).min(MAX_WAIT)).await;
+                waited = (waited + 1).min(5);
+            }
             Replay::Failed => {
                 failed.1 += 1;
                 let backoff = slot.policy.backoff(failed.1).max(WAIT);

@@ -114,6 +114,15 @@ async fn queued_writes_are_replayed_once_each_in_order_after_the_breaker_closes(
         served,
         "nothing reached the service while the breaker was open"
     );
+    assert_eq!(
+        metric(
+            &host.metrics().await?,
+            "microhost_queued_requests",
+            &[("service", "kv")]
+        ),
+        6.0,
+        "five appends and the failing write wait"
+    );
     let waiting = host.get(&locations[0]).await?;
     assert_eq!(waiting.status, 202, "{}", waiting.text());
     assert_eq!(waiting.json()["service"], "kv");
@@ -158,6 +167,14 @@ async fn queued_writes_are_replayed_once_each_in_order_after_the_breaker_closes(
             &[("service", "kv"), ("kind", "queue")]
         ),
         6.0
+    );
+    assert_eq!(
+        metric(
+            &host.metrics().await?,
+            "microhost_queued_requests",
+            &[("service", "kv")]
+        ),
+        0.0
     );
     assert_eq!(
         host.admin_get("/admin/services/kv").await?["policy"]["fallback"],

@@ -935,8 +935,9 @@ async fn break_product(host: &Host, path: &str) -> anyhow::Result<()> {
 
 /// Product's breaker open, with each fallback kind in turn: the last good answer
 /// (`cached`), a fixed one (`static`), another service (`service`), and for writes a
-/// durable queue (`queue`: 202, then once product recovers each queued product is
-/// created once, in order, its result at its Location).
+/// durable queue on order's route (`queue`: orders that cannot reach product get 202,
+/// then once product recovers each is placed once, in order, its result at its
+/// Location).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn product_fallbacks_answer_while_its_breaker_is_open() -> anyhow::Result<()> {
     // cached
@@ -997,33 +998,45 @@ async fn product_fallbacks_answer_while_its_breaker_is_open() -> anyhow::Result<
     assert_eq!(r.json()["items"], serde_json::json!([]));
     host.shutdown().await;
 
-    // queue: creations wait, then each runs once, in order
+    // queue, on order's route: orders that cannot reach product wait, then each is
+    // placed once, in order
     let dir = data_dir();
-    let host = seed_with_product_policy(dir.path(), r#"{ fallback = { kind = "queue" } }"#).await?;
+    let host = seed_host_from(dir.path(), |text| {
+        text.replacen(
+            "breaker = { failures = 3, open_ms = 5000 }\n",
+            "breaker = { failures = 3, open_ms = 1000 }\n",
+            1,
+        )
+        .replacen(
+            "calls = [\"user\", \"product\"]\n",
+            "calls = [\"user\", \"product\"]\npolicy = { fallback = { kind = \"queue\" } }\n",
+            1,
+        )
+    })
+    .await?;
     let (_, ada) = register_and_login(&host, "ada@example.com", "Ada").await?;
+    let lamp = create_product(&host, &ada, "Lamp", 1999, 10).await?;
     break_product(&host, "/api/products/none").await?;
     let mut locations = Vec::new();
-    for name in ["Chair", "Desk", "Shelf"] {
-        let body = serde_json::json!({ "name": name, "price_cents": 1000, "stock": 1 });
-        let r = call(
-            &host,
-            http::Method::POST,
-            "/api/products",
-            Some(&ada),
-            Some(body),
-        )
-        .await?;
+    for quantity in 1..=3 {
+        let r = order(&host, &ada, &[(&lamp, quantity)]).await?;
         assert_eq!(r.status, 202, "{}", r.text());
         assert_eq!(r.header("x-microhost-fallback"), Some("queue"));
         locations.push(r.header("location").unwrap_or_default().to_string());
     }
+    let listed = call(&host, http::Method::GET, "/api/orders", Some(&ada), None).await?;
+    assert_eq!(
+        listed.json()["items"],
+        serde_json::json!([]),
+        "none placed yet"
+    );
     let good = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../registry/product/0.1.0.wasm"),
     )?;
     let r = host.deploy("product", "0.1.1", good).await?;
     assert_eq!(r.status, 201, "{}", r.text());
     let mut ids = Vec::new();
-    for (location, name) in locations.iter().zip(["Chair", "Desk", "Shelf"]) {
+    for (location, quantity) in locations.iter().zip(1..=3) {
         let poll = || call(&host, http::Method::GET, location, Some(&ada), None);
         let mut result = poll().await?;
         let deadline = Instant::now() + WAIT;
@@ -1032,20 +1045,28 @@ async fn product_fallbacks_answer_while_its_breaker_is_open() -> anyhow::Result<
             result = poll().await?;
         }
         assert_eq!(result.status, 201, "{location}: {}", result.text());
-        assert_eq!(result.json()["name"], name);
+        assert_eq!(result.json()["items"][0]["quantity"], quantity);
         ids.push(result.json()["id"].as_str().unwrap_or_default().to_string());
     }
-    let listed = host.get("/api/products?limit=100").await?.json();
-    let names: Vec<&str> = listed["items"]
+    for id in &ids {
+        assert_eventually!(
+            WAIT,
+            status_of(&host, &ada, id).await? == "confirmed",
+            "queued order {id} not confirmed"
+        );
+    }
+    let listed = call(&host, http::Method::GET, "/api/orders", Some(&ada), None).await?;
+    let listed_ids: Vec<String> = listed.json()["items"]
         .as_array()
-        .map(|items| items.iter().filter_map(|p| p["name"].as_str()).collect())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|o| o["id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    assert_eq!(names, ["Chair", "Desk", "Shelf"], "each once, in order");
-    let listed_ids: Vec<&str> = listed["items"]
-        .as_array()
-        .map(|items| items.iter().filter_map(|p| p["id"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(listed_ids, ids);
+    assert_eq!(listed_ids, ids, "each once, in order");
+    assert_eq!(stock(&host, &lamp).await?, 10 - 6, "each reserved once");
     // Queued under ada's token, the result answers to ada only.
     let r = host.get(&locations[0]).await?;
     assert_eq!(r.status, 404, "{}", r.text());
