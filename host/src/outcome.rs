@@ -50,7 +50,8 @@ impl Class {
     /// The class of an answer the service gave with `status`.
     pub(crate) fn of_status(status: StatusCode) -> Class {
         match status.as_u16() {
-            // 600 and above are not HTTP's: taken as an answer, as they always were.
+            // 600 and above are not HTTP's: the runtime turns them into
+            // `InvokeError::InvalidStatus` before anyone asks; as an answer, a success.
             ..=399 | 600.. => Class::Success,
             400..=499 => Class::ClientError,
             503 => Class::ServerFailure {
@@ -106,7 +107,7 @@ impl InvokeError {
                 blamed: true,
             },
             // Deterministic for the request: another attempt answers the same.
-            InvokeError::NotASubscriber => Class::ServerFailure {
+            InvokeError::NotASubscriber | InvokeError::InvalidStatus(_) => Class::ServerFailure {
                 retriable: false,
                 blamed: true,
             },
@@ -136,6 +137,7 @@ impl InvokeError {
             | InvokeError::ErrorResponse(_)
             | InvokeError::ResponseTooLarge
             | InvokeError::NotASubscriber
+            | InvokeError::InvalidStatus(_)
             | InvokeError::Rejected(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -290,6 +292,11 @@ mod tests {
         check(
             "not a subscriber",
             invoke(InvokeError::NotASubscriber),
+            row(502, false, Some(true), false),
+        );
+        check(
+            "a status that is not HTTP's",
+            invoke(InvokeError::InvalidStatus(602)),
             row(502, false, Some(true), false),
         );
         check(

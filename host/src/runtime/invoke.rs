@@ -42,6 +42,8 @@ pub(crate) enum InvokeError {
     ErrorResponse(String),
     #[error("the service's response body is larger than {MAX_RESPONSE_BYTES} bytes")]
     ResponseTooLarge,
+    #[error("the service answered status {0}, which is not an HTTP status (100 to 599)")]
+    InvalidStatus(u16),
     #[error("no instance could be created for the service: {0}")]
     Instantiate(String),
     #[error("no instance could be created for the service: {0}")]
@@ -342,6 +344,11 @@ impl Runtime {
         let Some(parts) = parts else {
             return Err(InvokeError::NoResponse);
         };
+        // wasi:http takes any three digits; HTTP has 100 to 599, and no client may get
+        // another (RFC 9110, 15).
+        if parts.status.as_u16() >= 600 {
+            return Err(InvokeError::InvalidStatus(parts.status.as_u16()));
+        }
         let body = body.map_err(|e| match e {
             BodyError::TooLarge(_) => InvokeError::ResponseTooLarge,
             BodyError::Failed(e) => {

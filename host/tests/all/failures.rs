@@ -122,3 +122,24 @@ async fn a_guest_cannot_open_a_socket() -> anyhow::Result<()> {
     host.shutdown().await;
     Ok(())
 }
+
+/// wasi:http lets a guest set any three-digit status; a client gets only HTTP's (100 to
+/// 599): another is a broken response, 502, and counts against the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_that_is_not_http_is_a_502() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let host = Host::start(&[Svc::new("echo", "/", "test-echo")], dir.path()).await?;
+    for status in [600, 602, 999] {
+        let r = host.get(&format!("/x?status={status}")).await?;
+        assert_eq!(r.status, 502, "{status}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let detail = r.json()["detail"].as_str().unwrap_or_default().to_string();
+        assert!(
+            detail.contains(&format!("status {status}")) && detail.contains("not an HTTP status"),
+            "{detail}"
+        );
+    }
+    assert_eq!(host.get("/x?status=599").await?.status, 599);
+    host.shutdown().await;
+    Ok(())
+}
