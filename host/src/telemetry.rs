@@ -207,9 +207,10 @@ fn format(context: &SpanContext) -> String {
 impl Tracer {
     /// A span under `parent` (a `traceparent`) with a new span id; off, or without a
     /// valid parent, a span that passes `parent` on unchanged.
-    pub(crate) fn child(
+    /// `name` is only made when the span is (tracing off costs no allocation).
+    pub(crate) fn child<N: Into<Cow<'static, str>>>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> N,
         kind: SpanKind,
         parent: Option<&str>,
     ) -> Span {
@@ -232,14 +233,14 @@ impl Tracer {
             false,
             TraceState::default(),
         );
-        start(tracer, name.into(), kind, Some(parent_context), &this)
+        start(tracer, name().into(), kind, Some(parent_context), &this)
     }
 
     /// The span whose ids `this` (a `traceparent`) already names, under `parent`: the
     /// edge's, whose `traceparent` the gateway made.
-    pub(crate) fn adopt(
+    pub(crate) fn adopt<N: Into<Cow<'static, str>>>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> N,
         kind: SpanKind,
         parent: Option<&str>,
         this: &str,
@@ -249,7 +250,7 @@ impl Tracer {
         };
         start(
             tracer,
-            name.into(),
+            name().into(),
             kind,
             parent.and_then(parse),
             &this_context,
@@ -332,6 +333,9 @@ impl Span {
     /// Records the HTTP status of the answer (5xx is an error, per the semantic
     /// conventions for servers).
     pub(crate) fn status(&mut self, status: u16) {
+        if self.span.is_none() {
+            return;
+        }
         self.set("http.response.status_code", i64::from(status));
         if status >= 500 {
             self.fail(format!("HTTP {status}"));
@@ -370,12 +374,12 @@ mod tests {
     #[test]
     fn off_spans_pass_the_context_on_unchanged() {
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let span = Tracer::default().child("x", SpanKind::Internal, Some(tp));
+        let span = Tracer::default().child(|| "x", SpanKind::Internal, Some(tp));
         assert_eq!(span.traceparent(), Some(tp));
         assert!(!span.is_recording());
         assert_eq!(
             Tracer::default()
-                .child("x", SpanKind::Internal, None)
+                .child(|| "x", SpanKind::Internal, None)
                 .traceparent(),
             None
         );

@@ -120,13 +120,15 @@ impl events::Host for EventsView<'_> {
         event.datacontenttype = options.content_type;
         // The event carries the publish span's context: its deliveries are its children.
         let mut span = p.tracer.child(
-            format!("publish {}", event.topic),
+            || format!("publish {}", event.topic),
             opentelemetry::trace::SpanKind::Producer,
             p.traceparent.as_deref(),
         );
-        span.set("messaging.system", "microhost");
-        span.set("messaging.destination.name", event.topic.clone());
-        span.set("messaging.message.id", event.id.clone());
+        if span.is_recording() {
+            span.set("messaging.system", "microhost");
+            span.set("messaging.destination.name", event.topic.clone());
+            span.set("messaging.message.id", event.id.clone());
+        }
         event.traceparent = span.traceparent().map(str::to_string);
         let id = event.id.clone();
         self.unit.events.push(event);

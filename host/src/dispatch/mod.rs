@@ -411,9 +411,10 @@ impl Dispatcher {
             let mut invoke = self.invoke_span(slot.name(), &version, parent);
             cx.traceparent = invoke.traceparent().map(str::to_string);
             // The guest sees its invocation's span as the parent of whatever it traces.
-            if let Some(value) = invoke
-                .traceparent()
-                .and_then(|tp| HeaderValue::from_str(tp).ok())
+            if invoke.is_recording()
+                && let Some(value) = invoke
+                    .traceparent()
+                    .and_then(|tp| HeaderValue::from_str(tp).ok())
             {
                 request.headers_mut().insert(TRACEPARENT_HEADER, value);
             }
@@ -472,9 +473,11 @@ impl Dispatcher {
         let mut span =
             self.inner
                 .tracer
-                .child(format!("invoke {service}"), SpanKind::Internal, parent);
-        span.set("microhost.service", service.to_string());
-        span.set("microhost.version", version.to_string());
+                .child(|| format!("invoke {service}"), SpanKind::Internal, parent);
+        if span.is_recording() {
+            span.set("microhost.service", service.to_string());
+            span.set("microhost.version", version.to_string());
+        }
         span
     }
 
@@ -488,7 +491,7 @@ impl Dispatcher {
         let mut span = self
             .inner
             .tracer
-            .child("commit", SpanKind::Internal, parent);
+            .child(|| "commit", SpanKind::Internal, parent);
         if span.is_recording() {
             span.set("microhost.service", unit.service.clone());
             span.set("microhost.kv.writes", unit.kv.len() as i64);
@@ -564,17 +567,19 @@ impl Dispatcher {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut span = self.inner.tracer.child(
-            format!("dispatch {}", slot.name()),
+            || format!("dispatch {}", slot.name()),
             SpanKind::Internal,
             parent.as_deref(),
         );
-        if let Some(value) = span
-            .traceparent()
-            .and_then(|tp| HeaderValue::from_str(tp).ok())
-        {
-            parts.headers.insert(TRACEPARENT_HEADER, value);
+        if span.is_recording() {
+            if let Some(value) = span
+                .traceparent()
+                .and_then(|tp| HeaderValue::from_str(tp).ok())
+            {
+                parts.headers.insert(TRACEPARENT_HEADER, value);
+            }
+            span.set("microhost.service", slot.name().to_string());
         }
-        span.set("microhost.service", slot.name().to_string());
         let (response, version) = self
             .serve_in(slot, http::Request::from_parts(parts, body), &mut span)
             .await;
@@ -849,15 +854,17 @@ impl Dispatcher {
         // A child of the publish (its context came with the event): one trace from the
         // request that published to every delivery it caused.
         let mut delivery = self.inner.tracer.child(
-            format!("deliver {}", item.event.topic),
+            || format!("deliver {}", item.event.topic),
             SpanKind::Consumer,
             item.event.traceparent.as_deref(),
         );
-        delivery.set("messaging.system", "microhost");
-        delivery.set("messaging.destination.name", item.event.topic.clone());
-        delivery.set("messaging.message.id", item.event.id.clone());
-        delivery.set("messaging.consumer.group.name", slot.name().to_string());
-        delivery.set("microhost.attempt", i64::from(attempt));
+        if delivery.is_recording() {
+            delivery.set("messaging.system", "microhost");
+            delivery.set("messaging.destination.name", item.event.topic.clone());
+            delivery.set("messaging.message.id", item.event.id.clone());
+            delivery.set("messaging.consumer.group.name", slot.name().to_string());
+            delivery.set("microhost.attempt", i64::from(attempt));
+        }
         let mut invoke = self.invoke_span(slot.name(), &version, delivery.traceparent());
         let cx = RequestContext {
             traceparent: invoke.traceparent().map(str::to_string),

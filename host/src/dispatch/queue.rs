@@ -379,22 +379,28 @@ impl Dispatcher {
             }
             finished(&tagged)
         };
-        let outcome = match queued.request() {
+        // A stored request that no longer reads (a bug, or a damaged store) is not run:
+        // its result says so, and the queue goes on.
+        let (outcome, unreadable) = match queued.request() {
             Ok((parts, body)) => {
                 let finish = Finish {
                     ack: &ack,
                     record: &record,
                 };
-                self.call_with(slot, &parts, &body, Some(&finish)).await
+                (
+                    self.call_with(slot, &parts, &body, Some(&finish)).await,
+                    false,
+                )
             }
-            // A stored request that no longer reads (a bug, or a damaged store): its
-            // result says so, and the queue goes on.
-            Err(why) => Outcome {
-                version: slot.active().label.clone(),
-                result: Err(DispatchError::Storage(format!(
-                    "the queued request could not be read back: {why}"
-                ))),
-            },
+            Err(why) => (
+                Outcome {
+                    version: slot.active().label.clone(),
+                    result: Err(DispatchError::Storage(format!(
+                        "the queued request could not be read back: {why}"
+                    ))),
+                },
+                true,
+            ),
         };
         let class = outcome.class();
         match class.failed() {
@@ -417,7 +423,6 @@ impl Dispatcher {
             );
             return Replay::Done;
         }
-        let unreadable = matches!(&outcome.result, Err(DispatchError::Storage(why)) if why.starts_with("the queued request"));
         match class {
             // Not now: the host refused, or the service says it is unavailable (a
             // service it calls is down). Later, without counting.

@@ -135,10 +135,12 @@ impl Gateway {
         // The edge span has the ids of the traceparent the request goes on with (and the
         // sampler's verdict in its flags).
         let mut edge = self.dispatcher.tracer().adopt(
-            format!(
-                "{method} {}",
-                route.as_ref().map_or("-", |slot| slot.spec.route.as_str())
-            ),
+            || {
+                format!(
+                    "{method} {}",
+                    route.as_ref().map_or("-", |slot| slot.spec.route.as_str())
+                )
+            },
             opentelemetry::trace::SpanKind::Server,
             incoming.as_deref(),
             &traceparent,

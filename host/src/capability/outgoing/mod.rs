@@ -325,7 +325,7 @@ impl WasiHttpHooks for Outgoing {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut span = self.tracer.child(
-            format!("{} {host}", request.method()),
+            || format!("{} {host}", request.method()),
             opentelemetry::trace::SpanKind::Client,
             parent.as_deref(),
         );
