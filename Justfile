@@ -140,23 +140,29 @@ fmt-check:
 clippy: ensure-target
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p microhost --lib --features fuzzing -- -D warnings
+    cargo clippy -p microhost --all-targets --features bench -- -D warnings
     cd components && cargo clippy --workspace --all-targets -- -D warnings
 
 # Everything CI checks: formatting, lints, tests, a minute of each fuzz target.
 ci: fmt-check clippy test fuzz-smoke
 
 # Release-mode benchmarks (figures, not tests): the event bus, then microhost against a
-# native hyper server and `wasmtime serve` (installed if missing); rewrites
-# docs/benchmarks.md and docs/benchmarks.json.
+# native hyper server, `wasmtime serve` (installed if missing) and the native baseline of
+# the seed (host/benches/baseline/), with instruction counts under valgrind's callgrind
+# when valgrind is installed; rewrites docs/benchmarks.md and docs/benchmarks.json.
 bench: build-components
     @wasmtime --version 2>/dev/null | grep -q "^wasmtime 48.0.8" || cargo install --locked wasmtime-cli --version 48.0.8
-    RUST_BACKTRACE=0 cargo bench -p microhost --bench bus
-    RUST_BACKTRACE=0 cargo bench -p microhost --bench peers
+    RUST_BACKTRACE=0 cargo bench -p microhost --features bench --bench bus
+    RUST_BACKTRACE=0 cargo bench -p microhost --features bench --bench peers
 
 # Only the guest-language figures (Rust, Python, JavaScript hello), merged into the last
 # `just bench` report in docs/.
 bench-languages: build-components
-    RUST_BACKTRACE=0 cargo bench -p microhost --bench peers -- --languages
+    RUST_BACKTRACE=0 cargo bench -p microhost --features bench --bench peers -- --languages
+
+# Only the instructions per hello request (callgrind), merged into the last report.
+bench-instructions: build-components
+    RUST_BACKTRACE=0 cargo bench -p microhost --features bench --bench peers -- --instructions
 
 # Fuzz targets in fuzz/ (docs/fuzzing.md). cargo-fuzz passes nightly-only -Z flags to
 # rustc; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.

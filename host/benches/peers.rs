@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+#[path = "baseline/seed.rs"]
+mod seed;
+
 const CONNECTIONS: usize = 32;
 const LATENCY_REQUESTS: usize = 2000;
 const WASMTIME_VERSION: &str = "48.0.8";
@@ -73,6 +76,23 @@ fn rss_kib(pid: u32) -> u64 {
                 .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) the process has used, in µs (from `/proc/PID/stat`, in
+/// clock ticks of 10 ms).
+fn cpu_us(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The fields after the command name (which may hold spaces) in parentheses.
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            Some((fields.get(11)? + fields.get(12)?) * 10_000)
         })
         .unwrap_or(0)
 }
@@ -157,6 +177,8 @@ struct Load {
     errors: u64,
     seconds: f64,
     peak_rss_kib: u64,
+    /// The server's CPU time over the run, in µs.
+    cpu_us: u64,
 }
 
 impl Load {
@@ -195,6 +217,7 @@ async fn throughput(target: &Target, duration: Duration) -> anyhow::Result<Load>
         }));
     }
     let started = Instant::now();
+    let cpu_before = cpu_us(target.pid);
     let mut peak = 0;
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -210,6 +233,7 @@ async fn throughput(target: &Target, duration: Duration) -> anyhow::Result<Load>
         errors: errors.load(Ordering::Relaxed),
         seconds,
         peak_rss_kib: peak,
+        cpu_us: cpu_us(target.pid).saturating_sub(cpu_before),
     })
 }
 
@@ -244,9 +268,11 @@ async fn wait_until_listening(addr: SocketAddr, child: &mut Child) -> anyhow::Re
     Ok(())
 }
 
-async fn native() -> anyhow::Result<Server> {
+/// This binary re-run as a native server (`--native-server`, or `--native-seed DIR`),
+/// which prints its address.
+async fn native(args: &[&std::ffi::OsStr]) -> anyhow::Result<Server> {
     let mut child = Command::new(std::env::current_exe()?)
-        .arg("--native-server")
+        .args(args)
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -311,6 +337,21 @@ async fn wasmtime_serve(wasm: &Path, extra: &[&str]) -> anyhow::Result<Server> {
 /// `microhost serve ARGS` on ephemeral ports, the access log off (wasmtime serve has
 /// none); returns once it serves.
 async fn microhost(args: &[&str], data: &Path, cache: &Path) -> anyhow::Result<Server> {
+    microhost_logged(args, data, cache, false).await
+}
+
+/// As [`microhost`], with the access log as configured by default when `access_log`.
+async fn microhost_logged(
+    args: &[&str],
+    data: &Path,
+    cache: &Path,
+    access_log: bool,
+) -> anyhow::Result<Server> {
+    let log = if access_log {
+        "info,cranelift_codegen=warn,wasmtime=warn"
+    } else {
+        "info,microhost::access=off,cranelift_codegen=warn,wasmtime=warn"
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_microhost"))
         .arg("serve")
         .args(args)
@@ -320,10 +361,7 @@ async fn microhost(args: &[&str], data: &Path, cache: &Path) -> anyhow::Result<S
         .arg("--cache-dir")
         .arg(cache)
         .env("NO_COLOR", "1")
-        .env(
-            "RUST_LOG",
-            "info,microhost::access=off,cranelift_codegen=warn,wasmtime=warn",
-        )
+        .env("RUST_LOG", log)
         .env_remove("MICROHOST_ADMIN_TOKEN")
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
@@ -393,8 +431,64 @@ fn json_field(body: &[u8], field: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no {field:?} in {value}"))
 }
 
-/// The seed system with a user, a token and a product with plenty of stock.
-async fn seed_targets(server: &Server) -> anyhow::Result<(Target, Target)> {
+/// The seed's four services (`registry/microhost.toml` without the Python analytics
+/// service, which the native baseline has no counterpart of), written into `dir`.
+fn seed_manifest(dir: &Path) -> anyhow::Result<PathBuf> {
+    let registry = root().join("registry");
+    let mut manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(registry.join("microhost.toml"))?)?;
+    let services = manifest
+        .get_mut("service")
+        .and_then(toml::Value::as_array_mut)
+        .ok_or_else(|| anyhow::anyhow!("registry/microhost.toml has no [[service]]"))?;
+    services.retain(|s| s.get("name").and_then(toml::Value::as_str) != Some("analytics"));
+    for service in services.iter_mut() {
+        if let Some(path) = service.get_mut("component").and_then(|c| c.get_mut("path")) {
+            let absolute = registry.join(path.as_str().unwrap_or_default());
+            *path = toml::Value::String(absolute.display().to_string());
+        }
+    }
+    let out = dir.join("seed.toml");
+    std::fs::write(&out, toml::to_string(&manifest)?)?;
+    Ok(out)
+}
+
+/// A publisher and a subscriber (`benches/bus.rs`'s pair), written into `dir`.
+fn bus_manifest(dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = dir.join("bus.toml");
+    std::fs::write(
+        &out,
+        format!(
+            "[[service]]\nname = \"pub\"\nroute = \"/pub\"\ncomponent = {{ path = {:?}, version = \"bench\" }}\npublishes = [\"bench.events\"]\n\n\
+             [[service]]\nname = \"sub\"\nroute = \"/sub\"\ncomponent = {{ path = {:?}, version = \"bench\" }}\nconfig = {{ record_order = \"false\" }}\n\
+             [[service.subscribe]]\ntopic = \"bench.events\"\n",
+            component("test_publish").display().to_string(),
+            component("test_subscriber").display().to_string(),
+        ),
+    )?;
+    Ok(out)
+}
+
+/// A durable publish (`POST /pub/pub/bench.events`: a key-value write and an event).
+fn publish_target(name: &'static str, server: &Server) -> Target {
+    Target {
+        name,
+        addr: server.gateway,
+        pid: server.pid(),
+        method: http::Method::POST,
+        path: "/pub/pub/bench.events".to_string(),
+        headers: Vec::new(),
+        body: Bytes::from_static(b"b"),
+        ok: 201,
+    }
+}
+
+/// The seed system with a user, a token and a product with plenty of stock; the
+/// targets are named `names` (key-value read, order).
+async fn seed_targets(
+    server: &Server,
+    names: (&'static str, &'static str),
+) -> anyhow::Result<(Target, Target)> {
     let addr = server.gateway;
     let json = || vec![("content-type", "application/json".to_string())];
     let (status, body) = call(
@@ -439,7 +533,7 @@ async fn seed_targets(server: &Server) -> anyhow::Result<(Target, Target)> {
     );
     let product = json_field(&body, "id")?;
     let read = Target {
-        name: "microhost-kv-read",
+        name: names.0,
         addr,
         pid: server.pid(),
         method: http::Method::GET,
@@ -449,7 +543,7 @@ async fn seed_targets(server: &Server) -> anyhow::Result<(Target, Target)> {
         ok: 200,
     };
     let order = Target {
-        name: "microhost-order",
+        name: names.1,
         addr,
         pid: server.pid(),
         method: http::Method::POST,
@@ -476,11 +570,68 @@ fn hello_target(name: &'static str, server: &Server) -> Target {
     }
 }
 
+/// For a durable flow, the rate its work settles at: after the load of `requests`, one
+/// more request whose asynchronous effect is polled for (an order `confirmed`, an event
+/// handled by the subscriber); delivery is in order, so everything before it settled
+/// too. `None` for a target without asynchronous effects.
+async fn settled(
+    target: &Target,
+    load_started: Instant,
+    requests: u64,
+) -> anyhow::Result<Option<f64>> {
+    let post = |body: Bytes| {
+        call(
+            target.addr,
+            http::Method::POST,
+            &target.path,
+            &target.headers,
+            body,
+        )
+    };
+    let (poll, confirmed) = if target.path == "/api/orders" {
+        let (status, body) = post(target.body.clone()).await?;
+        anyhow::ensure!(status == 201, "{}: marker order {status}", target.name);
+        (format!("/api/orders/{}", json_field(&body, "id")?), true)
+    } else if target.path.starts_with("/pub/pub/") {
+        let marker = format!("marker{}", load_started.elapsed().as_nanos());
+        let (status, _) = post(Bytes::from(marker.clone())).await?;
+        anyhow::ensure!(status == 201, "{}: marker event {status}", target.name);
+        (format!("/sub/latency/{marker}"), false)
+    } else {
+        return Ok(None);
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (status, body) = call(
+            target.addr,
+            http::Method::GET,
+            &poll,
+            &target.headers,
+            Bytes::new(),
+        )
+        .await?;
+        if status == 200 && (!confirmed || json_field(&body, "status")? == "confirmed") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{}: {poll} never settled",
+            target.name
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(Some(
+        (requests + 1) as f64 / load_started.elapsed().as_secs_f64(),
+    ))
+}
+
 /// Latency and throughput of each target, `rounds` times in alternation; medians.
 async fn measure(targets: &[Target], rounds: usize, seconds: u64) -> anyhow::Result<Value> {
     let mut p50: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let mut p99 = p50.clone();
     let mut rps = p50.clone();
+    let mut cpu = p50.clone();
+    let mut settle = p50.clone();
     let mut errors = vec![0u64; targets.len()];
     let mut peak = vec![0u64; targets.len()];
     let idle: Vec<u64> = targets.iter().map(|t| rss_kib(t.pid)).collect();
@@ -489,8 +640,13 @@ async fn measure(targets: &[Target], rounds: usize, seconds: u64) -> anyhow::Res
             let samples = latency(target, LATENCY_REQUESTS).await?;
             p50[i].push(percentile(&samples, 50.0) as f64);
             p99[i].push(percentile(&samples, 99.0) as f64);
+            let load_started = Instant::now();
             let load = throughput(target, Duration::from_secs(seconds)).await?;
             rps[i].push(load.rps());
+            cpu[i].push(load.cpu_us as f64 / load.ok.max(1) as f64);
+            if let Some(rate) = settled(target, load_started, load.ok).await? {
+                settle[i].push(rate);
+            }
             errors[i] += load.errors;
             peak[i] = peak[i].max(load.peak_rss_kib);
             eprintln!(
@@ -513,6 +669,8 @@ async fn measure(targets: &[Target], rounds: usize, seconds: u64) -> anyhow::Res
                 "p99_us": median(p99[i].clone()),
                 "rps": median(rps[i].clone()).round(),
                 "rps_rounds": rps[i].iter().map(|r| r.round()).collect::<Vec<_>>(),
+                "cpu_us_per_request": median(cpu[i].clone()).round(),
+                "settled_per_sec": if settle[i].is_empty() { Value::Null } else { json!(median(settle[i].clone()).round()) },
                 "errors": errors[i],
                 "rss_idle_kib": idle[i],
                 "rss_load_kib": peak[i],
@@ -656,6 +814,108 @@ async fn languages(rounds: usize, seconds: u64) -> anyhow::Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// Instructions the server executes per hello request (callgrind: a count, repeatable
+/// where wall time is not), for `native`, `wasmtime serve` and microhost: each started
+/// under `valgrind --tool=callgrind`, warmed up, then counted over `requests` keep-alive
+/// requests (counters zeroed before, dumped after). `Null` when valgrind is missing.
+async fn instructions(requests: usize) -> anyhow::Result<Value> {
+    if std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("valgrind is not installed: no instruction counts");
+        return Ok(Value::Null);
+    }
+    let hello = component("hello");
+    let wasmtime = wasmtime_binary()?;
+    let mut out = serde_json::Map::new();
+    for name in ["native", "wasmtime-serve", "microhost-hello"] {
+        let dir = tempfile::tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut command = Command::new("valgrind");
+        command.arg("--tool=callgrind").arg(format!(
+            "--callgrind-out-file={}/cg.out",
+            dir.path().display()
+        ));
+        match name {
+            "native" => command.arg(std::env::current_exe()?).args([
+                "--native-server",
+                "--addr",
+                &addr.to_string(),
+            ]),
+            "wasmtime-serve" => command
+                .arg(&wasmtime)
+                .args(["serve", "-Scli", "--addr", &addr.to_string()])
+                .arg(&hello),
+            _ => command
+                .arg(env!("CARGO_BIN_EXE_microhost"))
+                .args(["serve", "--component"])
+                .arg(&hello)
+                .args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                // The pool's address-space reservation must fit valgrind's.
+                .args(["--max-instances", "4"])
+                .env("RUST_LOG", "warn,microhost::access=off"),
+        };
+        let mut child = command
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        wait_until_listening(addr, &mut child).await?;
+        let pid = child.id().unwrap_or(0).to_string();
+        let target = Target {
+            name: "instructions",
+            addr,
+            pid: 0,
+            method: http::Method::GET,
+            path: "/".into(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            ok: 200,
+        };
+        let mut sender = connect(addr).await?;
+        for _ in 0..requests / 5 {
+            one(&mut sender, &target).await?;
+        }
+        let control = |what: &str| {
+            std::process::Command::new("callgrind_control")
+                .args([what, &pid])
+                .output()
+        };
+        control("-z")?;
+        for _ in 0..requests {
+            anyhow::ensure!(one(&mut sender, &target).await? == 200, "{name}: not a 200");
+        }
+        control("-d")?;
+        child.start_kill()?;
+        child.wait().await?;
+        // The dump after the zeroing is `cg.out.1`; its `summary:` line is the total.
+        let dump = std::fs::read_to_string(dir.path().join("cg.out.1"))?;
+        let total: f64 = dump
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{name}: no summary in the callgrind dump"))?;
+        eprintln!(
+            "{name}: {:.0} instructions per request",
+            total / requests as f64
+        );
+        out.insert(name.to_string(), json!((total / requests as f64).round()));
+    }
+    out.insert("requests".into(), json!(requests));
+    Ok(Value::Object(out))
+}
+
 async fn cold_start() -> anyhow::Result<Value> {
     let manifest = root().join("registry/microhost.toml");
     let data = tempfile::tempdir()?;
@@ -697,7 +957,11 @@ async fn cold_start() -> anyhow::Result<Value> {
 fn native_server() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = std::env::args()
+            .skip_while(|a| a != "--addr")
+            .nth(1)
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         println!("{}", listener.local_addr()?);
         loop {
             let (stream, _) = listener.accept().await?;
@@ -755,11 +1019,12 @@ fn markdown(report: &Value) -> String {
     let row = |name: &str| {
         let r = &t[name];
         format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["request"].as_str().unwrap_or(""),
             r["p50_us"].as_f64().unwrap_or(0.0).round(),
             r["p99_us"].as_f64().unwrap_or(0.0).round(),
             r["rps"].as_f64().unwrap_or(0.0).round(),
+            r["cpu_us_per_request"],
             r["errors"],
             r["rss_idle_kib"].as_u64().unwrap_or(0) / 1024,
             r["rss_load_kib"].as_u64().unwrap_or(0) / 1024,
@@ -790,13 +1055,18 @@ fn markdown(report: &Value) -> String {
         CONNECTIONS,
         report["settings"]["seconds"],
     ));
-    md.push_str("## HTTP path\n\n| server | request | p50 µs | p99 µs | req/s (32 conn) | errors | RSS idle MiB | RSS load MiB |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("## HTTP path\n\nCPU µs/req is the server process's own CPU time (user + system, from `/proc/PID/stat`) over the 32-connection run, divided by its requests: a figure the load generator sharing the cores cannot inflate.\n\n| server | request | p50 µs | p99 µs | req/s (32 conn) | CPU µs/req | errors | RSS idle MiB | RSS load MiB |\n|---|---|---|---|---|---|---|---|---|\n");
     for name in [
         "native",
         "wasmtime-serve",
         "microhost-hello",
+        "microhost-hello-logged",
+        "native-kv-read",
         "microhost-kv-read",
+        "native-order",
         "microhost-order",
+        "native-publish",
+        "microhost-publish",
         "wasmtime-serve-reuse",
         "microhost-hello-reuse",
     ] {
@@ -823,6 +1093,69 @@ fn markdown(report: &Value) -> String {
         ratios["reuse_rps_vs_wasmtime_reuse"],
         ratios["reuse_rps_vs_native"],
     ));
+    let base = &report["baseline"];
+    let settled = |name: &str| t[name]["settled_per_sec"].as_f64().unwrap_or(0.0).round();
+    md.push_str(&format!(
+        "`microhost-hello-logged` is the same host with its access log on, as by default: \
+         CPU per request {} × the host without it, throughput {} ×.\n\n\
+         ## The durable path against the native baseline\n\n\
+         `native-*` is `host/benches/baseline/seed.rs`: the seed's user, product, order and \
+         notification logic (and the bus benchmark's publisher and subscriber) as plain Rust \
+         handlers in one process on the host's own store, group commit, unit of work, event \
+         log, cursors and token code (cargo feature `bench`), with the same keys, JSON, \
+         events and argon2/JWT settings, one delivery at a time per subscription committed \
+         durably with its cursor. It is this design's limit on this machine. microhost runs \
+         the seed's four services (`registry/microhost.toml` without analytics, which the \
+         baseline has no counterpart of) and, for publishes, `benches/bus.rs`'s publisher and \
+         subscriber. Settled/s: requests per second from the start of the load until the \
+         last one's asynchronous work is done (an order `confirmed`; an event handled).\n\n\
+         | flow | native | microhost | ratio | target |\n|---|---|---|---|---|\n\
+         | kv read, req/s | {} | {} | {} | |\n\
+         | order, 201/s | {} | {} | {} | |\n\
+         | order flow, 201 to `confirmed`, orders/s | {} | {} | {} | ≥ 0.5 |\n\
+         | durable publishes/s | {} | {} | {} | |\n\
+         | events end to end/s | {} | {} | {} | |\n\n\
+         Durable publishes ÷ the hello route's req/s: {} (target ≥ 0.7); the order flow ÷ \
+         hello: {}.\n\n",
+        ratios["access_log_cpu_vs_off"],
+        ratios["access_log_rps_vs_off"],
+        t["native-kv-read"]["rps"],
+        t["microhost-kv-read"]["rps"],
+        base["kv_read_rps_vs_native"],
+        t["native-order"]["rps"],
+        t["microhost-order"]["rps"],
+        base["order_201_vs_native"],
+        settled("native-order"),
+        settled("microhost-order"),
+        base["order_flow_vs_native"],
+        t["native-publish"]["rps"],
+        t["microhost-publish"]["rps"],
+        base["publish_rps_vs_native"],
+        settled("native-publish"),
+        settled("microhost-publish"),
+        base["events_end_to_end_vs_native"],
+        base["publish_rps_vs_hello"],
+        base["order_flow_vs_hello"],
+    ));
+    let ins = &report["instructions_per_request"];
+    if ins.is_object() {
+        md.push_str(&format!(
+            "## Instructions per hello request\n\nCounted by callgrind (valgrind) in the \
+             server process over {} keep-alive `GET /` requests after a warm-up, counters \
+             zeroed between (a count, repeatable where wall time on these machines is not; \
+             microhost with `--max-instances 4` so that its pool fits valgrind's address \
+             space):\n\n| server | instructions/request | ÷ native |\n|---|---|---|\n\
+             | native | {} | 1 |\n| wasmtime-serve | {} | {:.1} |\n| microhost-hello | {} | {:.1} |\n\n\
+             microhost ÷ wasmtime serve: {}.\n\n",
+            ins["requests"],
+            ins["native"],
+            ins["wasmtime-serve"],
+            ins["wasmtime-serve"].as_f64().unwrap_or(0.0) / ins["native"].as_f64().unwrap_or(1.0),
+            ins["microhost-hello"],
+            ins["microhost-hello"].as_f64().unwrap_or(0.0) / ins["native"].as_f64().unwrap_or(1.0),
+            ratio(ins["microhost-hello"].as_f64().unwrap_or(0.0), ins["wasmtime-serve"].as_f64().unwrap_or(0.0)),
+        ));
+    }
     md.push_str(&format!(
         "## Hot swap under load\n\n{} swaps (deploy of a known version, then rollback, \
          alternating) while {} connections sent requests: swap latency p50 {} ms, p99 {} ms; \
@@ -938,6 +1271,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--native-server") {
         return native_server();
     }
+    if let Some(dir) = std::env::args().skip_while(|a| a != "--native-seed").nth(1) {
+        return seed::serve(Path::new(&dir));
+    }
     // `--load ADDR SECONDS`: only the 32-connection load on `GET /` (for profiling a
     // server started by hand).
     let args: Vec<String> = std::env::args().collect();
@@ -967,6 +1303,25 @@ fn main() -> anyhow::Result<()> {
     let seconds = numbers.first().copied().unwrap_or(5);
     let rounds = numbers.get(1).copied().unwrap_or(3) as usize;
     let runtime = tokio::runtime::Runtime::new()?;
+    if std::env::args().any(|a| a == "--instructions") {
+        // Only the instruction counts, merged into the last full report.
+        return runtime.block_on(async move {
+            let docs = root().join("docs");
+            let mut report: Value =
+                serde_json::from_slice(&std::fs::read(docs.join("benchmarks.json"))?)?;
+            report["instructions_per_request"] = instructions(1000).await?;
+            std::fs::write(
+                docs.join("benchmarks.json"),
+                serde_json::to_string_pretty(&report)? + "\n",
+            )?;
+            std::fs::write(docs.join("benchmarks.md"), markdown(&report))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report["instructions_per_request"])?
+            );
+            Ok(())
+        });
+    }
     if std::env::args().any(|a| a == "--languages") {
         // Only the guest-language figures, merged into the last full report (`just
         // bench-languages`: no wasmtime CLI needed).
@@ -991,7 +1346,9 @@ fn main() -> anyhow::Result<()> {
         let data = tempfile::tempdir()?;
         let cache = tempfile::tempdir()?;
         let seed_data = tempfile::tempdir()?;
-        let native = native().await?;
+        let baseline_data = tempfile::tempdir()?;
+        let baseline = native(&["--native-seed".as_ref(), baseline_data.path().as_os_str()]).await?;
+        let native = native(&["--native-server".as_ref()]).await?;
         let wasmtime = wasmtime_serve(&hello, &[]).await?;
         let reuse = REUSE.to_string();
         let wasmtime_reuse = wasmtime_serve(&hello, &["--max-instance-reuse-count", &reuse]).await?;
@@ -1006,22 +1363,34 @@ fn main() -> anyhow::Result<()> {
             ),
         )?;
         let mh_reuse = microhost(&["--manifest", &reuse_manifest.display().to_string()], reuse_data.path(), cache.path()).await?;
-        let manifest = root().join("registry/microhost.toml");
+        let manifest = seed_manifest(seed_data.path())?;
         let seed = microhost(&["--manifest", &manifest.display().to_string()], seed_data.path(), cache.path()).await?;
-        let (read, order) = seed_targets(&seed).await?;
+        let (read, order) = seed_targets(&seed, ("microhost-kv-read", "microhost-order")).await?;
+        let (native_read, native_order) = seed_targets(&baseline, ("native-kv-read", "native-order")).await?;
+        let bus_data = tempfile::tempdir()?;
+        let bus_toml = bus_manifest(bus_data.path())?;
+        let bus_host = microhost(&["--manifest", &bus_toml.display().to_string()], bus_data.path(), cache.path()).await?;
+        let logged_data = tempfile::tempdir()?;
+        let logged = microhost_logged(&["--component", &hello.display().to_string()], logged_data.path(), cache.path(), true).await?;
         let targets = [
             hello_target("native", &native),
             hello_target("wasmtime-serve", &wasmtime),
             hello_target("microhost-hello", &mh),
+            hello_target("microhost-hello-logged", &logged),
+            native_read,
             read,
+            native_order,
             order,
+            publish_target("native-publish", &baseline),
+            publish_target("microhost-publish", &bus_host),
             hello_target("wasmtime-serve-reuse", &wasmtime_reuse),
             hello_target("microhost-hello-reuse", &mh_reuse),
         ];
         let measured = measure(&targets, rounds, seconds).await?;
-        drop((native, wasmtime, wasmtime_reuse, mh, mh_reuse, seed));
+        drop((native, wasmtime, wasmtime_reuse, mh, mh_reuse, seed, baseline, bus_host, logged));
         let swap = hot_swap(seconds.max(5)).await?;
         let cold = cold_start().await?;
+        let instructions = instructions(1000).await?;
         let mut languages = languages(rounds, seconds).await?;
         languages["date"] = json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
         let bus: Value = std::fs::read(root().join("target/bench/bus.json"))
@@ -1041,9 +1410,21 @@ fn main() -> anyhow::Result<()> {
                 "reuse_rps_vs_wasmtime": ratio(f("microhost-hello-reuse", "rps"), f("wasmtime-serve", "rps")),
                 "reuse_rps_vs_wasmtime_reuse": ratio(f("microhost-hello-reuse", "rps"), f("wasmtime-serve-reuse", "rps")),
                 "reuse_rps_vs_native": ratio(f("microhost-hello-reuse", "rps"), f("native", "rps")),
+                "access_log_cpu_vs_off": ratio(f("microhost-hello-logged", "cpu_us_per_request"), f("microhost-hello", "cpu_us_per_request")),
+                "access_log_rps_vs_off": ratio(f("microhost-hello-logged", "rps"), f("microhost-hello", "rps")),
+            },
+            "baseline": {
+                "kv_read_rps_vs_native": ratio(f("microhost-kv-read", "rps"), f("native-kv-read", "rps")),
+                "order_flow_vs_native": ratio(f("microhost-order", "settled_per_sec"), f("native-order", "settled_per_sec")),
+                "order_201_vs_native": ratio(f("microhost-order", "rps"), f("native-order", "rps")),
+                "publish_rps_vs_native": ratio(f("microhost-publish", "rps"), f("native-publish", "rps")),
+                "events_end_to_end_vs_native": ratio(f("microhost-publish", "settled_per_sec"), f("native-publish", "settled_per_sec")),
+                "publish_rps_vs_hello": ratio(f("microhost-publish", "rps"), f("microhost-hello", "rps")),
+                "order_flow_vs_hello": ratio(f("microhost-order", "settled_per_sec"), f("microhost-hello", "rps")),
             },
             "hot_swap": swap,
             "cold_start": cold,
+            "instructions_per_request": instructions,
             "languages": languages,
             "bus": bus,
         });

@@ -7,6 +7,8 @@
 
 pub mod admin;
 mod auth;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod body;
 mod bus;
 mod capability;

@@ -82,6 +82,10 @@ enum Command {
         /// are closed on accept.
         #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         max_connections_per_ip: usize,
+        /// Most component instances alive at once, across services (sizes the pooling
+        /// allocator's reservation of address space: about 8 GiB of virtual memory each).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        max_instances: u32,
         /// Serve the gateway over TLS with this PEM certificate chain (needs --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -258,12 +262,23 @@ impl AdminArgs {
 }
 
 fn main() -> ExitCode {
+    // Log lines (the access log's among them) go through a channel to one writer thread
+    // that writes them in batches, so a request never waits on stderr. Lossless: when
+    // the channel is full, loggers wait rather than drop lines. The guard flushes what
+    // is left when `main` returns.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("microhost-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,cranelift_codegen=warn,wasmtime=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -301,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
             max_connections,
             max_connections_per_ip,
+            max_instances,
             tls_cert,
             tls_key,
         } => {
@@ -313,6 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .filter(|t| !t.is_empty())
                 .or_else(|| manifest.admin.token.clone());
             let mut config = HostConfig::new(manifest);
+            config.max_instances = max_instances;
             config.listen = listen;
             config.admin_listen = admin_listen;
             config.data_dir = data_dir;
