@@ -8,6 +8,11 @@
 //! in-process HTTP calls between services. It is the physical limit of this design on
 //! this machine.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "a handler's error is its ready answer (a problem response), as the guests' Error::Response is"
+)]
+
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
