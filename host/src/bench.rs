@@ -7,9 +7,10 @@
 
 use crate::auth::Auth;
 use crate::bus::envelope::Envelope;
-use crate::bus::unit::{UnitOfWork, digest};
+use crate::bus::unit::UnitOfWork;
 use crate::bus::{Bus, Item};
-use crate::store::{ReadView as _, SledStorage, Storage, keys};
+use crate::capability::kv::{self, KvGrant};
+use crate::store::{SledStorage, Storage};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -19,7 +20,8 @@ const BUCKET: &str = "default";
 
 /// A store (sled under `dir`, with the host's group commit) and the bus over it.
 pub struct State {
-    storage: Arc<Storage>,
+    /// The kv capability's grant, with the default limits.
+    kv: KvGrant,
     bus: Arc<Bus>,
 }
 
@@ -33,7 +35,8 @@ impl State {
     pub fn open(dir: &Path) -> anyhow::Result<State> {
         let storage = Arc::new(Storage::new(SledStorage::open(dir)?));
         let bus = Bus::new(storage.clone());
-        Ok(State { storage, bus })
+        let kv = KvGrant::new(storage, &crate::config::Limits::default());
+        Ok(State { kv, bus })
     }
 
     /// An empty unit of work in `service`'s keyspace.
@@ -41,20 +44,13 @@ impl State {
         Unit(UnitOfWork::new(service))
     }
 
-    /// Reads `key` of the unit's service as the kv capability does: its own pending
+    /// Reads `key` of the unit's service with the kv capability's own read: its pending
     /// write first, else committed state, remembered for the commit's validation.
     pub fn read(&self, unit: &mut Unit, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let unit = &mut unit.0;
-        if let Some(pending) = unit.kv.get(&(BUCKET.to_string(), key.to_string())) {
-            return Ok(pending.clone());
-        }
-        let storage_key = keys::kv(&unit.service, BUCKET, key);
-        let value = self.storage.get(&storage_key).map_err(|e| e.to_string())?;
-        unit.saw(&self.storage);
-        unit.reads
-            .entry(storage_key)
-            .or_insert_with(|| value.as_deref().map(digest));
-        Ok(value)
+        kv::read(&self.kv, &mut unit.0, BUCKET, key).map_err(|e| match e {
+            kv::KvError::NoSuchStore => "no such store".to_string(),
+            kv::KvError::Other(why) => why,
+        })
     }
 
     /// Commits the unit (and a delivery's acknowledgement) atomically and durably, and

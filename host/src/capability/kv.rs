@@ -125,7 +125,7 @@ fn remember(unit: &UnitOfWork) -> Result<(), KvError> {
 
 /// A read that sees the invocation's own pending writes first. A read of committed
 /// state is remembered, to be validated at commit.
-fn read(
+pub(crate) fn read(
     reader: &KvGrant,
     unit: &mut UnitOfWork,
     bucket: &str,
